@@ -1,0 +1,69 @@
+# The two set-up commands are `make demo` and `make test`: each creates .venv
+# when it is missing, installs every dependency and the Rust extension, then runs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+DEPS_STAMP := $(VENV)/.deps-stamp
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PYO3_PYTHON := $(abspath $(PY))
+# Triton kernels run in the interpreter on machines without a GPU.
+TRITON_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
+
+.PHONY: help env native demo test test-fast test-rust test-py lint fmt bench bench-rust clean
+
+help:
+	@echo "make demo   - set up .venv if needed, run the end-to-end demo on the bundled model"
+	@echo "make test   - set up .venv if needed, run cargo test and pytest"
+	@echo "make lint   - ruff, mypy, cargo fmt --check, clippy -D warnings"
+	@echo "make fmt    - format Python and Rust sources"
+	@echo "make bench  - run the benchmarks in benches/ (figures go into README tables)"
+
+$(DEPS_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade uv
+	$(UV) pip install -q --python $(PY) -r pyproject.toml --extra dev
+	touch $(DEPS_STAMP)
+
+env: $(DEPS_STAMP)
+
+# Builds the Rust extension (and copies kernels/ into vlmfast/_kernels/) into .venv.
+native: $(DEPS_STAMP)
+	$(VENV)/bin/maturin develop --release --uv -q
+
+demo: native
+	$(VENV)/bin/vlmfast demo
+
+test-rust:
+	cargo test -q --workspace
+
+test-py: native
+	$(TRITON_ENV) $(PY) -m pytest -q
+
+test: native test-rust test-py
+
+test-fast: native
+	$(TRITON_ENV) $(PY) -m pytest -q -m "not slow"
+
+lint: native
+	$(VENV)/bin/ruff check python tests benches kernels
+	$(VENV)/bin/ruff format --check python tests benches kernels
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest vlmfast._native
+	cargo fmt --all --check
+	cargo clippy -q --workspace --all-targets -- -D warnings
+	cargo clippy -q --workspace --features python -- -D warnings
+
+fmt: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check --fix -q python tests benches kernels || true
+	$(VENV)/bin/ruff format -q python tests benches kernels
+	cargo fmt --all
+
+bench: native
+	$(TRITON_ENV) $(PY) -m pytest benches -q --benchmark-enable --benchmark-columns=min,median,mean,rounds -p no:randomly
+
+clean:
+	rm -rf target python/vlmfast/_kernels .pytest_cache .mypy_cache .ruff_cache
