@@ -130,7 +130,7 @@ def test_state_dict_errors_name_the_key() -> None:
         HookedPair.from_state_dict(pair.config, sd)
     sd = pair.internal_state_dict()
     sd["image.pos_embed"] = torch.zeros(3, 3)
-    with pytest.raises(vf.errors.ShapeError, match="image.pos_embed"):
+    with pytest.raises(vf.errors.ShapeError, match=r"image\.pos_embed"):
         HookedPair.from_state_dict(pair.config, sd)
 
 
