@@ -305,7 +305,8 @@ class TextTower(Tower):
         assert tokens is not None
         rows = torch.arange(x.shape[0], device=x.device)
         if pool == "eos":  # first occurrence of the EOS id (row 0 if absent, as open_clip)
-            return x[rows, (tokens == self.config.eos_token_id).int().argmax(dim=-1)]
+            is_eos = torch.eq(tokens, int(self.config.eos_token_id or 0))
+            return x[rows, is_eos.int().argmax(dim=-1)]
         # EOT pooling: the end-of-text token has the largest id in CLIP's vocabulary
         return x[rows, tokens.argmax(dim=-1)]
 
