@@ -62,11 +62,15 @@ def _draw_shape(
     side: float,
     fill: tuple[int, ...] | int,
 ) -> None:
+    # vertices snap to whole (super-sampled) pixels, so a shape rasterises the same
+    # at every offset: the per-shape masks and the whole-image reference agree
     poly = POLYGONS[shape]
     if poly is None:
         draw.ellipse([x0, y0, x0 + side - 1, y0 + side - 1], fill=fill)
     else:
-        draw.polygon([(x0 + u * side, y0 + v * side) for u, v in poly], fill=fill)
+        draw.polygon(
+            [(x0 + round(u * (side - 1)), y0 + round(v * (side - 1))) for u, v in poly], fill=fill
+        )
 
 
 @cache
