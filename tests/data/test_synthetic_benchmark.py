@@ -59,7 +59,7 @@ def test_relations_hold_in_pixels(samples: list) -> None:
         cents = []
         for obj in s.scene.objects:
             y0, x0, y1, x1 = obj.box
-            lit = np.argwhere(img[y0:y1, x0:x1].max(axis=2) > 0) + [y0, x0]
+            lit = np.argwhere(img[y0:y1, x0:x1].max(axis=2) > 0) + np.array([y0, x0])
             cents.append(lit.mean(axis=0))
         for i, rel, j in s.scene.relations():
             (yi, xi), (yj, xj) = cents[i], cents[j]
