@@ -229,3 +229,37 @@ def test_processor_files_are_used(tmp_path: Path) -> None:
     image = Image.new("RGB", (50, 40), (10, 200, 30))
     px = pair.preprocess([image])
     torch.testing.assert_close(px, proc(images=[image], return_tensors="pt")["pixel_values"])
+
+
+def test_siglip_tokenizer_from_spiece_model(tmp_path: Path) -> None:
+    """A directory with spiece.model (as SigLIP repos ship) tokenizes to max_length ids."""
+    spm = pytest.importorskip("sentencepiece")
+    sentences = ["a red cube left of a blue ball", "two green cones", "a small yellow box"] * 20
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_prefix=str(tmp_path / "spiece"),
+        vocab_size=25,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    path = tmp_path / "siglip"
+    model = _randomize(transformers.SiglipModel(_siglip_config()))
+    model.save_pretrained(path)
+    ref = transformers.SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model"))
+    ref.save_pretrained(path)
+    pair = vf.load_pair(f"hf:{path}")
+    tok = pair.tokenize(["a red cube", "two green cones left of a box"])
+    expected = ref(
+        ["a red cube", "two green cones left of a box"],
+        padding="max_length",
+        max_length=10,
+        truncation=True,
+        return_tensors="pt",
+    )["input_ids"]
+    assert tok.shape == (2, 10)
+    torch.testing.assert_close(tok, expected)
+    assert pair.logits(torch.randn(1, 3, 28, 28), tok).shape == (1, 2)

@@ -216,7 +216,8 @@ def _source_embeds(pair: Any, spec: ComponentSpec, source: Any) -> torch.Tensor:
         raise InputError(
             f"normalize='recovery' needs the source {key} (or a RunOutput with {attr})"
         )
-    return embeds  # type: ignore[no-any-return]
+    out: torch.Tensor = embeds
+    return out
 
 
 def _patched_value(

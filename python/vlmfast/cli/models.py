@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--hooks", metavar="SPEC", help="a model spec, e.g. open_clip:ViT-B-32")
     parser.add_argument(
-        "--names", action="store_true", help="with --hooks: print every full hook name, one per line"
+        "--names",
+        action="store_true",
+        help="with --hooks: print every full hook name, one per line",
     )
     parser.add_argument(
         "--all", action="store_true", help="also list every open_clip architecture name"
@@ -53,19 +55,30 @@ def spec_rows() -> list[tuple[str, str, str]]:
     from vlmfast.models.registry import OPEN_CLIP_TESTED
 
     rows = [
-        ("open_clip", f"open_clip:{arch}", "parity-tested; pretrained=None (random) | tag | checkpoint")
+        (
+            "open_clip",
+            f"open_clip:{arch}",
+            "parity-tested; pretrained=None (random) | tag | checkpoint",
+        )
         for arch in OPEN_CLIP_TESTED
     ]
     rows.append(("open_clip", "open_clip:<arch>", "any open_clip ViT config (see --all)"))
-    rows += [("hf", "hf:<local dir | cached hub id>", f"{name}: {text}") for name, text in FAMILIES.items()]
-    rows.append(("synthetic", "synthetic:tiny", "bundled tiny CLIP trained on the synthetic benchmark"))
+    rows += [
+        ("hf", "hf:<local dir | cached hub id>", f"{name}: {text}")
+        for name, text in FAMILIES.items()
+    ]
+    rows.append(
+        ("synthetic", "synthetic:tiny", "bundled tiny CLIP trained on the synthetic benchmark")
+    )
     return rows
 
 
 def print_specs(show_all: bool = False) -> None:
     """Prints the spec table (and the open_clip architecture names with ``show_all``)."""
     print(_table(("source", "spec", "notes"), spec_rows()))
-    print("\nhf: specs never download: a hub id must already be in the local HF cache, or pass a directory.")
+    print(
+        "\nhf: specs never download: a hub id must already be in the local HF cache, or pass a directory."
+    )
     if show_all:
         import open_clip
 

@@ -35,7 +35,7 @@ def _read_hf(path: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     except Exception as err:
         raise ModelLoadError(f"cannot read the hf config in {str(path)!r}: {err}") from err
     model_type = str(getattr(config, "model_type", ""))
-    classes = {"clip": CLIPModel, "siglip": SiglipModel}
+    classes: dict[str, Any] = {"clip": CLIPModel, "siglip": SiglipModel}
     if model_type not in classes:
         convert(config, {})  # raises the unsupported-model ModelLoadError
     try:
