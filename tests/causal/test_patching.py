@@ -216,6 +216,8 @@ def test_siglip_map_pool_and_foils(siglip_pair: Any) -> None:
 def test_bad_arguments(clip_pair: Any) -> None:
     px, tok = _clip_inputs(0)
     src = {"images": px}
+    with pytest.raises(InputError, match="both images= and texts="):
+        patch_sweep(clip_pair, px, None, src)
     with pytest.raises(InputError, match="tower"):
         patch_sweep(clip_pair, px, tok, src, tower="audio")
     with pytest.raises(InputError, match="layers"):

@@ -6,7 +6,21 @@ from typing import Any
 
 import torch
 
-from vlmfast.errors import ShapeError
+from vlmfast.errors import InputError, ShapeError
+
+
+def as_inputs(pair: Any, images: Any, texts: Any, need_both: bool = True) -> tuple[Any, Any]:
+    """Pixels and token ids on the pair's device (PIL images / strings are preprocessed)."""
+    if need_both and (images is None or texts is None):
+        raise InputError("patching needs both images= and texts= (paired by index)")
+    if images is not None:
+        if isinstance(images, torch.Tensor):
+            images = images.to(device=pair.device, dtype=pair.dtype)
+        else:
+            images = pair.preprocess(images)
+    if texts is not None:
+        texts = texts.to(pair.device) if isinstance(texts, torch.Tensor) else pair.tokenize(texts)
+    return images, texts
 
 
 def tower(pair: Any, name: str) -> Any:

@@ -104,6 +104,7 @@ def patch_sweep(
         raise InputError(f"method must be 'batched' or 'serial', got {method!r}")
     if max_rows < 1:
         raise InputError(f"max_rows must be >= 1, got {max_rows}")
+    images, texts = backend.as_inputs(pair, images, texts)
     tower_in = images if tower == "image" else texts
     n_layers = backend.n_layers(pair, tower)
     layer_list = _check_indices("layers", layers, n_layers)
@@ -111,10 +112,10 @@ def patch_sweep(
     comp_list = _check_indices(component, indices, n_comp)
 
     hooks = [spec.hook(layer) for layer in layer_list]
-    src_cache = _source_cache(pair, spec, source, hooks, tower_in)
     scale, bias = backend.logit_scale_bias(pair)
 
     with torch.no_grad():
+        src_cache = _source_cache(pair, spec, source, hooks, tower_in)
         if method == "serial":
             base_img, base_txt, results = _serial(
                 pair,
@@ -146,7 +147,7 @@ def patch_sweep(
             )
         if normalize is None:
             return results
-        base = metric_fn(similarity(base_img, base_txt, scale, bias, space))
+        base = metric_fn(similarity(base_img, base_txt, scale, bias, space)).float().cpu()
         if normalize == "delta":
             return results - base
         src_embeds = _source_embeds(pair, spec, source)
@@ -154,7 +155,7 @@ def patch_sweep(
             full = metric_fn(similarity(src_embeds, base_txt, scale, bias, space))
         else:
             full = metric_fn(similarity(base_img, src_embeds, scale, bias, space))
-        return (results - base) / (full - base)
+        return (results - base) / (full.float().cpu() - base)
 
 
 def _check_indices(what: str, given: Sequence[int] | None, n: int) -> list[int]:
@@ -185,7 +186,8 @@ def _source_cache(
         key = "images" if spec.tower == "image" else "texts"
         if source.get(key) is None:
             raise InputError(f"source needs {key!r} to patch the {spec.tower} tower")
-        cache = backend.run_cache(pair, spec.tower, source[key], hooks)
+        src_in = backend.as_inputs(pair, source.get("images"), source.get("texts"), need_both=False)
+        cache = backend.run_cache(pair, spec.tower, src_in[0 if key == "images" else 1], hooks)
     elif hasattr(source, "cache") and isinstance(source.cache, Mapping):
         cache = source.cache
     elif isinstance(source, Mapping):
@@ -209,7 +211,8 @@ def _source_embeds(pair: Any, spec: ComponentSpec, source: Any) -> torch.Tensor:
         and source.get(key) is not None
         and set(source) <= {"images", "texts"}
     ):
-        return backend.embed(pair, spec.tower, source[key])
+        src_in = backend.as_inputs(pair, source.get("images"), source.get("texts"), need_both=False)
+        return backend.embed(pair, spec.tower, src_in[0 if key == "images" else 1])
     attr = "image_embeds" if spec.tower == "image" else "text_embeds"
     embeds = getattr(source, attr, None)
     if embeds is None:
