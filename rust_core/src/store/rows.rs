@@ -19,8 +19,8 @@ use zarrs::array::{
 };
 use zarrs::storage::ReadableStorageTraits;
 
-use super::durable::DurableStore;
 use super::dtype::ElemType;
+use super::durable::DurableStore;
 use crate::error::{CoreError, CoreResult};
 
 /// How chunks are compressed.
@@ -60,6 +60,7 @@ pub struct RowArray {
     tail_start: u64,
     tail: Vec<u8>,
     tail_dirty: bool,
+    persisted: Option<u64>,
 }
 
 fn codec_options() -> CodecOptions {
@@ -194,6 +195,7 @@ impl RowArray {
             tail_start: committed - committed % chunk_rows,
             tail: Vec::new(),
             tail_dirty: false,
+            persisted: Some(shape[0]),
         })
     }
 
@@ -354,6 +356,9 @@ impl RowArray {
     }
 
     fn persist_shape(&mut self, rows: u64) -> CoreResult<()> {
+        if self.persisted == Some(rows) {
+            return Ok(());
+        }
         let in_memory = self.array.shape().to_vec();
         let mut s = in_memory.clone();
         s[0] = rows;
@@ -363,6 +368,7 @@ impl RowArray {
         if in_memory[0] > rows {
             self.array.set_shape(in_memory).map_err(|e| err(&e))?;
         }
+        self.persisted = Some(rows);
         Ok(())
     }
 
@@ -538,7 +544,8 @@ mod tests {
     fn roundtrip(compression: Compression, inner: Option<u64>) {
         let dir = tempdir();
         let store = Arc::new(DurableStore::new(&dir).unwrap());
-        let mut a = RowArray::create(store.clone(), "acts/x", layout(4, compression, inner)).unwrap();
+        let mut a =
+            RowArray::create(store.clone(), "acts/x", layout(4, compression, inner)).unwrap();
         // ragged appends across chunk boundaries
         a.append(&rows_bytes(0, 3)).unwrap();
         a.append(&rows_bytes(3, 6)).unwrap();
@@ -570,8 +577,12 @@ mod tests {
     fn missing_and_corrupt_chunks_are_named() {
         let dir = tempdir();
         let store = Arc::new(DurableStore::new(&dir).unwrap());
-        let mut a = RowArray::create(store.clone(), "acts/y", layout(2, Compression::Zstd(1), None))
-            .unwrap();
+        let mut a = RowArray::create(
+            store.clone(),
+            "acts/y",
+            layout(2, Compression::Zstd(1), None),
+        )
+        .unwrap();
         a.append(&rows_bytes(0, 6)).unwrap();
         a.commit(6).unwrap();
         std::fs::write(dir.join("acts/y/c/1/0"), b"garbage").unwrap();
