@@ -207,6 +207,32 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tens
     )
 
 
+def sparse_decode_many(
+    parts: list[tuple[torch.Tensor, torch.Tensor]], w_dec: torch.Tensor
+) -> list[torch.Tensor]:
+    """:func:`sparse_decode` of several ``(values, indices)`` pairs in one embedding bag.
+
+    One call means one backward pass over ``W_dec`` (one zero-fill and one index sort)
+    instead of one per pair; the training step decodes the top-k and the AuxK codes so.
+    """
+    if len(parts) == 1:
+        return [sparse_decode(parts[0][0], parts[0][1], w_dec)]
+    flat_idx, flat_val, offsets, rows = [], [], [], []
+    start = 0
+    for values, indices in parts:
+        n, k = indices.shape
+        flat_idx.append(indices.reshape(-1))
+        flat_val.append(values.reshape(-1).to(w_dec.dtype))
+        offsets.append(torch.arange(n, device=indices.device, dtype=torch.int64) * k + start)
+        start += n * k
+        rows.append(n)
+    out = F.embedding_bag(
+        torch.cat(flat_idx), w_dec, torch.cat(offsets), mode="sum",
+        per_sample_weights=torch.cat(flat_val),
+    )
+    return list(out.split(rows))
+
+
 def gather_dot(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``out[n, j] = <grad[n], weight[indices[n, j]]>``: the SDDMM of the decode backward."""
     out = torch.empty(indices.shape, dtype=torch.float32, device=grad.device)
@@ -238,6 +264,7 @@ __all__ = [
     "scatter_rows",
     "select_topk",
     "sparse_decode",
+    "sparse_decode_many",
     "topk_encode",
     "topk_lowest_index",
 ]

@@ -126,11 +126,13 @@ class TopKSAE(nn.Module):
             x, self.W_enc, self.b_enc, self.b_dec, self.k,
             dead_mask=dead_mask, k_aux=k_aux, compute_dtype=compute_dtype,
         )
-        recon = ops.sparse_decode(enc.values, enc.indices, self.W_dec) + self.b_dec
-        aux_recon = None
+        parts = [(enc.values, enc.indices)]
         if enc.aux_values is not None and enc.aux_indices is not None:
-            # AuxK models the residual x - recon, which already contains b_dec: no bias here.
-            aux_recon = ops.sparse_decode(enc.aux_values, enc.aux_indices, self.W_dec)
+            parts.append((enc.aux_values, enc.aux_indices))
+        decoded = ops.sparse_decode_many(parts, self.W_dec)
+        recon = decoded[0] + self.b_dec
+        # AuxK models the residual x - recon, which already contains b_dec: no bias here.
+        aux_recon = decoded[1] if len(decoded) > 1 else None
         return ForwardOutput(recon, enc.values, enc.indices, aux_recon, enc.aux_indices)
 
     @torch.no_grad()
