@@ -121,7 +121,9 @@ def main() -> None:
     rows = [("cpu", CPU_SHAPE, 5)]
     if torch.cuda.is_available():
         rows.append(("cuda", GPU_SHAPE, 20))
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     for device, shape, rounds in rows:
         b = shape[0]
         # interleave so background load hits both sides alike

@@ -34,7 +34,13 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         local = [b[rank * half : (rank + 1) * half] for b in _global_batches()]
         train(local, [trainer])
         if rank == 0:
-            torch.save({**{n: p.detach() for n, p in trainer.sae.named_parameters()}, "tsf": trainer.tokens_since_fired}, out_file)
+            torch.save(
+                {
+                    **{n: p.detach() for n, p in trainer.sae.named_parameters()},
+                    "tsf": trainer.tokens_since_fired,
+                },
+                out_file,
+            )
     finally:
         dist.destroy_process_group()
 

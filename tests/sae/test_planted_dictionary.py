@@ -28,7 +28,9 @@ def test_planted_dictionary_is_recovered():
         d, n_atoms, k, steps = 64, 64, 4, 400
         atoms, sample = _planted(d, n_atoms, k)
         sae = TopKSAE(d, 128, k, dead_tokens=256 * 20)
-        trainer = SAETrainer(sae, TrainConfig(lr=5e-3, warmup_steps=20, decay_start=0.7), total_steps=steps)
+        trainer = SAETrainer(
+            sae, TrainConfig(lr=5e-3, warmup_steps=20, decay_start=0.7), total_steps=steps
+        )
         train((sample(256) for _ in range(steps)), [trainer])
         with torch.no_grad():
             held_out = sample(4096)

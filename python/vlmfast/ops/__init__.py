@@ -32,7 +32,13 @@ def topk_encode(
         from vlmfast.ops import triton_ops
 
         return triton_ops.topk_encode(
-            x, w_enc, b_enc, b_dec, k, dead_mask=dead_mask, k_aux=k_aux,
+            x,
+            w_enc,
+            b_enc,
+            b_dec,
+            k,
+            dead_mask=dead_mask,
+            k_aux=k_aux,
             compute_dtype=compute_dtype,
         )
     return reference.topk_encode(
@@ -67,7 +73,9 @@ def sparse_decode_many(
     if use_triton(parts[0][0], "sparse_decode", backend):
         from vlmfast.ops import triton_ops
 
-        return [triton_ops.sparse_decode(v, i, w_dec, deterministic=deterministic) for v, i in parts]
+        return [
+            triton_ops.sparse_decode(v, i, w_dec, deterministic=deterministic) for v, i in parts
+        ]
     return reference.sparse_decode_many(parts, w_dec)
 
 

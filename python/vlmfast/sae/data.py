@@ -26,7 +26,9 @@ def hook_parts(store: Any, hook: str) -> list[str]:
         parts = [f"image.{point}", f"text.{point}"]
         missing = [p for p in parts if p not in store.hooks]
         if missing:
-            raise HookNameError(f"{hook} needs {parts} in the store; missing {missing} (has {store.hooks})")
+            raise HookNameError(
+                f"{hook} needs {parts} in the store; missing {missing} (has {store.hooks})"
+            )
         return parts
     if hook not in store.hooks:
         raise HookNameError(f"hook {hook!r} is not in the store; it holds {store.hooks}")
@@ -53,7 +55,9 @@ def _split_batch(sizes: list[int], batch_size: int) -> list[int]:
     return shares
 
 
-def _endless(store: Any, hook: str, batch_size: int, seed: int, start_batch: int) -> Iterator[torch.Tensor]:
+def _endless(
+    store: Any, hook: str, batch_size: int, seed: int, start_batch: int
+) -> Iterator[torch.Tensor]:
     per_epoch = store.n_rows(hook) // batch_size
     if per_epoch == 0:
         raise InputError(
@@ -62,20 +66,34 @@ def _endless(store: Any, hook: str, batch_size: int, seed: int, start_batch: int
     epoch, start = divmod(start_batch, per_epoch)
     while True:
         yield from store.batches(
-            hook, batch_size, shuffle=True, seed=seed, epoch=epoch, start_batch=start,
-            drop_last=True, dtype=torch.float32,
+            hook,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            epoch=epoch,
+            start_batch=start,
+            drop_last=True,
+            dtype=torch.float32,
         )
         epoch, start = epoch + 1, 0
 
 
 def _range_batches(
-    store: Any, hook: str, batch_size: int, seed: int, start: int, stop: int, skip: int,
+    store: Any,
+    hook: str,
+    batch_size: int,
+    seed: int,
+    start: int,
+    stop: int,
+    skip: int,
     window: int = 65536,
 ) -> Iterator[torch.Tensor]:
     """Shuffled batches of rows ``[start, stop)`` only, endless (new order per epoch)."""
     n = stop - start
     if n < batch_size:
-        raise InputError(f"hook {hook}: this rank's {n} rows are fewer than one batch of {batch_size}")
+        raise InputError(
+            f"hook {hook}: this rank's {n} rows are fewer than one batch of {batch_size}"
+        )
     epoch = 0
     produced = 0
     while True:

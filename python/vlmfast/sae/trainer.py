@@ -203,7 +203,9 @@ class SAETrainer:
         self.step_count += 1
         self.tokens_seen += int(n_tokens)
         if not math.isfinite(float(loss.detach())):
-            raise InputError(f"SAE '{self.name}': loss became {float(loss.detach())} at step {self.step_count}")
+            raise InputError(
+                f"SAE '{self.name}': loss became {float(loss.detach())} at step {self.step_count}"
+            )
         # the FVU/auxk above are shares of the global loss on this rank; report global values
         stats = torch.tensor([float(fvu.detach()), aux_value])
         ddp.all_reduce_sum_(stats)
