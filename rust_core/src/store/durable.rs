@@ -192,7 +192,10 @@ pub(crate) mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["c".to_string()]);
-        assert!(store.get(&StoreKey::new("a/missing").unwrap()).unwrap().is_none());
+        assert!(store
+            .get(&StoreKey::new("a/missing").unwrap())
+            .unwrap()
+            .is_none());
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -12,7 +12,11 @@ use crate::error::{CoreError, CoreResult};
 /// Writes (atomically) a group node at `path` (`/`, `/acts`, ...) with `attrs` (a JSON object).
 pub fn write_group(store: &Arc<DurableStore>, path: &str, attrs_json: &str) -> CoreResult<()> {
     let attrs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(attrs_json)
-        .map_err(|e| CoreError::input(format!("group attributes for {path} are not a JSON object: {e}")))?;
+        .map_err(|e| {
+            CoreError::input(format!(
+                "group attributes for {path} are not a JSON object: {e}"
+            ))
+        })?;
     let group = GroupBuilder::new()
         .attributes(attrs)
         .build(store.clone(), path)

@@ -19,8 +19,8 @@ use zarrs::array::{
 };
 use zarrs::storage::ReadableStorageTraits;
 
-use super::durable::DurableStore;
 use super::dtype::ElemType;
+use super::durable::DurableStore;
 use crate::error::{CoreError, CoreResult};
 
 /// How chunks are compressed.
@@ -60,6 +60,7 @@ pub struct RowArray {
     tail_start: u64,
     tail: Vec<u8>,
     tail_dirty: bool,
+    persisted: Option<u64>,
 }
 
 fn codec_options() -> CodecOptions {
@@ -194,6 +195,7 @@ impl RowArray {
             tail_start: committed - committed % chunk_rows,
             tail: Vec::new(),
             tail_dirty: false,
+            persisted: Some(shape[0]),
         })
     }
 
@@ -236,7 +238,8 @@ impl RowArray {
     fn subset(&self, start: u64, stop: u64) -> ArraySubset {
         match self.width {
             Some(d) => ArraySubset::new_with_ranges(&[start..stop, 0..d]),
-            None => ArraySubset::new_with_ranges(&[start..stop]),
+            None => ArraySubset::new_with_start_shape(vec![start], vec![stop - start])
+                .expect("same dimensionality"),
         }
     }
 
@@ -261,7 +264,6 @@ impl RowArray {
         }
         self.grow_to(start + rows)?;
         let first = start / self.chunk_rows;
-        let n = rows / self.chunk_rows;
         let chunk_bytes = self.bytes_of(self.chunk_rows)?;
         let name = &self.name;
         let array = &self.array;
@@ -279,7 +281,6 @@ impl RowArray {
                         CoreError::store(format!("array {name}: writing chunk {}: {e}", idx[0]))
                     })
             })?;
-        let _ = n;
         Ok(())
     }
 
@@ -354,6 +355,9 @@ impl RowArray {
     }
 
     fn persist_shape(&mut self, rows: u64) -> CoreResult<()> {
+        if self.persisted == Some(rows) {
+            return Ok(());
+        }
         let in_memory = self.array.shape().to_vec();
         let mut s = in_memory.clone();
         s[0] = rows;
@@ -363,6 +367,7 @@ impl RowArray {
         if in_memory[0] > rows {
             self.array.set_shape(in_memory).map_err(|e| err(&e))?;
         }
+        self.persisted = Some(rows);
         Ok(())
     }
 
@@ -538,7 +543,8 @@ mod tests {
     fn roundtrip(compression: Compression, inner: Option<u64>) {
         let dir = tempdir();
         let store = Arc::new(DurableStore::new(&dir).unwrap());
-        let mut a = RowArray::create(store.clone(), "acts/x", layout(4, compression, inner)).unwrap();
+        let mut a =
+            RowArray::create(store.clone(), "acts/x", layout(4, compression, inner)).unwrap();
         // ragged appends across chunk boundaries
         a.append(&rows_bytes(0, 3)).unwrap();
         a.append(&rows_bytes(3, 6)).unwrap();
@@ -547,7 +553,7 @@ mod tests {
         let mut out = vec![0u8; 9 * 12];
         a.read_into(0, 9, &mut out).unwrap();
         assert_eq!(out, rows_bytes(0, 9));
-        assert!(a.read_into(0, 10, &mut vec![0u8; 120]).is_err());
+        assert!(a.read_into(0, 10, &mut [0u8; 120]).is_err());
         drop(a);
         // re-open at the committed count, continue the partial chunk
         let mut b = RowArray::open(store.clone(), "acts/x", 9, true).unwrap();
@@ -570,8 +576,12 @@ mod tests {
     fn missing_and_corrupt_chunks_are_named() {
         let dir = tempdir();
         let store = Arc::new(DurableStore::new(&dir).unwrap());
-        let mut a = RowArray::create(store.clone(), "acts/y", layout(2, Compression::Zstd(1), None))
-            .unwrap();
+        let mut a = RowArray::create(
+            store.clone(),
+            "acts/y",
+            layout(2, Compression::Zstd(1), None),
+        )
+        .unwrap();
         a.append(&rows_bytes(0, 6)).unwrap();
         a.commit(6).unwrap();
         std::fs::write(dir.join("acts/y/c/1/0"), b"garbage").unwrap();

@@ -159,14 +159,22 @@ impl ShuffleStream {
         }
         let rows = array.committed();
         let full = rows / cfg.batch_size;
-        let total = if cfg.drop_last { full } else { rows.div_ceil(cfg.batch_size) };
+        let total = if cfg.drop_last {
+            full
+        } else {
+            rows.div_ceil(cfg.batch_size)
+        };
         if cfg.start_batch > total {
             return Err(CoreError::input(format!(
                 "start_batch {} is past the {total} batches of an epoch of {rows} rows",
                 cfg.start_batch
             )));
         }
-        let epoch_rows = if cfg.drop_last { full * cfg.batch_size } else { rows };
+        let epoch_rows = if cfg.drop_last {
+            full * cfg.batch_size
+        } else {
+            rows
+        };
         let skip = (cfg.start_batch * cfg.batch_size).min(epoch_rows);
         let plan = epoch_plan(rows, array.chunk_rows(), &cfg);
         // windows wholly before `skip` are never read
@@ -225,7 +233,10 @@ impl ShuffleStream {
         while filled < out.len() {
             let exhausted = self.current.as_ref().is_none_or(|w| self.pos >= w.rows);
             if exhausted {
-                let rx = self.rx.as_ref().ok_or_else(|| CoreError::Internal("stream closed".into()))?;
+                let rx = self
+                    .rx
+                    .as_ref()
+                    .ok_or_else(|| CoreError::Internal("stream closed".into()))?;
                 let window = rx
                     .recv()
                     .map_err(|_| CoreError::Internal("shuffle thread ended early".into()))??;
@@ -258,9 +269,9 @@ impl Drop for ShuffleStream {
 
 #[cfg(test)]
 mod tests {
+    use super::super::dtype::ElemType;
     use super::super::durable::tests::tempdir;
     use super::super::durable::DurableStore;
-    use super::super::dtype::ElemType;
     use super::super::rows::{ArrayLayout, Compression};
     use super::*;
 
@@ -321,7 +332,11 @@ mod tests {
         assert_eq!(all, (0..n).collect::<Vec<_>>(), "every row exactly once");
         assert_eq!(collect(&a, cfg(16, 5, 0, 0)), e0, "deterministic");
         assert_ne!(collect(&a, cfg(16, 5, 1, 0)), e0, "epochs differ");
-        assert_eq!(collect(&a, cfg(16, 5, 0, 3)), e0[3..].to_vec(), "resume at batch 3");
+        assert_eq!(
+            collect(&a, cfg(16, 5, 0, 3)),
+            e0[3..].to_vec(),
+            "resume at batch 3"
+        );
         assert!(collect(&a, cfg(16, 5, 0, 7)).is_empty());
         let mut ordered = cfg(32, 0, 0, 0);
         ordered.shuffle = false;
