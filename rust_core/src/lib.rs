@@ -6,6 +6,7 @@
 //! the exception classes of `vlmfast.errors`.
 
 pub mod error;
+pub mod stats;
 
 #[cfg(feature = "python")]
 pub mod py;
