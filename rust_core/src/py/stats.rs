@@ -42,6 +42,7 @@ fn to_dict<'py>(py: Python<'py>, s: Scores) -> PyResult<Bound<'py, PyDict>> {
         d.set_item("precision", s.precision.into_pyarray(py).reshape([u, c])?)?;
     }
     d.set_item("firing", s.firing.into_pyarray(py))?;
+    d.set_item("ties", s.ties.into_pyarray(py))?;
     d.set_item("top_rows", s.top_rows.into_pyarray(py).reshape([u, t])?)?;
     d.set_item("top_values", s.top_values.into_pyarray(py).reshape([u, t])?)?;
     d.set_item("n_pos", s.n_pos.into_pyarray(py))?;

@@ -28,6 +28,9 @@ pub struct Scores {
     pub precision: Vec<f32>,
     /// Rows with activation > 0 per unit `[units]`.
     pub firing: Vec<u64>,
+    /// Tie term `Σ (t³ − t)` over the unit's tie groups (zeros included) `[units]`,
+    /// for the tie-corrected variance of U under the null.
+    pub ties: Vec<f64>,
     /// Rows of the top activations `[units, top_n]`, -1 past the stored ones.
     pub top_rows: Vec<i64>,
     /// Values of the top activations `[units, top_n]`, NaN past the stored ones.
@@ -62,6 +65,7 @@ impl Scores {
             mean_neg: vec![f32::NAN; s],
             precision: vec![f32::NAN; p],
             firing: vec![0; n_units],
+            ties: vec![0.0; n_units],
             top_rows: vec![-1; n_units * opts.top_n],
             top_values: vec![f32::NAN; n_units * opts.top_n],
             n_pos: Vec::new(),
@@ -89,13 +93,20 @@ impl Scores {
             .zip(top_rows)
             .zip(top_values)
             .zip(self.firing.iter_mut())
+            .zip(self.ties.iter_mut())
             .map(
                 |(
                     (
-                        ((((((auroc, se), pos_firing), mean_pos), mean_neg), precision), top_rows),
-                        top_values,
+                        (
+                            (
+                                (((((auroc, se), pos_firing), mean_pos), mean_neg), precision),
+                                top_rows,
+                            ),
+                            top_values,
+                        ),
+                        firing,
                     ),
-                    firing,
+                    ties,
                 )| RowOut {
                     auroc,
                     se,
@@ -106,6 +117,7 @@ impl Scores {
                     top_rows,
                     top_values,
                     firing,
+                    ties,
                 },
             )
             .collect()

@@ -70,6 +70,7 @@ pub struct RowOut<'a> {
     pub top_rows: &'a mut [i64],
     pub top_values: &'a mut [f32],
     pub firing: &'a mut u64,
+    pub ties: &'a mut f64,
 }
 
 /// Per-thread scratch of per-concept accumulators, reused across units.
@@ -123,6 +124,13 @@ impl Scratch {
         self.h2l.fill(0);
         self.h2u.fill(0);
     }
+}
+
+/// `t³ − t` of a tie group of `t` rows (0 for a singleton).
+#[inline]
+fn tie_term(t: u64) -> f64 {
+    let t = t as f64;
+    t * t * t - t
 }
 
 #[inline]
@@ -181,6 +189,7 @@ pub fn score_unit(
     let mut total_v = 0f64;
     let mut fire_total = 0u64;
     let mut n_top = 0usize;
+    let mut ties = 0f64;
     let mut zero_done = n_zero == 0;
     let mut i = keys.len();
     while i > 0 || !zero_done {
@@ -204,6 +213,7 @@ pub fn score_unit(
             if se {
                 close_group_se(sc, s, t);
             }
+            ties += tie_term(t);
             s += t;
             continue;
         }
@@ -251,6 +261,7 @@ pub fn score_unit(
         if se {
             close_group_se(sc, s, t);
         }
+        ties += tie_term(t);
         s += t;
         i = j;
     }
@@ -260,6 +271,7 @@ pub fn score_unit(
         out.top_values[k] = f32::NAN;
     }
     *out.firing = fire_total;
+    *out.ties = ties;
     let all_2r = n * (n + 1);
     for c in 0..labels.n_concepts {
         let p = labels.n_pos[c];
