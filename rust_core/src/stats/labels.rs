@@ -26,7 +26,14 @@ pub struct LabelIndex {
     pub n_listed: Vec<u64>,
     offsets: Vec<u64>,
     concepts: Vec<u32>,
+    /// Per row, up to 4 listed concept ids inline (16 bits each, `EMPTY` pads),
+    /// or `OVERFLOW` in the low 16 bits when the row lists more (or C is too
+    /// large): one 8-byte load per row instead of two dependent ones.
+    slots: Vec<u64>,
 }
+
+const EMPTY: u64 = 0xFFFF;
+const OVERFLOW: u64 = 0xFFFE;
 
 impl LabelIndex {
     /// Builds the index from a row-major `[n_rows, n_concepts]` boolean matrix.
@@ -110,6 +117,22 @@ impl LabelIndex {
         if n_rows > 0 && c == 0 {
             offsets.resize(n_rows + 1, 0);
         }
+        let inline_ok = c < OVERFLOW as usize;
+        let slots: Vec<u64> = (0..n_rows)
+            .into_par_iter()
+            .map(|r| {
+                let (lo, hi) = (offsets[r] as usize, offsets[r + 1] as usize);
+                if !inline_ok || hi - lo > 4 {
+                    return OVERFLOW;
+                }
+                let mut slot = u64::MAX;
+                for (i, &cid) in concepts[lo..hi].iter().enumerate() {
+                    slot &= !(EMPTY << (16 * i));
+                    slot |= u64::from(cid) << (16 * i);
+                }
+                slot
+            })
+            .collect();
         Ok(Self {
             n_rows,
             n_concepts,
@@ -118,6 +141,7 @@ impl LabelIndex {
             n_listed,
             offsets,
             concepts,
+            slots,
         })
     }
 
@@ -129,9 +153,49 @@ impl LabelIndex {
         &self.concepts[lo..hi]
     }
 
+    /// Calls `f` with each concept listed for `row`.
+    #[inline(always)]
+    pub fn for_each_listed(&self, row: usize, mut f: impl FnMut(usize)) {
+        let mut slot = self.slots[row];
+        if slot & 0xFFFF == OVERFLOW {
+            for &c in self.listed(row) {
+                f(c as usize);
+            }
+            return;
+        }
+        for _ in 0..4 {
+            let c = slot & 0xFFFF;
+            if c == EMPTY {
+                break;
+            }
+            f(c as usize);
+            slot >>= 16;
+        }
+    }
+
+    /// Hints the CPU to fetch `row`'s labels (the walk visits rows in value order).
+    #[inline(always)]
+    pub fn prefetch(&self, row: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.slots.get(row) {
+            // SAFETY: prefetching a valid address has no side effects.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch(
+                    (p as *const u64).cast::<i8>(),
+                    core::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = row;
+    }
+
     /// Bytes held by the index (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
-        self.offsets.len() * 8 + self.concepts.len() * 4 + self.n_concepts * 17
+        self.offsets.len() * 8
+            + self.concepts.len() * 4
+            + self.slots.len() * 8
+            + self.n_concepts * 17
     }
 }
 
@@ -156,6 +220,22 @@ mod tests {
         assert_eq!(idx.listed(1), &[] as &[u32]);
         assert_eq!(idx.listed(2), &[1]);
         assert_eq!(idx.listed(3), &[2]);
+        for r in 0..4 {
+            let mut got = Vec::new();
+            idx.for_each_listed(r, |c| got.push(c as u32));
+            assert_eq!(got, idx.listed(r));
+        }
+    }
+
+    #[test]
+    fn rows_with_many_concepts_overflow_to_the_list() {
+        let labels: Vec<bool> = (0..2 * 20).map(|i| i % 20 < 7 || i == 25).collect();
+        let idx = LabelIndex::from_dense(&labels, 2, 20).unwrap();
+        for r in 0..2 {
+            let mut got = Vec::new();
+            idx.for_each_listed(r, |c| got.push(c as u32));
+            assert_eq!(got, idx.listed(r));
+        }
     }
 
     #[test]

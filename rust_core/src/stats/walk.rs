@@ -45,6 +45,9 @@ pub fn pack(v: f32, row: u32) -> u64 {
     (u64::from(order_bits(v)) << 32) | u64::from(row)
 }
 
+/// How many records ahead the walk prefetches label slots.
+const PREFETCH: usize = 12;
+
 /// `order_bits(0.0)`.
 pub const ZERO_BITS: u32 = 0x8000_0000;
 
@@ -180,9 +183,7 @@ pub fn score_unit(
     if n_zero > 0 {
         // listed rows among the negative values, needed to size the zero group
         for &k in &keys[..n_below] {
-            for &c in labels.listed(k as u32 as usize) {
-                sc.negl[c as usize] += 1;
-            }
+            labels.for_each_listed(k as u32 as usize, |c| sc.negl[c] += 1);
         }
     }
     let mut s: u64 = 0; // rows above the current group
@@ -228,14 +229,16 @@ pub fn score_unit(
         let v = from_order_bits(bits);
         let fires = v > 0.0;
         for idx in (j..i).rev() {
+            if idx >= PREFETCH {
+                labels.prefetch(keys[idx - PREFETCH] as u32 as usize);
+            }
             let row = keys[idx] as u32 as usize;
             let in_top = n_top < top_n;
             if in_top {
                 out.top_rows[n_top] = row as i64;
                 out.top_values[n_top] = v;
             }
-            for &c in labels.listed(row) {
-                let c = c as usize;
+            labels.for_each_listed(row, |c| {
                 sc.sum2r[c] += twomr;
                 sc.nl[c] += 1;
                 if stats {
@@ -251,7 +254,7 @@ pub fn score_unit(
                     }
                     sc.gl[c] += 1;
                 }
-            }
+            });
             if in_top {
                 n_top += 1;
             }
