@@ -110,7 +110,7 @@ def score_store(
                 chunks_dense.append(np.asarray(arr[sel], dtype=np.float32))
         if progress is not None:
             progress(stop - start)
-    meta = {
+    meta: dict[str, Any] = {
         "hook": hook,
         "rows_scored": len(keep),
         "rows_in_hook": n,
@@ -119,7 +119,8 @@ def score_store(
     }
     if sae is not None:
         n_features = int(sae.n_latents)
-        meta.update({"n_latents": n_features, "k": int(getattr(sae, "k", chunks_idx[0].shape[1]))})
+        meta["n_latents"] = n_features
+        meta["k"] = int(getattr(sae, "k", 0) or (chunks_idx[0].shape[1] if chunks_idx else 0))
         result = score_codes(
             np.concatenate(chunks_idx),
             np.concatenate(chunks_val),
