@@ -162,3 +162,16 @@ def test_bad_inputs() -> None:
         vf.scoring.score_codes(idx, vals, labels, F, concepts=ConceptSet.make(["a"]))
     with pytest.raises(InputError):
         SelectivityConfig(threshold=0.2)
+
+
+def test_imagenet_probing_uses_the_bundled_vocabulary() -> None:
+    pytest.importorskip("vlmfast.data.concepts")
+
+    def encode(batch: list[str]) -> np.ndarray:
+        # unit 0 reads "goldfish" prompts, unit 1 is constant
+        return np.array([[float("goldfish" in t), 1.0] for t in batch], dtype=np.float32)
+
+    scores, names = vf.scoring.probe_imagenet(encode, templates=["a photo of a {}.", "a {}"])
+    assert len(names) == 200 and scores.auroc.shape == (2, 200)
+    g = names.index("goldfish")
+    assert scores.auroc[0, g] == 1.0 and (scores.auroc[1] == 0.5).all()

@@ -19,6 +19,7 @@ from vlmfast.scoring.labeling import (
     DEFAULT_TEMPLATES,
     BestConcepts,
     best_concepts,
+    probe_imagenet,
     probe_texts,
     prompt_set,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "invariant_features",
     "polysemantic_summary",
     "polysemantic_units",
+    "probe_imagenet",
     "probe_texts",
     "prompt_set",
     "score_codes",

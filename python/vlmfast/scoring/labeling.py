@@ -102,3 +102,21 @@ def probe_texts(
         values, indices = out
         return score_sparse(indices, values, labels, n_features)
     return score_dense(out, labels)
+
+
+def probe_imagenet(
+    encode: Callable[[list[str]], Any],
+    *,
+    n_features: int | None = None,
+    templates: Sequence[str] | None = None,
+) -> tuple[UnitScores, list[str]]:
+    """Text-side probing of the 200 ImageNet-R concepts with CLIP's 80 ImageNet templates.
+
+    Uses the vocabulary and templates of ``vlmfast.data.concepts``; returns the
+    scores (one column per class) and the class names. See :func:`probe_texts`.
+    """
+    from vlmfast.data.concepts import IMAGENET_TEMPLATES, Vocabulary
+
+    names = Vocabulary.bundled("imagenet_r200").names
+    scores = probe_texts(encode, names, templates or IMAGENET_TEMPLATES, n_features=n_features)
+    return scores, names
