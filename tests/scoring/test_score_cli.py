@@ -124,3 +124,21 @@ def test_cli_with_sae(tmp_path, monkeypatch, capsys) -> None:
     want = vf.stats.auroc_sparse(i.numpy(), v.numpy(), store.labels.matrix[::-1][lab_rows], 32)
     got = zarr.open_group(str(tmp_path / "out" / "scores.zarr"), mode="r")["text/auroc"][:]
     np.testing.assert_array_equal(got, want)
+
+
+def test_spilled_feature_blocks_equal_in_memory(tmp_path) -> None:
+    from vlmfast.sae import TopKSAE
+
+    store = FakeStore(n_samples=60)
+    sae = TopKSAE(d_in=8, n_latents=24, k=3)
+    full = score_store(store, "joint.embed", sae=sae)
+    spilled = score_store(
+        store, "joint.embed", sae=sae, feature_block=5, spill_dir=str(tmp_path), batch_size=50
+    )
+    for name in ("image", "text"):
+        a, b = full.per_modality[name], spilled.per_modality[name]
+        np.testing.assert_array_equal(a.scores.auroc, b.scores.auroc)
+        np.testing.assert_array_equal(a.scores.se, b.scores.se)
+        np.testing.assert_array_equal(a.rows[a.scores.top_rows], b.rows[b.scores.top_rows])
+        np.testing.assert_array_equal(a.selectivity.selective, b.selectivity.selective)
+    assert list(tmp_path.iterdir()) == []  # spill files removed

@@ -31,6 +31,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tokens", default="auto", choices=["auto", "pooled", "all"], help="which rows")
     p.add_argument("--batch-size", type=int, default=8192, help="rows read and encoded per batch")
     p.add_argument("--device", default="cpu", help="device for the SAE encoder")
+    p.add_argument(
+        "--feature-block",
+        type=int,
+        default=None,
+        help="bound memory: spill codes to disk and score this many features per pass",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from vlmfast.scoring import ScoringConfig, SelectivityConfig, format_summary
     from vlmfast.scoring.from_store import score_store
 
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     store = _open_store(args.store)
     sae = _load_sae(args.sae, args.device) if args.sae else None
     cfg = ScoringConfig(
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             config=cfg,
             device=args.device,
             progress=bar.update,
+            feature_block=args.feature_block,
+            spill_dir=str(args.out),
         )
     result.meta.update({"store": str(args.store), "sae": args.sae})
     out = result.save(Path(args.out))

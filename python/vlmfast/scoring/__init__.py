@@ -29,6 +29,7 @@ from vlmfast.scoring.pipeline import (
     ScoringConfig,
     ScoringResult,
     format_summary,
+    result_from_scores,
     score_codes,
     score_units,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "probe_imagenet",
     "probe_texts",
     "prompt_set",
+    "result_from_scores",
     "score_codes",
     "score_units",
     "select",

@@ -16,7 +16,15 @@ import numpy.typing as npt
 
 from vlmfast.errors import InputError, StoreError
 from vlmfast.scoring.concepts import ConceptSet
-from vlmfast.scoring.pipeline import ScoringConfig, ScoringResult, score_codes, score_units
+from vlmfast.scoring.modality import MODALITY_NAMES
+from vlmfast.scoring.pipeline import (
+    ScoringConfig,
+    ScoringResult,
+    result_from_scores,
+    score_codes,
+    score_units,
+)
+from vlmfast.stats import score_sparse_chunks
 from vlmfast.stats._inputs import as_numpy
 
 TOKEN_MODES = ("auto", "pooled", "all")
@@ -64,6 +72,8 @@ def score_store(
     config: ScoringConfig | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    feature_block: int | None = None,
+    spill_dir: str | None = None,
 ) -> ScoringResult:
     """Scores ``hook``'s rows of ``store``: SAE features when ``sae`` is given, else the raw units.
 
@@ -71,6 +81,11 @@ def score_store(
     ``tokens``: ``"pooled"`` rows only (position -1), ``"all"`` rows (every token row
     carries its sample's labels), or ``"auto"`` (pooled rows when the hook has any).
     ``progress(n)`` is called with the number of rows read after each batch.
+
+    ``feature_block`` (SAE only) bounds memory for codes that do not fit: the codes
+    are spilled to ``.npy`` files in ``spill_dir`` (a temporary folder by default)
+    and scored in blocks of that many features, re-reading the files per block
+    (:func:`vlmfast.stats.score_sparse_chunks`; same results).
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be > 0, got {batch_size}")
@@ -117,6 +132,20 @@ def score_store(
         "tokens": tokens,
         "source": "sae" if sae is not None else "units",
     }
+    if sae is not None and feature_block is not None:
+        return _score_spilled(
+            chunks_idx,
+            chunks_val,
+            labels,
+            modality,
+            keep,
+            concepts,
+            int(sae.n_latents),
+            feature_block,
+            spill_dir,
+            config,
+            meta,
+        )
     if sae is not None:
         n_features = int(sae.n_latents)
         meta["n_latents"] = n_features
@@ -143,4 +172,59 @@ def score_store(
     # exemplar rows become store row numbers, then sample ids are one lookup away
     for res in result.per_modality.values():
         res.rows = keep[res.rows]
+    return result
+
+
+def _score_spilled(
+    chunks_idx: list[np.ndarray],
+    chunks_val: list[np.ndarray],
+    labels: np.ndarray,
+    modality: np.ndarray,
+    keep: npt.NDArray[np.int64],
+    concepts: ConceptSet,
+    n_features: int,
+    feature_block: int,
+    spill_dir: str | None,
+    config: ScoringConfig | None,
+    meta: dict[str, Any],
+) -> ScoringResult:
+    import tempfile
+    from pathlib import Path
+
+    cfg = config or ScoringConfig()
+    meta.update({"n_latents": n_features, "feature_block": feature_block})
+    with tempfile.TemporaryDirectory(dir=spill_dir) as tmp:
+        idx_path, val_path = Path(tmp) / "indices.npy", Path(tmp) / "values.npy"
+        n = sum(len(c) for c in chunks_idx)
+        k = chunks_idx[0].shape[1] if chunks_idx else 0
+        meta["k"] = k
+        idx_mm = np.lib.format.open_memmap(idx_path, mode="w+", dtype=np.int32, shape=(n, k))
+        val_mm = np.lib.format.open_memmap(val_path, mode="w+", dtype=np.float32, shape=(n, k))
+        at = 0
+        while chunks_idx:
+            ci, cv = chunks_idx.pop(0), chunks_val.pop(0)
+            idx_mm[at : at + len(ci)] = ci
+            val_mm[at : at + len(ci)] = cv
+            at += len(ci)
+        idx_mm.flush()
+        val_mm.flush()
+        del idx_mm, val_mm
+        idx_r = np.load(idx_path, mmap_mode="r")
+        val_r = np.load(val_path, mmap_mode="r")
+        scores: dict[str, tuple[npt.NDArray[np.int64], Any]] = {}
+        for m, name in MODALITY_NAMES.items():
+            rows = np.flatnonzero(modality == m).astype(np.int64)
+            if len(rows) == 0:
+                continue
+
+            def chunks(rows: npt.NDArray[np.int64] = rows) -> Any:
+                for lo in range(0, len(rows), 65536):
+                    sel = rows[lo : lo + 65536]
+                    yield np.asarray(idx_r[sel]), np.asarray(val_r[sel])
+
+            s = score_sparse_chunks(
+                chunks, labels[rows], n_features, feature_block=feature_block, top_n=cfg.top_n
+            )
+            scores[name] = (keep[rows], s)
+    result = result_from_scores(scores, concepts, config=cfg, meta=meta)
     return result

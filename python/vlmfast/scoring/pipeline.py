@@ -193,6 +193,27 @@ def _modality_rows(modality: Any, n: int) -> dict[str, npt.NDArray[np.int64]]:
     }
 
 
+def result_from_scores(
+    scores: dict[str, tuple[npt.NDArray[np.int64], UnitScores]],
+    concepts: ConceptSet,
+    *,
+    config: ScoringConfig | None = None,
+    meta: dict[str, Any] | None = None,
+) -> ScoringResult:
+    """The analysis on top of already computed scores: ``{modality: (rows, UnitScores)}``.
+
+    Use it with :func:`vlmfast.stats.score_sparse_chunks` for codes that do not fit in memory.
+    """
+    cfg = config or ScoringConfig()
+    per = {
+        name: ModalityResult(name, rows, s, select(s, cfg.selectivity))
+        for name, (rows, s) in scores.items()
+    }
+    for _, s in scores.values():
+        _concepts_for(concepts, s.n_concepts)
+    return _finish(concepts, cfg, per, meta)
+
+
 def _finish(
     concepts: ConceptSet,
     cfg: ScoringConfig,
