@@ -117,3 +117,19 @@ def test_index_dtypes_and_torch_inputs_agree() -> None:
         torch.from_numpy(idx), torch.from_numpy(vals), torch.from_numpy(labels), 30
     )
     np.testing.assert_array_equal(t, base)
+
+
+def test_long_columns_match_sklearn() -> None:
+    # > 2048 values per unit: the radix-sort path of both entry points
+    rng = np.random.default_rng(7)
+    n, f = 6000, 3
+    scores = np.round(rng.normal(size=(n, f)), 2).astype(np.float32)
+    labels = rng.random((n, 2)) < 0.3
+    np.testing.assert_allclose(
+        vf.stats.auroc(scores, labels), _sklearn_table(scores, labels), atol=1e-12
+    )
+    idx = np.tile(np.arange(f), (n, 1))
+    vals = np.abs(scores)
+    vals[rng.random((n, f)) < 0.2] = 0.0
+    got = vf.stats.auroc_sparse(idx, vals, labels, f)
+    np.testing.assert_allclose(got, _sklearn_table(vals, labels), atol=1e-12)

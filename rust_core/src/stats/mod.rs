@@ -11,6 +11,7 @@
 
 pub mod dense;
 pub mod labels;
+pub mod radix;
 pub mod scores;
 pub mod sparse;
 pub mod walk;

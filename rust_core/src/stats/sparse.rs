@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::labels::LabelIndex;
+use super::radix::sort_by_value;
 use super::scores::Scores;
 use super::walk::{pack, score_unit, ScoreOptions, Scratch};
 use crate::error::{CoreError, CoreResult};
@@ -216,9 +217,9 @@ pub fn score_buckets(
             .zip(rows)
             .with_min_len(64)
             .for_each_init(
-                || Scratch::new(c, opts),
-                |scratch, (keys, out)| {
-                    keys.sort_unstable();
+                || (Scratch::new(c, opts), Vec::<u64>::new()),
+                |(scratch, tmp), (keys, out)| {
+                    sort_by_value(keys, tmp);
                     let n_zero = (n - keys.len()) as u64;
                     score_unit(keys, n_zero, labels, opts, scratch, out);
                 },
