@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod store;
+pub mod stats;
 
 #[cfg(feature = "python")]
 pub mod py;
