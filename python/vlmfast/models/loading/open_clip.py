@@ -453,8 +453,12 @@ def from_open_clip(
     name: str = "",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    share_memory: bool = False,
 ) -> HookedPair:
     """A ``HookedPair`` with the weights of an open_clip model instance (any ViT config).
+
+    The pair gets its own copy of the weights unless ``share_memory=True`` (then weights
+    the formats store alike share storage with ``model``: changing one changes the other).
 
     ``tokenizer`` (list[str] -> LongTensor [B, T]) defaults to open_clip's CLIP BPE
     tokenizer when the vocabulary is CLIP's (49408 tokens); ``preprocess`` (PIL image ->
@@ -477,6 +481,7 @@ def from_open_clip(
         spec=spec,
         device=device,
         dtype=dtype,
+        share_memory=share_memory,
     )
 
 
@@ -529,4 +534,5 @@ def load_open_clip(
         name=arch,
         device=device,
         dtype=dtype,
+        share_memory=True,  # the open_clip model is discarded
     )
