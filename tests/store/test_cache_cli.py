@@ -140,7 +140,7 @@ def test_resume_after_sigkill_at_every_commit_stage(
 def test_resume_after_external_sigkill(model_dir: Path, reference: Path, tmp_path: Path) -> None:
     """A real `vlmfast cache` process killed from outside mid-run, then re-run."""
     out = tmp_path / "s.zarr"
-    cmd = [sys.executable, "-m", "vlmfast", *_argv(model_dir, out, "--batch-size", "4")]
+    cmd = [sys.executable, "-m", "vlmfast", *_argv(model_dir, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
