@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod stats;
+pub mod store;
 
 #[cfg(feature = "python")]
 pub mod py;

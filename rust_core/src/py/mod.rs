@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod stats;
+mod store;
 
 pub use errors::{guard, to_pyerr};
 
@@ -14,6 +15,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     m.add_function(wrap_pyfunction!(worker_threads, m)?)?;
     stats::register(m)?;
+    store::register(m)?;
     Ok(())
 }
 
