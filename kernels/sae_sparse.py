@@ -88,9 +88,8 @@ def scatter_rows_csr_kernel(
         acc += c * tl.load(dense_ptr + row * d + ds, mask=d_ok, other=0.0).to(tl.float32)
         bias += c
     tl.store(out_ptr + latent * d + ds, acc, mask=d_ok)
-    if WRITE_BIAS:
-        if tl.program_id(1) == 0:
-            tl.store(bias_out_ptr + latent, bias)
+    if WRITE_BIAS and tl.program_id(1) == 0:
+        tl.store(bias_out_ptr + latent, bias)
 
 
 @triton.jit

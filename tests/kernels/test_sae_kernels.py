@@ -49,7 +49,13 @@ def _run(backend, tensors, k, dead, k_aux, seed=1):
         aux = ops.sparse_decode(enc.aux_values, enc.aux_indices, w_dec, backend=backend)
         loss = loss + (aux * target.flip(0)).sum()
     loss.backward()
-    grads = {"x": x.grad, "W_enc": w.grad, "b_enc": b_enc.grad, "b_dec": b_dec.grad, "W_dec": w_dec.grad}
+    grads = {
+        "x": x.grad,
+        "W_enc": w.grad,
+        "b_enc": b_enc.grad,
+        "b_dec": b_dec.grad,
+        "W_dec": w_dec.grad,
+    }
     return enc, recon.detach(), grads
 
 
@@ -133,7 +139,9 @@ def test_strict_mode_and_disable(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("n", "d", "f", "k"), [(1000, 768, 4096, 32), (257, 1152, 3000, 64), (64, 1024, 2048, 256)])
+@pytest.mark.parametrize(
+    ("n", "d", "f", "k"), [(1000, 768, 4096, 32), (257, 1152, 3000, 64), (64, 1024, 2048, 256)]
+)
 def test_gpu_parity_dtype_matrix(dtype, n, d, f, k):
     tensors = _inputs(n, d, f, device="cuda")
     dead = torch.zeros(f, dtype=torch.bool, device="cuda")
@@ -142,12 +150,18 @@ def test_gpu_parity_dtype_matrix(dtype, n, d, f, k):
 
     x, w, b_enc, b_dec = tensors
     comp = None if dtype == torch.float32 else dtype
-    t = ops.topk_encode(x, w, b_enc, b_dec, k, dead_mask=dead, k_aux=k, compute_dtype=comp, backend="triton")
-    r = ops.topk_encode(x, w, b_enc, b_dec, k, dead_mask=dead, k_aux=k, compute_dtype=comp, backend="reference")
+    t = ops.topk_encode(
+        x, w, b_enc, b_dec, k, dead_mask=dead, k_aux=k, compute_dtype=comp, backend="triton"
+    )
+    r = ops.topk_encode(
+        x, w, b_enc, b_dec, k, dead_mask=dead, k_aux=k, compute_dtype=comp, backend="reference"
+    )
     rtol, atol = TOLERANCE[dtype]
     agree = (t.indices == r.indices).float().mean()
     assert agree > (0.999 if dtype == torch.float32 else 0.95)
-    torch.testing.assert_close(t.values.sort(1).values, r.values.sort(1).values, rtol=rtol, atol=atol * 10)
+    torch.testing.assert_close(
+        t.values.sort(1).values, r.values.sort(1).values, rtol=rtol, atol=atol * 10
+    )
     _, rec_t, g_t = _run("triton", tensors, k, dead, k)
     _, rec_r, g_r = _run("reference", tensors, k, dead, k)
     torch.testing.assert_close(rec_t, rec_r, rtol=rtol, atol=atol)

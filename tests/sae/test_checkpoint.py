@@ -9,7 +9,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlmfast.errors import InputError, ShapeError
-from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, resume_trainer, save_training_checkpoint, train
+from vlmfast.sae import (
+    SAETrainer,
+    TopKSAE,
+    TrainConfig,
+    resume_trainer,
+    save_training_checkpoint,
+    train,
+)
 
 
 def _batches(n, seed=0, rows=32, d=8):
@@ -35,8 +42,26 @@ def test_saelens_layout_roundtrip(tmp_path):
 
 def test_saelens_written_checkpoint_without_vlmfast_section(tmp_path):
     w_dec = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
-    save_file({"W_enc": w_dec.t().contiguous(), "W_dec": w_dec, "b_enc": torch.zeros(16), "b_dec": torch.zeros(8)}, str(tmp_path / "sae_weights.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_in": 8, "d_sae": 16, "activation_fn_kwargs": {"k": 4}, "hook_name": "h"}))
+    save_file(
+        {
+            "W_enc": w_dec.t().contiguous(),
+            "W_dec": w_dec,
+            "b_enc": torch.zeros(16),
+            "b_dec": torch.zeros(8),
+        },
+        str(tmp_path / "sae_weights.safetensors"),
+    )
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "topk",
+                "d_in": 8,
+                "d_sae": 16,
+                "activation_fn_kwargs": {"k": 4},
+                "hook_name": "h",
+            }
+        )
+    )
     sae = TopKSAE.load(tmp_path)
     assert (sae.d_in, sae.n_latents, sae.k, sae.cfg.hook) == (8, 16, 4, "h")
 
@@ -45,8 +70,13 @@ def test_sparsify_import(tmp_path):
     g = torch.Generator().manual_seed(0)
     enc_w, enc_b = torch.randn(32, 8, generator=g), torch.randn(32, generator=g)
     w_dec, b_dec = torch.randn(32, 8, generator=g), torch.randn(8, generator=g)
-    save_file({"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": w_dec, "b_dec": b_dec}, str(tmp_path / "sae.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({"k": 4, "num_latents": 32, "expansion_factor": 4, "d_in": 8}))
+    save_file(
+        {"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": w_dec, "b_dec": b_dec},
+        str(tmp_path / "sae.safetensors"),
+    )
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"k": 4, "num_latents": 32, "expansion_factor": 4, "d_in": 8})
+    )
     sae = TopKSAE.load(tmp_path)
     x = torch.randn(5, 8, generator=g)
     # sparsify's forward: relu(encoder(x - b_dec)), top-k, decode + b_dec
@@ -71,7 +101,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     train(data[4:], [resumed])
     assert resumed.step_count == 8
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-        torch.testing.assert_close(getattr(resumed.sae, name), getattr(full.sae, name), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            getattr(resumed.sae, name), getattr(full.sae, name), rtol=1e-6, atol=1e-6
+        )
     assert torch.equal(resumed.tokens_since_fired, full.tokens_since_fired)
 
 

@@ -77,8 +77,14 @@ def test_auxk_matches_hand_written_formula():
     got = {n: p.grad.clone() for n, p in sae.named_parameters()}
 
     # by hand: dense pre-activations, top-k_aux among dead latents, no b_dec, detached residual
-    W_enc, b_enc = sae.W_enc.detach().clone().requires_grad_(), sae.b_enc.detach().clone().requires_grad_()
-    W_dec, b_dec = sae.W_dec.detach().clone().requires_grad_(), sae.b_dec.detach().clone().requires_grad_()
+    W_enc, b_enc = (
+        sae.W_enc.detach().clone().requires_grad_(),
+        sae.b_enc.detach().clone().requires_grad_(),
+    )
+    W_dec, b_dec = (
+        sae.W_dec.detach().clone().requires_grad_(),
+        sae.b_dec.detach().clone().requires_grad_(),
+    )
     pre = (x - b_dec) @ W_enc.T + b_enc
     z = torch.zeros_like(pre)
     top = pre.detach().topk(k, dim=1).indices
@@ -99,7 +105,9 @@ def test_auxk_matches_hand_written_formula():
     alive_rows = (~dead).nonzero().flatten()
     assert torch.all(got["W_dec"][alive_rows] == 0)
     # adding b_dec (the public trainers' bug) would give a different loss
-    wrong = ((aux_recon.detach() + b_dec.detach() - residual) ** 2).sum() / ((residual - residual.mean(0)) ** 2).sum()
+    wrong = ((aux_recon.detach() + b_dec.detach() - residual) ** 2).sum() / (
+        (residual - residual.mean(0)) ** 2
+    ).sum()
     assert not torch.isclose(wrong, expected)
 
 
@@ -120,7 +128,10 @@ def test_training_is_reproducible_and_sweeps_share_batches():
     def run():
         torch.manual_seed(0)
         saes = [TopKSAE(12, 40, 4, seed=1), TopKSAE(12, 80, 8, seed=2)]
-        trainers = [SAETrainer(s, TrainConfig(lr=lr), total_steps=6, name=f"s{i}") for i, (s, lr) in enumerate(zip(saes, (1e-3, 3e-3)))]
+        trainers = [
+            SAETrainer(s, TrainConfig(lr=lr), total_steps=6, name=f"s{i}")
+            for i, (s, lr) in enumerate(zip(saes, (1e-3, 3e-3)))
+        ]
         train((_data(seed=i) for i in range(100)), trainers, log_every=3)
         return saes, trainers
 

@@ -37,7 +37,9 @@ def _params(n, d, f, seed=0):
     return x, w, b_enc, b_dec
 
 
-@pytest.mark.parametrize(("n", "d", "f", "k"), [(1, 3, 5, 1), (7, 13, 37, 4), (16, 24, 64, 64), (33, 9, 50, 17)])
+@pytest.mark.parametrize(
+    ("n", "d", "f", "k"), [(1, 3, 5, 1), (7, 13, 37, 4), (16, 24, 64, 64), (33, 9, 50, 17)]
+)
 def test_topk_encode_matches_dense_with_grads(n, d, f, k):
     x, w, b_enc, b_dec = _params(n, d, f)
     dead = torch.zeros(f, dtype=torch.bool)
@@ -61,7 +63,9 @@ def test_topk_encode_matches_dense_with_grads(n, d, f, k):
 
 
 def test_ties_go_to_lowest_index():
-    scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 1.0, 5.0, 1.0, 1.0]])
+    scores = torch.tensor(
+        [[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0], [5.0, 1.0, 5.0, 1.0, 1.0]]
+    )
     vals, idx = ref.topk_lowest_index(scores, 2)
     assert idx.tolist() == [[1, 2], [0, 1], [0, 2]]
     vals, idx = ref.topk_lowest_index(scores, 4)
@@ -71,7 +75,7 @@ def test_ties_go_to_lowest_index():
 
 def test_k_equal_width_and_errors():
     scores = torch.randn(4, 6)
-    vals, idx = ref.topk_lowest_index(scores, 6)
+    _vals, idx = ref.topk_lowest_index(scores, 6)
     assert sorted(idx[0].tolist()) == list(range(6))
     with pytest.raises(ValueError):
         ref.topk_lowest_index(scores, 7)
@@ -93,8 +97,12 @@ def test_sparse_decode_and_helpers(n, k, f, d):
     out2.backward(go)
     torch.testing.assert_close(vals.grad, vals2.grad)
     torch.testing.assert_close(w.grad, w2.grad)
-    torch.testing.assert_close(ref.gather_dot(go, idx, w.detach()).double(), vals2.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ref.scatter_rows(idx, vals.detach(), go, f).double(), w2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ref.gather_dot(go, idx, w.detach()).double(), vals2.grad, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        ref.scatter_rows(idx, vals.detach(), go, f).double(), w2.grad, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bf16_compute_dtype_keeps_fp32_outputs():

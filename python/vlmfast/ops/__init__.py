@@ -32,7 +32,13 @@ def topk_encode(
         from vlmfast.ops import triton_ops
 
         return triton_ops.topk_encode(
-            x, w_enc, b_enc, b_dec, k, dead_mask=dead_mask, k_aux=k_aux,
+            x,
+            w_enc,
+            b_enc,
+            b_dec,
+            k,
+            dead_mask=dead_mask,
+            k_aux=k_aux,
             compute_dtype=compute_dtype,
         )
     return reference.topk_encode(
@@ -56,4 +62,21 @@ def sparse_decode(
     return reference.sparse_decode(values, indices, w_dec)
 
 
-__all__ = ["EncodeOutput", "reference", "sparse_decode", "topk_encode"]
+def sparse_decode_many(
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+    w_dec: torch.Tensor,
+    *,
+    deterministic: bool = True,
+    backend: str = "auto",
+) -> list[torch.Tensor]:
+    """:func:`sparse_decode` of several ``(values, indices)`` pairs sharing ``W_dec``."""
+    if use_triton(parts[0][0], "sparse_decode", backend):
+        from vlmfast.ops import triton_ops
+
+        return [
+            triton_ops.sparse_decode(v, i, w_dec, deterministic=deterministic) for v, i in parts
+        ]
+    return reference.sparse_decode_many(parts, w_dec)
+
+
+__all__ = ["EncodeOutput", "reference", "sparse_decode", "sparse_decode_many", "topk_encode"]

@@ -26,7 +26,7 @@ def _flag(name: str) -> bool:
 def triton_importable() -> bool:
     """Whether ``triton`` imports (cached: importing it twice is wasted work)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:  # pragma: no cover - depends on the platform
         return False

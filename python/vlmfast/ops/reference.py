@@ -46,7 +46,7 @@ def topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     equal are redone with a stable sort, and the k winners of every row are put in the
     canonical (value desc, index asc) order.
     """
-    n_rows, width = scores.shape
+    _n_rows, width = scores.shape
     if k > width:
         raise ValueError(f"k={k} exceeds the number of columns {width}")
     take = min(k + 1, width)
@@ -103,7 +103,7 @@ def _embedding_bag_grads(
     product ``S^T @ grad`` with ``S[n, indices[n,j]] = w[n,j]``, computed by torch's
     native embedding-bag backward (no ``N*k x d`` temporary).
     """
-    leaf = weight.detach().requires_grad_(True)
+    leaf = weight.detach().requires_grad_()
     with torch.enable_grad():
         out = F.embedding_bag(
             indices, leaf, per_sample_weights=weights_per_slot.to(weight.dtype), mode="sum"
@@ -116,7 +116,7 @@ class _TopKEncode(torch.autograd.Function):
     """Dense GEMM + top-k forward; backward only at the selected (and AuxK) latents."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         w_enc: torch.Tensor,
@@ -144,7 +144,7 @@ class _TopKEncode(torch.autograd.Function):
         return values, idx, aux_values, aux_idx
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any,
         g_values: torch.Tensor | None,
         _g_idx: Any,
@@ -202,9 +202,36 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tens
     The backward is torch's embedding-bag backward: ``N*k`` dot products for the values
     and a sparse scatter for ``W_dec``; nothing of size ``N x n_latents`` is formed.
     """
-    return F.embedding_bag(
-        indices, w_dec, per_sample_weights=values.to(w_dec.dtype), mode="sum"
+    return F.embedding_bag(indices, w_dec, per_sample_weights=values.to(w_dec.dtype), mode="sum")
+
+
+def sparse_decode_many(
+    parts: list[tuple[torch.Tensor, torch.Tensor]], w_dec: torch.Tensor
+) -> list[torch.Tensor]:
+    """:func:`sparse_decode` of several ``(values, indices)`` pairs in one embedding bag.
+
+    One call means one backward pass over ``W_dec`` (one zero-fill and one index sort)
+    instead of one per pair; the training step decodes the top-k and the AuxK codes so.
+    """
+    if len(parts) == 1:
+        return [sparse_decode(parts[0][0], parts[0][1], w_dec)]
+    flat_idx, flat_val, offsets, rows = [], [], [], []
+    start = 0
+    for values, indices in parts:
+        n, k = indices.shape
+        flat_idx.append(indices.reshape(-1))
+        flat_val.append(values.reshape(-1).to(w_dec.dtype))
+        offsets.append(torch.arange(n, device=indices.device, dtype=torch.int64) * k + start)
+        start += n * k
+        rows.append(n)
+    out = F.embedding_bag(
+        torch.cat(flat_idx),
+        w_dec,
+        torch.cat(offsets),
+        mode="sum",
+        per_sample_weights=torch.cat(flat_val),
     )
+    return list(out.split(rows))
 
 
 def gather_dot(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -238,6 +265,7 @@ __all__ = [
     "scatter_rows",
     "select_topk",
     "sparse_decode",
+    "sparse_decode_many",
     "topk_encode",
     "topk_lowest_index",
 ]

@@ -32,8 +32,15 @@ def gather_sum(coeff: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor)
     weight = weight.contiguous()
     grid = (n, triton.cdiv(d, block_d))
     sae_sparse.gather_sum_kernel[grid](
-        coeff.contiguous(), indices.contiguous(), weight, out, k, d, weight.stride(0),
-        KP=kp, BLOCK_D=block_d,
+        coeff.contiguous(),
+        indices.contiguous(),
+        weight,
+        out,
+        k,
+        d,
+        weight.stride(0),
+        KP=kp,
+        BLOCK_D=block_d,
     )
     return out
 
@@ -48,8 +55,15 @@ def gather_dot(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor) 
     kp = _pow2(k)
     weight = weight.contiguous()
     sae_sparse.gather_dot_kernel[(n,)](
-        grad.contiguous(), indices.contiguous(), weight, out, k, d, weight.stride(0),
-        KP=kp, BLOCK_D=_block_d(kp, d),
+        grad.contiguous(),
+        indices.contiguous(),
+        weight,
+        out,
+        k,
+        d,
+        weight.stride(0),
+        KP=kp,
+        BLOCK_D=_block_d(kp, d),
     )
     return out
 
@@ -130,10 +144,28 @@ def topk_select(
     w_enc = w_enc.to(xc.dtype).contiguous()
     if n:
         sae_topk_encode.topk_encode_kernel[(triton.cdiv(n, block_m),)](
-            xc, w_enc, b_enc.contiguous(), dead, values, idx, aux_values, aux_idx,
-            n, d, n_latents, xc.stride(0), w_enc.stride(0), k, k_aux,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, KP=kp, KPA=kpa,
-            HAS_AUX=has_aux, IEEE=ieee and xc.dtype == torch.float32,
+            xc,
+            w_enc,
+            b_enc.contiguous(),
+            dead,
+            values,
+            idx,
+            aux_values,
+            aux_idx,
+            n,
+            d,
+            n_latents,
+            xc.stride(0),
+            w_enc.stride(0),
+            k,
+            k_aux,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            KP=kp,
+            KPA=kpa,
+            HAS_AUX=has_aux,
+            IEEE=ieee and xc.dtype == torch.float32,
         )
     if not has_aux:
         return values, idx, None, None
@@ -142,7 +174,7 @@ def topk_select(
 
 class _TritonEncode(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         w_enc: torch.Tensor,
@@ -168,7 +200,7 @@ class _TritonEncode(torch.autograd.Function):
         return values, idx, aux_values, aux_idx
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, g_values: torch.Tensor | None, _gi: Any, g_aux: torch.Tensor | None, _ga: Any
     ) -> tuple[torch.Tensor | None, ...]:
         x, w_enc, b_dec, values, idx, aux_values, aux_idx = ctx.saved_tensors
@@ -189,29 +221,45 @@ class _TritonEncode(torch.autograd.Function):
         grad_b_dec = -grad_xc.sum(0).to(b_dec.dtype) if need_bdec else None
         assert grad_b is not None
         return (
-            grad_x, grad_w.to(w_enc.dtype), grad_b.to(w_enc.dtype), grad_b_dec,
-            None, None, None, None, None,
+            grad_x,
+            grad_w.to(w_enc.dtype),
+            grad_b.to(w_enc.dtype),
+            grad_b_dec,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
 class _TritonDecode(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tensor, deterministic: bool
+    def forward(
+        ctx: Any,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        w_dec: torch.Tensor,
+        deterministic: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(values, indices, w_dec)
         ctx.deterministic = deterministic
         return gather_sum(values, indices, w_dec).to(w_dec.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         values, indices, w_dec = ctx.saved_tensors
         grad = grad.contiguous()
-        g_values = gather_dot(grad, indices, w_dec).to(values.dtype) if ctx.needs_input_grad[0] else None
+        g_values = (
+            gather_dot(grad, indices, w_dec).to(values.dtype) if ctx.needs_input_grad[0] else None
+        )
         g_w = None
         if ctx.needs_input_grad[2]:
             g_w, _ = scatter_rows(
-                indices, values.float(), grad.float(), w_dec.shape[0],
+                indices,
+                values.float(),
+                grad.float(),
+                w_dec.shape[0],
                 deterministic=ctx.deterministic,
             )
             g_w = g_w.to(w_dec.dtype)

@@ -1,11 +1,11 @@
 """Top-k sparse autoencoders: model, training (single or sweep, DDP), metrics, checkpoints.
 
-    from vlmfast.sae import TopKSAE, SAETrainer, TrainConfig, train
-    sae = TopKSAE(d_in=768, n_latents=16384, k=32)
-    trainer = SAETrainer(sae, TrainConfig(), total_steps=1000)
-    train(batches, [trainer])
-    sae.save("out/sae")                       # SAELens layout
-    values, indices = TopKSAE.load("out/sae").encode(x)
+from vlmfast.sae import TopKSAE, SAETrainer, TrainConfig, train
+sae = TopKSAE(d_in=768, n_latents=16384, k=32)
+trainer = SAETrainer(sae, TrainConfig(), total_steps=1000)
+train(batches, [trainer])
+sae.save("out/sae")                       # SAELens layout
+values, indices = TopKSAE.load("out/sae").encode(x)
 """
 
 from __future__ import annotations

@@ -48,7 +48,9 @@ class SAEConfig:
         if self.k_aux is not None and self.k_aux < 0:
             raise InputError(f"SAEConfig.k_aux must be >= 0, got {self.k_aux}")
         if self.b_dec_init not in B_DEC_INITS:
-            raise InputError(f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
+            raise InputError(
+                f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}"
+            )
         if self.dead_tokens < 1:
             raise InputError(f"SAEConfig.dead_tokens must be >= 1, got {self.dead_tokens}")
 
@@ -94,7 +96,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.nan_policy not in ("error", "skip"):
-            raise InputError(f"TrainConfig.nan_policy must be 'error' or 'skip', got {self.nan_policy!r}")
+            raise InputError(
+                f"TrainConfig.nan_policy must be 'error' or 'skip', got {self.nan_policy!r}"
+            )
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
         if not 0.0 <= self.decay_start <= 1.0:

@@ -40,6 +40,8 @@ class TopKSAE(nn.Module):
     training with ``SAEConfig.input_scaling``; :meth:`fold_input_scale` removes it.
     """
 
+    input_scale: torch.Tensor
+
     def __init__(
         self, d_in: int, n_latents: int, k: int, *, cfg: SAEConfig | None = None, **cfg_fields: Any
     ) -> None:
@@ -88,7 +90,11 @@ class TopKSAE(nn.Module):
         self._check_input(x)
         scale = float(self.input_scale)
         out = ops.topk_encode(
-            x.to(self.W_enc.dtype) * scale, self.W_enc, self.b_enc, self.b_dec, self.k,
+            x.to(self.W_enc.dtype) * scale,
+            self.W_enc,
+            self.b_enc,
+            self.b_dec,
+            self.k,
             backend=backend,
         )
         return out.values / scale, out.indices
@@ -104,7 +110,9 @@ class TopKSAE(nn.Module):
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_latents):
             raise InputError(f"decode: indices must lie in [0, {self.n_latents})")
         scale = float(self.input_scale)
-        recon = ops.sparse_decode(values.to(self.W_dec.dtype) * scale, indices, self.W_dec, backend=backend)
+        recon = ops.sparse_decode(
+            values.to(self.W_dec.dtype) * scale, indices, self.W_dec, backend=backend
+        )
         return (recon + self.b_dec) / scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,14 +131,22 @@ class TopKSAE(nn.Module):
         """Training forward on already-scaled inputs, with AuxK over ``dead_mask``."""
         k_aux = self.cfg.aux_k if (self.cfg.auxk_coef > 0 and dead_mask is not None) else 0
         enc = ops.topk_encode(
-            x, self.W_enc, self.b_enc, self.b_dec, self.k,
-            dead_mask=dead_mask, k_aux=k_aux, compute_dtype=compute_dtype,
+            x,
+            self.W_enc,
+            self.b_enc,
+            self.b_dec,
+            self.k,
+            dead_mask=dead_mask,
+            k_aux=k_aux,
+            compute_dtype=compute_dtype,
         )
-        recon = ops.sparse_decode(enc.values, enc.indices, self.W_dec) + self.b_dec
-        aux_recon = None
+        parts = [(enc.values, enc.indices)]
         if enc.aux_values is not None and enc.aux_indices is not None:
-            # AuxK models the residual x - recon, which already contains b_dec: no bias here.
-            aux_recon = ops.sparse_decode(enc.aux_values, enc.aux_indices, self.W_dec)
+            parts.append((enc.aux_values, enc.aux_indices))
+        decoded = ops.sparse_decode_many(parts, self.W_dec)
+        recon = decoded[0] + self.b_dec
+        # AuxK models the residual x - recon, which already contains b_dec: no bias here.
+        aux_recon = decoded[1] if len(decoded) > 1 else None
         return ForwardOutput(recon, enc.values, enc.indices, aux_recon, enc.aux_indices)
 
     @torch.no_grad()
@@ -153,7 +169,7 @@ class TopKSAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def remove_parallel_grads_(self) -> None:
@@ -178,8 +194,8 @@ class TopKSAE(nn.Module):
         scale = float(self.input_scale)
         if scale == 1.0:
             return
-        self.b_enc /= scale
-        self.b_dec /= scale
+        self.b_enc.div_(scale)
+        self.b_dec.div_(scale)
         self.input_scale.fill_(1.0)
 
     # -------------------------------------------------------------- storage

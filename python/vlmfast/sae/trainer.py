@@ -172,7 +172,7 @@ class SAETrainer:
             residual = (xs - out.recon).detach()
             aux = auxk_loss(residual, out.aux_recon, _global_total_variance(residual))
             loss = loss + sae.cfg.auxk_coef * aux
-            aux_value = float(aux)
+            aux_value = float(aux.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in sae.parameters() if p.grad is not None]
@@ -203,9 +203,11 @@ class SAETrainer:
         self.step_count += 1
         self.tokens_seen += int(n_tokens)
         if not math.isfinite(float(loss.detach())):
-            raise InputError(f"SAE '{self.name}': loss became {float(loss.detach())} at step {self.step_count}")
+            raise InputError(
+                f"SAE '{self.name}': loss became {float(loss.detach())} at step {self.step_count}"
+            )
         # the FVU/auxk above are shares of the global loss on this rank; report global values
-        stats = torch.tensor([float(fvu), aux_value])
+        stats = torch.tensor([float(fvu.detach()), aux_value])
         ddp.all_reduce_sum_(stats)
         return StepResult(
             loss=float(stats[0]) + sae.cfg.auxk_coef * float(stats[1]),

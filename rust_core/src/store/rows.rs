@@ -238,7 +238,8 @@ impl RowArray {
     fn subset(&self, start: u64, stop: u64) -> ArraySubset {
         match self.width {
             Some(d) => ArraySubset::new_with_ranges(&[start..stop, 0..d]),
-            None => ArraySubset::new_with_ranges(&[start..stop]),
+            None => ArraySubset::new_with_start_shape(vec![start], vec![stop - start])
+                .expect("same dimensionality"),
         }
     }
 
@@ -263,7 +264,6 @@ impl RowArray {
         }
         self.grow_to(start + rows)?;
         let first = start / self.chunk_rows;
-        let n = rows / self.chunk_rows;
         let chunk_bytes = self.bytes_of(self.chunk_rows)?;
         let name = &self.name;
         let array = &self.array;
@@ -281,7 +281,6 @@ impl RowArray {
                         CoreError::store(format!("array {name}: writing chunk {}: {e}", idx[0]))
                     })
             })?;
-        let _ = n;
         Ok(())
     }
 
@@ -554,7 +553,7 @@ mod tests {
         let mut out = vec![0u8; 9 * 12];
         a.read_into(0, 9, &mut out).unwrap();
         assert_eq!(out, rows_bytes(0, 9));
-        assert!(a.read_into(0, 10, &mut vec![0u8; 120]).is_err());
+        assert!(a.read_into(0, 10, &mut [0u8; 120]).is_err());
         drop(a);
         // re-open at the committed count, continue the partial chunk
         let mut b = RowArray::open(store.clone(), "acts/x", 9, true).unwrap();

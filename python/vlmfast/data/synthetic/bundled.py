@@ -84,3 +84,36 @@ def load_clip_dir(path: Path) -> tuple[torch.nn.Module, WordTokenizer, dict[str,
 def load_bundled_clip() -> tuple[torch.nn.Module, WordTokenizer, dict[str, Any]]:
     """The bundled model as an open_clip ``CLIP`` module (eval mode)."""
     return load_clip_dir(bundled_dir())
+
+
+BUNDLED_NAMES: tuple[str, ...] = ("tiny",)
+
+
+def load_pair(
+    name: str = "tiny",
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """``load_pair("synthetic:tiny")``: the bundled model as a ``HookedPair``, converted
+    by the models layer's open_clip loader (``vlmfast.models.from_open_clip``).
+
+    ``name`` may also be the folder of a ``vlmfast synth train`` run.
+    """
+    from vlmfast.models.loading.open_clip import from_open_clip
+
+    if name in BUNDLED_NAMES:
+        path, spec = bundled_dir(), f"synthetic:{name}"
+    elif Path(name).is_dir():
+        path, spec = Path(name), f"synthetic:{name}"
+    else:
+        raise ModelLoadError(
+            f"unknown synthetic model {name!r}; expected one of {BUNDLED_NAMES} or a `vlmfast synth train` folder"
+        )
+    model, tokenizer, _ = load_clip_dir(path)
+    from vlmfast.data.synthetic.model import SyntheticPreprocess
+
+    preprocess = SyntheticPreprocess(model.visual.image_size[0] if hasattr(model.visual, "image_size") else 64)
+    return from_open_clip(
+        model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, name="synthetic-tiny", device=device, dtype=dtype
+    )

@@ -197,3 +197,47 @@ def heldout_combinations(caption: Caption) -> list[str]:
     if (caption.relation, subject) in spec.HELDOUT_RELATION_SUBJECT:
         found.append(f"{subject} {caption.relation}")
     return found
+
+
+def parse_caption(text: str) -> Caption:
+    """The structured caption of a benchmark text (inverse of ``Caption.text``).
+
+    Raises ``ValueError`` for text outside the benchmark's grammar:
+    ``mention (and mention)*`` or ``mention relation mention`` with
+    ``mention = a|an [size] [color] shape-word|"shape"``.
+    """
+    words = text.lower().split()
+    pos = 0
+
+    def mention() -> Mention:
+        nonlocal pos
+        if pos >= len(words) or words[pos] not in ("a", "an"):
+            raise ValueError(f"expected 'a'/'an' at word {pos} of {text!r}")
+        pos += 1
+        size = color = None
+        if pos < len(words) and words[pos] in spec.SIZES:
+            size, pos = words[pos], pos + 1
+        if pos < len(words) and words[pos] in spec.COLORS:
+            color, pos = words[pos], pos + 1
+        if pos >= len(words) or (words[pos] not in spec.SHAPES and words[pos] != "shape"):
+            raise ValueError(f"expected a shape word at word {pos} of {text!r}")
+        shape = None if words[pos] == "shape" else words[pos]
+        pos += 1
+        return Mention(color, shape, size)
+
+    first = mention()
+    rest = " ".join(words[pos:])
+    for rel in spec.RELATIONS:
+        if rest.startswith(rel + " "):
+            pos += len(rel.split())
+            second = mention()
+            if pos != len(words):
+                raise ValueError(f"trailing words in {text!r}")
+            return Caption("relation", (first, second), rel)
+    ments = [first]
+    while pos < len(words):
+        if words[pos] != "and":
+            raise ValueError(f"expected 'and' or a relation at word {pos} of {text!r}")
+        pos += 1
+        ments.append(mention())
+    return Caption("object" if len(ments) == 1 else "binding", tuple(ments))

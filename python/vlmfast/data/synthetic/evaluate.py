@@ -79,8 +79,11 @@ def _zero_shot(score: ScoreFn, samples: list[SyntheticSample], attr: str) -> tup
     prompts = [f"a {c}" if attr == "shape" else f"a {c} shape" for c in classes]
     prompts = [p.replace("a orange", "an orange") for p in prompts]
     sims = score(render_batch(rows), prompts)
-    truth = [classes.index(getattr(s.scene.objects[0], attr)) for s in rows]
-    return float(np.mean(np.argmax(sims, axis=1) == np.asarray(truth))), len(rows)
+    truth = np.asarray([classes.index(getattr(s.scene.objects[0], attr)) for s in rows])
+    true_sim = sims[np.arange(len(rows)), truth]
+    others = sims.copy()
+    others[np.arange(len(rows)), truth] = -np.inf
+    return float(np.mean(true_sim > others.max(axis=1))), len(rows)  # ties count as wrong
 
 
 def evaluate(score: ScoreFn, seed: int, n: int = 2000) -> dict[str, Any]:

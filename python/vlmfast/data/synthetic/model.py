@@ -70,7 +70,7 @@ def pixels_from_uint8(images: np.ndarray) -> torch.Tensor:
     """Rendered uint8 images [B, H, W, 3] -> normalised float tensor [B, 3, H, W]."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -1,0 +1,48 @@
+"""Hooked two-tower models: every head, neuron and residual stream of CLIP and SigLIP.
+
+import vlmfast as vf
+pair = vf.load_pair("open_clip:ViT-B-32")
+out = pair.run(images=px, texts=tok, cache=["image.blocks.*.attn.z"],
+               interventions=[vf.Ablate("image.blocks.5.attn.z", heads=[3])])
+"""
+
+from __future__ import annotations
+
+from vlmfast.models.config import PairConfig, TowerConfig
+from vlmfast.models.hooks import HookContext, resolve_hooks
+from vlmfast.models.interventions import (
+    Ablate,
+    FreezeLayerNorm,
+    Intervention,
+    Noise,
+    Patch,
+    PerRow,
+    Steer,
+)
+from vlmfast.models.loading.open_clip import convert_open_clip, from_open_clip
+from vlmfast.models.pair import HookedPair, RunOutput
+from vlmfast.models.registry import load_pair
+from vlmfast.models.towers import ImageTower, TextTower, Tower, TowerOutput
+
+__all__ = [
+    "Ablate",
+    "FreezeLayerNorm",
+    "HookContext",
+    "HookedPair",
+    "ImageTower",
+    "Intervention",
+    "Noise",
+    "PairConfig",
+    "Patch",
+    "PerRow",
+    "RunOutput",
+    "Steer",
+    "TextTower",
+    "Tower",
+    "TowerConfig",
+    "TowerOutput",
+    "convert_open_clip",
+    "from_open_clip",
+    "load_pair",
+    "resolve_hooks",
+]

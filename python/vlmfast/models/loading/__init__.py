@@ -1,0 +1,1 @@
+"""Loaders that turn original checkpoints into the internal format of ``vlmfast.models``."""

@@ -1,0 +1,86 @@
+"""``load_pair(spec)``: one entry point for every model source.
+
+- ``open_clip:<arch>`` (``pretrained``: ``None`` random init, a tag, or a checkpoint path)
+- ``hf:<hub id or local dir>`` (``vlmfast.models.loading.hf``)
+- ``synthetic:tiny`` (the bundled model, ``vlmfast.data.synthetic.bundled``)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+import torch
+
+from vlmfast.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from vlmfast.models.pair import HookedPair
+
+#: open_clip architectures covered by the parity tests (any open_clip ViT config loads).
+OPEN_CLIP_TESTED = (
+    "ViT-B-32",
+    "ViT-B-32-quickgelu",
+    "ViT-B-16",
+    "ViT-L-14",
+    "ViT-SO400M-14-SigLIP-384",
+)
+
+SCHEMES = ("open_clip", "hf", "synthetic")
+
+
+def _import_loader(module: str, spec: str) -> object:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is not None and module.startswith(err.name):
+            raise ModelLoadError(
+                f"cannot load {spec!r}: the loader module {module} is not part of this build"
+            ) from err
+        raise
+
+
+def load_pair(
+    spec: str,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedPair:
+    """Loads a CLIP/SigLIP model as a ``HookedPair``.
+
+    ``spec``: ``open_clip:<arch>``, ``hf:<hub id or local dir>`` or ``synthetic:tiny``.
+    ``pretrained`` (open_clip only): ``None`` for random weights, an open_clip tag such as
+    ``"openai"`` (downloaded or read from the cache as open_clip does), or the path of a
+    local checkpoint file.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ModelLoadError(
+            f"model spec must look like 'open_clip:ViT-B-32', 'hf:<id or dir>' or "
+            f"'synthetic:tiny', got {spec!r}"
+        )
+    scheme, _, rest = spec.partition(":")
+    if not rest:
+        raise ModelLoadError(f"model spec {spec!r} names no model after {scheme!r}")
+    if scheme == "open_clip":
+        from vlmfast.models.loading.open_clip import load_open_clip
+
+        return load_open_clip(rest, pretrained, device=device, dtype=dtype)
+    if scheme == "hf":
+        mod = _import_loader("vlmfast.models.loading.hf", spec)
+        load_hf = getattr(mod, "load_hf", None)
+        if load_hf is None:
+            raise ModelLoadError(f"cannot load {spec!r}: vlmfast.models.loading.hf has no load_hf")
+        pair: HookedPair = load_hf(rest, pretrained=pretrained, device=device, dtype=dtype)
+        return pair
+    if scheme == "synthetic":
+        mod = _import_loader("vlmfast.data.synthetic.bundled", spec)
+        loader = getattr(mod, "load_pair", None)
+        if loader is None:
+            raise ModelLoadError(
+                f"cannot load {spec!r}: vlmfast.data.synthetic.bundled has no load_pair"
+            )
+        pair = loader(rest, device=device, dtype=dtype)
+        return pair
+    raise ModelLoadError(
+        f"unknown model source {scheme!r} in {spec!r}; known: {', '.join(SCHEMES)}"
+    )

@@ -1,0 +1,104 @@
+"""Hooked towers reproduce open_clip's logits and embeddings (fp32, random weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmfast.models import HookedPair, from_open_clip
+from vlmfast.models.registry import OPEN_CLIP_TESTED
+from vlmfast.models.testing import build_open_clip, random_tokens, tiny_config, tiny_open_clip
+
+ATOL = 1e-4
+
+
+def _check(model: torch.nn.Module, pair: HookedPair, n_img: int = 3, n_txt: int = 4) -> None:
+    s = pair.config.image.image_size
+    px = torch.randn(n_img, 3, s, s)
+    tok = random_tokens(n_txt, pair.config.text.context_length, pair.config.text.vocab_size)
+    with torch.no_grad():
+        ref_logits = model.get_logits(px, tok)[0]
+        ref_img, ref_txt = model.encode_image(px), model.encode_text(tok)
+        out = pair.run(images=px, texts=tok)
+    assert out.logits is not None
+    torch.testing.assert_close(out.image_embeds, ref_img, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.text_embeds, ref_txt, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.logits, ref_logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(pair.logits(px, tok), ref_logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", OPEN_CLIP_TESTED)
+def test_parity_tiny_family(arch: str) -> None:
+    model = tiny_open_clip(arch)
+    pair = from_open_clip(model)
+    _check(model, pair)
+
+
+def test_family_structure_is_kept() -> None:
+    quick = from_open_clip(tiny_open_clip("ViT-B-32-quickgelu")).config
+    assert quick.image.act == quick.text.act == "quick_gelu"
+    sig = from_open_clip(tiny_open_clip("ViT-SO400M-14-SigLIP-384")).config
+    assert sig.image.pool == "map" and not sig.image.class_token
+    assert sig.image.head_dim == 72 and sig.image.mlp_width == 4304
+    assert sig.text.pool == "last" and not sig.text.causal and sig.text.proj_bias
+    assert sig.logit_bias
+    clip = from_open_clip(tiny_open_clip("ViT-B-32")).config
+    assert clip.text.pool == "eot" and clip.text.causal and clip.image.pre_norm
+
+
+def test_parity_mean_pool_and_post_pool_ln() -> None:
+    cfg = tiny_config("ViT-B-32")
+    cfg["vision_cfg"].update(pool_type="avg", final_ln_after_pool=True)
+    model = build_open_clip(cfg)
+    pair = from_open_clip(model)
+    assert pair.config.image.pool == "mean" and pair.config.image.final_ln == "post_pool"
+    _check(model, pair)
+
+
+def test_parity_with_every_hook_active() -> None:
+    """Caching everything (manual attention, LN scales, head_out) changes nothing."""
+    model = tiny_open_clip("ViT-SO400M-14-SigLIP-384")
+    pair = from_open_clip(model)
+    px = torch.randn(2, 3, 56, 56)
+    tok = random_tokens(3)
+    with torch.no_grad():
+        ref = model.get_logits(px, tok)[0]
+        out = pair.run(images=px, texts=tok, cache=["*"])
+    assert out.logits is not None
+    torch.testing.assert_close(out.logits, ref, atol=ATOL, rtol=0)
+    assert set(out.cache) == set(pair.hook_points())
+
+
+def test_from_state_dict_round_trip() -> None:
+    pair = from_open_clip(tiny_open_clip("ViT-B-16"))
+    again = HookedPair.from_state_dict(pair.config, pair.internal_state_dict())
+    px, tok = torch.randn(2, 3, 48, 48), random_tokens(2)
+    with torch.no_grad():
+        torch.testing.assert_close(again.logits(px, tok), pair.logits(px, tok), atol=0, rtol=0)
+
+
+def test_dtype_and_device_arguments() -> None:
+    pair = from_open_clip(tiny_open_clip("ViT-B-32"), dtype=torch.float64)
+    assert pair.dtype == torch.float64
+    px, tok = torch.randn(2, 3, 96, 96), random_tokens(2)
+    with torch.no_grad():
+        assert pair.logits(px, tok).dtype == torch.float64
+
+
+@pytest.mark.slow
+def test_parity_full_vit_b32() -> None:
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32").eval()
+    pair = from_open_clip(model)
+    assert pair.config.image.width == 768 and pair.config.image.layers == 12
+    px = torch.randn(2, 3, 224, 224)
+    tok = open_clip.tokenize(["a photo of a red cube", "two dogs left of a cat", "x"])
+    with torch.no_grad():
+        ref = model.get_logits(px, tok)[0]
+        torch.testing.assert_close(pair.logits(px, tok), ref, atol=ATOL, rtol=0)
+        torch.testing.assert_close(pair.encode_image(px), model.encode_image(px), atol=ATOL, rtol=0)
+        torch.testing.assert_close(pair.encode_text(tok), model.encode_text(tok), atol=ATOL, rtol=0)
+        # the tokenizer of open_clip:ViT-B-32 is CLIP's BPE
+        torch.testing.assert_close(pair.tokenize(["a photo of a red cube"]), tok[:1])
