@@ -60,6 +60,7 @@ def score_dense_units(
     top_n: int = 0,
 ) -> dict[str, Any]:
     """Exact AUROC (and optional statistics) of every column of ``scores[N, F]``."""
+
 @final
 class StoreArray:
     """One store array (`acts/<hook>`, `index/<hook>/sample`, ...), open for reading or appending."""
