@@ -26,41 +26,6 @@ __version__: str
 def worker_threads() -> int:
     """Number of worker threads the native core uses for parallel work."""
 
-def score_sparse_codes(
-    indices: npt.NDArray[np.integer[Any]],
-    values: npt.NDArray[np.float32],
-    labels: npt.NDArray[np.bool_],
-    n_features: int,
-    *,
-    stats: bool = False,
-    with_se: bool = False,
-    top_n: int = 0,
-) -> dict[str, Any]:
-    """Exact AUROC (and optional statistics) of top-k codes against concept labels."""
-
-def score_sparse_triplets(
-    rows: npt.NDArray[np.int64],
-    indices: npt.NDArray[np.int64],
-    values: npt.NDArray[np.float32],
-    labels: npt.NDArray[np.bool_],
-    n_features: int,
-    *,
-    stats: bool = False,
-    with_se: bool = False,
-    top_n: int = 0,
-) -> dict[str, Any]:
-    """Exact AUROC (and optional statistics) of COO triplets ``(rows, indices, values)``."""
-
-def score_dense_units(
-    scores: npt.NDArray[np.float32],
-    labels: npt.NDArray[np.bool_],
-    *,
-    stats: bool = False,
-    with_se: bool = False,
-    top_n: int = 0,
-) -> dict[str, Any]:
-    """Exact AUROC (and optional statistics) of every column of ``scores[N, F]``."""
-
 @final
 class StoreArray:
     """One store array (`acts/<hook>`, `index/<hook>/sample`, ...), open for reading or appending."""
@@ -135,3 +100,37 @@ def store_node_exists(root: str, path: str) -> bool:
 
 def store_nonfinite_rows(data: npt.NDArray[np.uint8], dtype: str, width: int) -> list[int]:
     """Row indices (in `data`, rows of `width` elements of `dtype`) holding NaN or Inf."""
+def score_sparse_codes(
+    indices: npt.NDArray[np.integer[Any]],
+    values: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.bool_],
+    n_features: int,
+    *,
+    stats: bool = False,
+    with_se: bool = False,
+    top_n: int = 0,
+) -> dict[str, Any]:
+    """Exact AUROC (and optional statistics) of top-k codes against concept labels."""
+
+def score_sparse_triplets(
+    rows: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.bool_],
+    n_features: int,
+    *,
+    stats: bool = False,
+    with_se: bool = False,
+    top_n: int = 0,
+) -> dict[str, Any]:
+    """Exact AUROC (and optional statistics) of COO triplets ``(rows, indices, values)``."""
+
+def score_dense_units(
+    scores: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.bool_],
+    *,
+    stats: bool = False,
+    with_se: bool = False,
+    top_n: int = 0,
+) -> dict[str, Any]:
+    """Exact AUROC (and optional statistics) of every column of ``scores[N, F]``."""

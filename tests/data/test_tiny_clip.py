@@ -85,7 +85,9 @@ def test_trimmed_text_encoding_is_exact() -> None:
     texts = [s.caption.text for s in make_samples(0, "train", range(40))]
     ids = tok(texts)
     with torch.no_grad():
-        torch.testing.assert_close(encode_text_trimmed(model, ids), model.encode_text(ids), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            encode_text_trimmed(model, ids), model.encode_text(ids), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_config_is_open_clip_and_eot_pooling() -> None:
@@ -105,9 +107,13 @@ def test_training_is_reproducible_and_loadable(tmp_path: Path) -> None:
     for k in s1:
         torch.testing.assert_close(s1[k], s2[k])
     assert info["steps_done"] == 2
-    config, state, tok, pre = load_bundled(tmp_path / "a")
-    assert config == tiny_config() and isinstance(tok, WordTokenizer) and isinstance(pre, SyntheticPreprocess)
-    model, _, info2 = load_clip_dir(tmp_path / "a")
+    config, _state, tok, pre = load_bundled(tmp_path / "a")
+    assert (
+        config == tiny_config()
+        and isinstance(tok, WordTokenizer)
+        and isinstance(pre, SyntheticPreprocess)
+    )
+    _model, _, info2 = load_clip_dir(tmp_path / "a")
     assert info2["train_config"]["seed"] == 3
     with pytest.raises(ModelLoadError, match=r"no model\.safetensors"):
         load_bundled(tmp_path / "missing")
@@ -121,7 +127,9 @@ def test_preprocess_matches_training_pixels() -> None:
     pre = SyntheticPreprocess()
     from vlmfast.data.synthetic.model import pixels_from_uint8
 
-    torch.testing.assert_close(pre.batch([Image.fromarray(a) for a in imgs]), pixels_from_uint8(imgs))
+    torch.testing.assert_close(
+        pre.batch([Image.fromarray(a) for a in imgs]), pixels_from_uint8(imgs)
+    )
     big = Image.fromarray(imgs[0]).resize((128, 128))
     assert pre(big).shape == (3, 64, 64)
 
@@ -133,7 +141,7 @@ BUNDLED = (bundled_dir() / "model.safetensors").is_file()
 def test_bundled_model_loads_and_binds() -> None:
     import open_clip
 
-    config, state, tok, pre = load_bundled()
+    config, state, tok, _pre = load_bundled()
     model = open_clip.model.CLIP(**config)
     model.load_state_dict(state, strict=True)
     size = sum(p.stat().st_size for p in bundled_dir().iterdir())
@@ -167,3 +175,41 @@ def test_cli_generate(tmp_path: Path) -> None:
     assert [r.caption for r in recs] == [s.caption.text for s in direct]
     assert np.array_equal(np.asarray(recs[0].image), direct[0].image())
     assert recs[0].meta["meta"]["objects"][0]["shape"] == direct[0].scene.objects[0].shape
+
+
+def test_load_pair_matches_open_clip(tmp_path: Path) -> None:
+    pytest.importorskip("vlmfast.models.loading.open_clip")
+    from PIL import Image
+
+    import vlmfast as vf
+
+    train(TrainConfig(steps=1, batch_size=4, threads=1), out_dir=tmp_path / "m", log=lambda _: None)
+    pair = vf.load_pair(f"synthetic:{tmp_path / 'm'}")
+    model, _, _ = load_clip_dir(tmp_path / "m")
+    s = make_samples(1, "test", range(4))
+    px = pair.preprocess([Image.fromarray(a) for a in render_batch(s)])
+    ids = pair.tokenize([x.caption.text for x in s])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(px), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        torch.testing.assert_close(pair.logits(px, ids), model.logit_scale.exp() * img @ txt.T)
+    assert "text.blocks.2.attn.pattern" in pair.hook_points()
+    with pytest.raises(ModelLoadError, match="unknown synthetic model"):
+        vf.load_pair("synthetic:nope")
+
+
+@pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
+def test_load_pair_synthetic_tiny() -> None:
+    pytest.importorskip("vlmfast.models.loading.open_clip")
+    import vlmfast as vf
+
+    pair = vf.load_pair("synthetic:tiny")
+    s = make_samples(77, "test", range(8))
+    from PIL import Image
+
+    px = pair.preprocess([Image.fromarray(x.image()) for x in s])
+    texts = [x.caption.text for x in s]
+    logits = pair.logits(px, pair.tokenize(texts))
+    assert (logits.argmax(dim=1) == torch.arange(8)).float().mean() >= 0.75
+    out = pair.run(images=px, cache=["image.blocks.0.attn.z"])
+    assert out.cache["image.blocks.0.attn.z"].shape[:2] == (8, 17)

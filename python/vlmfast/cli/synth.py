@@ -52,6 +52,9 @@ def register(subparsers: Any) -> None:
         "--weights", default=None, help="folder written by `synth train` (default: bundled)"
     )
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ev.add_argument(
+        "--card", action="store_true", help="write MODEL_CARD.md + eval.json into --weights"
+    )
     ev.set_defaults(func=_eval)
 
 
@@ -99,6 +102,12 @@ def _eval(args: argparse.Namespace) -> int:
     if train_seed is not None and args.seed == train_seed:
         raise InputError(f"--seed {args.seed} is the training seed; pick a fresh seed")
     result = evaluate_model(model, tok, seed=args.seed, n=args.n)
+    if args.card:
+        if args.weights is None:
+            raise InputError("--card needs --weights DIR (the bundled card ships with the package)")
+        from vlmfast.data.synthetic.card import write_model_card
+
+        print(f"wrote {write_model_card(Path(args.weights), result)}", file=sys.stderr)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()

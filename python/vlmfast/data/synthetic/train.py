@@ -169,6 +169,7 @@ def train(
         betas=(0.9, 0.98),
     )
     start = time.time()
+    cpu_start = time.process_time()
     history: list[dict[str, float]] = []
     step = 0
     for step in range(cfg.steps):
@@ -215,6 +216,8 @@ def train(
             break
     info = {
         "train_config": asdict(cfg),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "cpu_minutes": (time.process_time() - cpu_start) / 60,
         "steps_done": step + 1,
         "minutes": (time.time() - start) / 60,
         "history": history,

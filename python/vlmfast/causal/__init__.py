@@ -1,0 +1,24 @@
+"""Causal tools on the hooked pair: activation patching sweeps and their metrics.
+
+import vlmfast as vf
+grid = vf.causal.patch_heads(pair, px, tok, source={"images": px_src}, metric="score")
+# grid[L, h]: matched score (scale*cos + bias) with head h of image layer L patched
+"""
+
+from __future__ import annotations
+
+from vlmfast.causal.components import ComponentSpec, component_spec
+from vlmfast.causal.metrics import Alignment, LogitDiff, MatchedScore, resolve_metric, similarity
+from vlmfast.causal.patching import patch_heads, patch_sweep
+
+__all__ = [
+    "Alignment",
+    "ComponentSpec",
+    "LogitDiff",
+    "MatchedScore",
+    "component_spec",
+    "patch_heads",
+    "patch_sweep",
+    "resolve_metric",
+    "similarity",
+]
