@@ -180,4 +180,7 @@ def test_cli_on_a_real_store(tmp_path, capsys) -> None:
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["modalities"]["text"]["rows"] == 49
+    g = zarr.open_group(str(out / "scores.zarr"), mode="r")
+    rows, samples = g["image/top_rows"][:], g["image/top_samples"][:]
+    np.testing.assert_array_equal(samples[rows >= 0], idx.sample[rows[rows >= 0]])
     assert "[image]" in capsys.readouterr().out
