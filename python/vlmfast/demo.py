@@ -75,13 +75,13 @@ def _model_quality(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any
     return result
 
 
-def _cache(cfg: DemoConfig, last_layer: int, log: Callable[[str], None]) -> Any:
+def _cache(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> Any:
     from vlmfast.store.cache import CacheConfig, run_cache
 
     hooks = [
         "joint.embed",
-        f"image.blocks.{last_layer}.mlp.post",
-        f"text.blocks.{last_layer}.mlp.post",
+        f"image.blocks.{pair.config.image.layers - 1}.mlp.post",
+        f"text.blocks.{pair.config.text.layers - 1}.mlp.post",
     ]
     started = time.perf_counter()
     store = run_cache(
@@ -127,7 +127,10 @@ def _train_sae(cfg: DemoConfig, store: Any, log: Callable[[str], None]) -> Any:
 def _best_units(result: Any, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
     best: dict[str, Any] = {}
     concept_names = list(result.concepts.names)
-    log(f"  {'concept':<14}" + "".join(f"{m + ' unit':>14}{'AUROC':>8}" for m in result.per_modality))
+    log(
+        f"  {'concept':<14}"
+        + "".join(f"{m + ' unit':>14}{'AUROC':>8}" for m in result.per_modality)
+    )
     for name in names:
         if name not in concept_names:
             continue
@@ -146,7 +149,9 @@ def _best_units(result: Any, names: list[str], log: Callable[[str], None]) -> di
     return best
 
 
-def _score(cfg: DemoConfig, store: Any, sae: Any, last_layer: int, log: Callable[[str], None]) -> dict[str, Any]:
+def _score(
+    cfg: DemoConfig, store: Any, sae: Any, last_layer: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     from vlmfast.scoring import format_summary
     from vlmfast.scoring.from_store import score_store
 
@@ -184,7 +189,9 @@ def _patch_heads(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> dict
     effect = grid.detach().cpu().double() - clean_score
     n_layers, n_heads = effect.shape
     order = torch.argsort(effect.flatten())[:5]
-    log(f"  clean matched score {clean_score:.3f}; {n_layers * n_heads} single-head patches in {took:.2f} s")
+    log(
+        f"  clean matched score {clean_score:.3f}; {n_layers * n_heads} single-head patches in {took:.2f} s"
+    )
     log(f"  {'head':<10}{'score change':>14}")
     top = []
     for flat in order.tolist():
@@ -203,13 +210,15 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     torch.manual_seed(cfg.seed)
     pair = vf.load_pair("synthetic:tiny")
     last_layer = pair.config.image.layers - 1
-    log(f"vlmfast demo: bundled model {pair.spec} ({sum(p.numel() for p in pair.parameters()):,} parameters)")
+    log(
+        f"vlmfast demo: bundled model {pair.spec} ({sum(p.numel() for p in pair.parameters()):,} parameters)"
+    )
     summary: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}}
 
     _section(log, "1. held-out quality of the bundled model (fresh seed)")
     summary["quality"] = _model_quality(cfg, log)
     _section(log, "2. cache both towers into a zarr store")
-    store = _cache(cfg, last_layer, log)
+    store = _cache(cfg, pair, log)
     _section(log, "3. top-k SAE on the shared embedding space (image + text rows)")
     sae = _train_sae(cfg, store, log)
     _section(log, "4. concept selectivity, per modality (exact AUROC, BH-controlled)")
