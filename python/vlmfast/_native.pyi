@@ -100,6 +100,7 @@ def store_node_exists(root: str, path: str) -> bool:
 
 def store_nonfinite_rows(data: npt.NDArray[np.uint8], dtype: str, width: int) -> list[int]:
     """Row indices (in `data`, rows of `width` elements of `dtype`) holding NaN or Inf."""
+
 def score_sparse_codes(
     indices: npt.NDArray[np.integer[Any]],
     values: npt.NDArray[np.float32],

@@ -6,8 +6,8 @@
 //! the exception classes of `vlmfast.errors`.
 
 pub mod error;
-pub mod store;
 pub mod stats;
+pub mod store;
 
 #[cfg(feature = "python")]
 pub mod py;

@@ -44,17 +44,14 @@ def check_labels(labels: Any, n_rows: int | None = None) -> npt.NDArray[np.bool_
 
 
 def check_float(x: Any, name: str, ndim: int) -> npt.NDArray[np.float32]:
-    """``x`` as C-contiguous float32 with ``ndim`` dimensions and no NaN."""
+    """``x`` as C-contiguous float32 with ``ndim`` dimensions (NaN is checked natively)."""
     arr = as_numpy(x, name)
     if arr.ndim != ndim:
         raise ShapeError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.size and np.isnan(arr).any():
-        pos = np.argwhere(np.isnan(arr))[0]
-        raise InputError(f"{name} has NaN at {tuple(int(p) for p in pos)}")
-    return arr
+    # NaN is rejected by the native core in its first pass (no [N, F] bool temporary here)
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def check_indices(x: Any, name: str, n_features: int, ndim: int = 2) -> np.ndarray:

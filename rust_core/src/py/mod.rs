@@ -4,8 +4,8 @@
 use pyo3::prelude::*;
 
 mod errors;
-mod store;
 mod stats;
+mod store;
 
 pub use errors::{guard, to_pyerr};
 
