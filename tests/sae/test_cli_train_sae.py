@@ -140,3 +140,47 @@ def test_clear_errors(tiny_store, tmp_path, capsys):
         == 1
     )
     assert "exceeds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks(tiny_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "vlmfast",
+        "train-sae",
+        "--store",
+        str(tiny_store),
+        "--hook",
+        "image.embed",
+        "--k",
+        "4",
+        "--n-latents",
+        "32",
+        "--batch-size",
+        "64",
+        "--tokens",
+        "640",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--log-every",
+        "10",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["tokens"] == 640 and last["window_rows"] == 640  # both ranks' rows counted
+    assert TopKSAE.load(out).n_latents == 32

@@ -59,6 +59,21 @@ class RunningMetrics:
         self.sum_l0 += other.sum_l0
         self.fire_counts += other.fire_counts
 
+    def all_reduce_(self) -> None:
+        """Sums the accumulators over data-parallel ranks (no-op in one process)."""
+        from vlmfast.sae import distributed as ddp
+
+        if not ddp.is_distributed():
+            return
+        scalars = torch.tensor(
+            [float(self.n_rows), self.sum_err2, self.sum_l0], dtype=torch.float64
+        )
+        for t in (scalars, self.sum_x, self.sum_x2, self.fire_counts):
+            ddp.all_reduce_sum_(t)
+        self.n_rows = int(scalars[0])
+        self.sum_err2 = float(scalars[1])
+        self.sum_l0 = float(scalars[2])
+
     def total_variance(self) -> float:
         if self.n_rows == 0:
             return float("nan")

@@ -288,6 +288,8 @@ def train(
         if done % log_every == 0 or done == remaining:
             elapsed = max(1e-9, time.perf_counter() - started)
             rate = (trainers[0].tokens_seen - tokens_at_start) / elapsed
+            for t in trainers:
+                t.metrics.all_reduce_()
             logs = [
                 TrainLog(t.name, t.step_count, t.tokens_seen, rate, t.metrics.summary(), r, skipped)
                 for t, r in zip(trainers, results)
