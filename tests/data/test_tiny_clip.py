@@ -138,21 +138,23 @@ BUNDLED = (bundled_dir() / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
-def test_bundled_model_loads_and_binds() -> None:
+def test_bundled_model_loads_and_matches_its_card() -> None:
     import open_clip
 
-    config, state, tok, _pre = load_bundled()
+    from vlmfast.data.synthetic.evaluate import evaluate_model
+
+    config, state, tok, _ = load_bundled()
     model = open_clip.model.CLIP(**config)
     model.load_state_dict(state, strict=True)
     size = sum(p.stat().st_size for p in bundled_dir().iterdir())
     assert size < 20 * 2**20
-    from vlmfast.data.synthetic.evaluate import evaluate_model
-
-    res = evaluate_model(model, tok, seed=4321, n=150)["summary"]
-    for key, floor in FLOORS.items():
-        assert res[key] >= floor - 0.05, (key, res[key])
+    recorded = json.loads((bundled_dir() / "eval.json").read_text())["summary"]
+    fresh = evaluate_model(model, tok, seed=4321, n=200)["summary"]
+    for key in FLOORS:  # the card's figures hold on another fresh seed (binomial noise)
+        assert abs(fresh[key] - recorded[key]) <= 0.08, (key, fresh[key], recorded[key])
+    assert fresh["zero_shot_color"] >= 0.95 and fresh["zero_shot_shape"] >= 0.9
     card = (bundled_dir() / "MODEL_CARD.md").read_text()
-    assert "vlmfast synth train" in card
+    assert "vlmfast synth train" in card and "Held-out evaluation" in card
 
 
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
