@@ -138,21 +138,23 @@ BUNDLED = (bundled_dir() / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
-def test_bundled_model_loads_and_binds() -> None:
+def test_bundled_model_loads_and_matches_its_card() -> None:
     import open_clip
 
-    config, state, tok, _pre = load_bundled()
+    from vlmfast.data.synthetic.evaluate import evaluate_model
+
+    config, state, tok, _ = load_bundled()
     model = open_clip.model.CLIP(**config)
     model.load_state_dict(state, strict=True)
     size = sum(p.stat().st_size for p in bundled_dir().iterdir())
     assert size < 20 * 2**20
-    from vlmfast.data.synthetic.evaluate import evaluate_model
-
-    res = evaluate_model(model, tok, seed=4321, n=150)["summary"]
-    for key, floor in FLOORS.items():
-        assert res[key] >= floor - 0.05, (key, res[key])
+    recorded = json.loads((bundled_dir() / "eval.json").read_text())["summary"]
+    fresh = evaluate_model(model, tok, seed=4321, n=200)["summary"]
+    for key in FLOORS:  # the card's figures hold on another fresh seed (binomial noise)
+        assert abs(fresh[key] - recorded[key]) <= 0.08, (key, fresh[key], recorded[key])
+    assert fresh["zero_shot_color"] >= 0.95 and fresh["zero_shot_shape"] >= 0.9
     card = (bundled_dir() / "MODEL_CARD.md").read_text()
-    assert "vlmfast synth train" in card
+    assert "vlmfast synth train" in card and "Held-out evaluation" in card
 
 
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
@@ -201,15 +203,25 @@ def test_load_pair_matches_open_clip(tmp_path: Path) -> None:
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
 def test_load_pair_synthetic_tiny() -> None:
     pytest.importorskip("vlmfast.models.loading.open_clip")
-    import vlmfast as vf
-
-    pair = vf.load_pair("synthetic:tiny")
-    s = make_samples(77, "test", range(8))
     from PIL import Image
 
+    import vlmfast as vf
+    from vlmfast.data.synthetic.bundled import load_bundled_clip
+
+    pair = vf.load_pair("synthetic:tiny")
+    model, tok, _ = load_bundled_clip()
+    s = [x for x in make_samples(77, "test", range(80)) if "swapped_attributes" in x.negatives][:20]
     px = pair.preprocess([Image.fromarray(x.image()) for x in s])
-    texts = [x.caption.text for x in s]
-    logits = pair.logits(px, pair.tokenize(texts))
-    assert (logits.argmax(dim=1) == torch.arange(8)).float().mean() >= 0.75
+    texts = [x.caption.text for x in s] + [x.negatives["swapped_attributes"].text for x in s]
+    ids = pair.tokenize(texts)
+    torch.testing.assert_close(ids, tok(texts))
+    logits = pair.logits(px, ids)
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(px), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        torch.testing.assert_close(logits, model.logit_scale.exp() * img @ txt.T)
+    n = len(s)
+    diag = torch.arange(n)
+    assert (logits[diag, diag] > logits[diag, diag + n]).float().mean() >= 0.85  # binds
     out = pair.run(images=px, cache=["image.blocks.0.attn.z"])
-    assert out.cache["image.blocks.0.attn.z"].shape[:2] == (8, 17)
+    assert out.cache["image.blocks.0.attn.z"].shape[:2] == (n, 17)
