@@ -256,6 +256,7 @@ impl RowArray {
 
     /// Encodes and writes whole chunks starting at chunk-aligned row `start`.
     fn write_chunks(&mut self, start: u64, bytes: &[u8]) -> CoreResult<()> {
+        // staged in the store; made durable by `flush` (sync_pending)
         let rows = (bytes.len() / self.row_bytes) as u64;
         debug_assert_eq!(start % self.chunk_rows, 0);
         debug_assert_eq!(rows % self.chunk_rows, 0);
@@ -329,15 +330,14 @@ impl RowArray {
 
     /// Writes the partial last chunk (zero-padded) so every appended row is on disk.
     pub fn flush(&mut self) -> CoreResult<()> {
-        if !self.tail_dirty || self.tail.is_empty() {
-            return Ok(());
+        if self.tail_dirty && !self.tail.is_empty() {
+            let chunk_bytes = self.bytes_of(self.chunk_rows)?;
+            let mut padded = self.tail.clone();
+            padded.resize(chunk_bytes, 0);
+            self.write_chunks(self.tail_start, &padded)?;
+            self.tail_dirty = false;
         }
-        let chunk_bytes = self.bytes_of(self.chunk_rows)?;
-        let mut padded = self.tail.clone();
-        padded.resize(chunk_bytes, 0);
-        self.write_chunks(self.tail_start, &padded)?;
-        self.tail_dirty = false;
-        Ok(())
+        self.array.storage().sync_pending()
     }
 
     /// Flushes, then makes `rows` (≤ written) the committed row count and persists the shape.
@@ -397,7 +397,7 @@ impl RowArray {
             self.write_chunks(start + (whole / self.row_bytes) as u64, &padded)?;
         }
         self.written = self.written.max(start + rows);
-        Ok(())
+        self.array.storage().sync_pending()
     }
 
     /// Marks `rows` as committed after a multi-rank write (all ranks done).
