@@ -595,6 +595,25 @@ mod tests {
     }
 
     #[test]
+    fn disjoint_chunk_ranges_then_commit() {
+        // two "ranks" write disjoint chunk-aligned ranges, then one commit step
+        let dir = tempdir();
+        let store = Arc::new(DurableStore::new(&dir).unwrap());
+        let mut a = RowArray::create(store.clone(), "acts/r", layout(4, Compression::None, None))
+            .unwrap();
+        let mut b = RowArray::open(store.clone(), "acts/r", 0, true).unwrap();
+        b.write_at(8, &rows_bytes(8, 3), true).unwrap();
+        a.write_at(0, &rows_bytes(0, 8), false).unwrap();
+        assert!(a.write_at(2, &rows_bytes(2, 4), false).is_err(), "unaligned start");
+        assert!(a.write_at(0, &rows_bytes(0, 3), false).is_err(), "ends inside a chunk");
+        a.commit_written(11).unwrap();
+        let mut out = vec![0u8; 11 * 12];
+        a.read_into(0, 11, &mut out).unwrap();
+        assert_eq!(out, rows_bytes(0, 11));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn finds_nonfinite_rows() {
         let mut b = rows_bytes(0, 4);
         b[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
