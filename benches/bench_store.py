@@ -70,7 +70,9 @@ def test_write_durable(benchmark: Any, data: dict[str, Any]) -> None:
     counter = iter(range(100))
 
     def write() -> None:
-        s = ActivationStore.create(root / f"w{next(counter)}.zarr", {HOOK: D}, dtype="float16", chunk_rows=CHUNK)
+        s = ActivationStore.create(
+            root / f"w{next(counter)}.zarr", {HOOK: D}, dtype="float16", chunk_rows=CHUNK
+        )
         for start in range(0, ROWS, 32_768):  # cache-like appends, one durable commit each
             s.append(HOOK, x[start : start + 32_768])
         s.close()
@@ -156,12 +158,11 @@ def test_random_rows_zarr_python(benchmark: Any, data: dict[str, Any]) -> None:
 
 def test_cache_overhead(benchmark: Any, tmp_path: Path) -> None:
     """`vlmfast cache` rows/s against the bare forward (same data, hooks, batches)."""
+    import vlmfast as vf
     from vlmfast.data import open_source
     from vlmfast.data.synthetic.model import build_clip, tiny_config
     from vlmfast.data.synthetic.train import save_model
     from vlmfast.store.cache import CacheConfig, forward_rows, run_cache
-
-    import vlmfast as vf
 
     torch.manual_seed(0)
     cfg_model = tiny_config()
@@ -171,7 +172,7 @@ def test_cache_overhead(benchmark: Any, tmp_path: Path) -> None:
     pair = vf.load_pair(spec)
     from vlmfast.models.hooks import resolve_hooks
 
-    names = resolve_hooks(hooks[:2], pair.hook_points()) + ["joint.embed"]
+    names = [*resolve_hooks(hooks[:2], pair.hook_points()), "joint.embed"]
     records = list(open_source(data_spec))
 
     def bare() -> int:
@@ -190,8 +191,13 @@ def test_cache_overhead(benchmark: Any, tmp_path: Path) -> None:
     def cache() -> None:
         run_cache(
             CacheConfig(
-                model=spec, data=data_spec, hooks=hooks, out=tmp_path / f"c{next(counter)}.zarr",
-                batch_size=64, dtype="float16", progress=False,
+                model=spec,
+                data=data_spec,
+                hooks=hooks,
+                out=tmp_path / f"c{next(counter)}.zarr",
+                batch_size=64,
+                dtype="float16",
+                progress=False,
             ),
             log=lambda _: None,
         )
@@ -205,7 +211,9 @@ def test_cache_overhead(benchmark: Any, tmp_path: Path) -> None:
 def test_report() -> None:
     r = RESULTS
     lines = [f"rows={ROWS} x {D} float16 ({_nbytes() / 1e6:.0f} MB), chunk {CHUNK}, batch {BATCH}"]
-    lines += [f"  {k}: {v:.3f} GB/s" if "per_s" not in k else f"  {k}: {v:,.0f}" for k, v in r.items()]
+    lines += [
+        f"  {k}: {v:.3f} GB/s" if "per_s" not in k else f"  {k}: {v:,.0f}" for k, v in r.items()
+    ]
 
     def ratio(a: str, b: str) -> str:
         return f"{r[a] / r[b]:.2f}x" if a in r and b in r else "n/a"

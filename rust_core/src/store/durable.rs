@@ -252,7 +252,10 @@ pub(crate) mod tests {
         let store = DurableStore::new(&dir).unwrap();
         let key = StoreKey::new("a/b/c").unwrap();
         store.set(&key, Bytes::from_static(b"first")).unwrap();
-        assert!(store.get(&key).unwrap().is_none(), "staged until sync_pending");
+        assert!(
+            store.get(&key).unwrap().is_none(),
+            "staged until sync_pending"
+        );
         store.set(&key, Bytes::from_static(b"second")).unwrap();
         store.sync_pending().unwrap();
         assert_eq!(store.get(&key).unwrap().unwrap().as_ref(), b"second");

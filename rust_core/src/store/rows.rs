@@ -599,13 +599,19 @@ mod tests {
         // two "ranks" write disjoint chunk-aligned ranges, then one commit step
         let dir = tempdir();
         let store = Arc::new(DurableStore::new(&dir).unwrap());
-        let mut a = RowArray::create(store.clone(), "acts/r", layout(4, Compression::None, None))
-            .unwrap();
+        let mut a =
+            RowArray::create(store.clone(), "acts/r", layout(4, Compression::None, None)).unwrap();
         let mut b = RowArray::open(store.clone(), "acts/r", 0, true).unwrap();
         b.write_at(8, &rows_bytes(8, 3), true).unwrap();
         a.write_at(0, &rows_bytes(0, 8), false).unwrap();
-        assert!(a.write_at(2, &rows_bytes(2, 4), false).is_err(), "unaligned start");
-        assert!(a.write_at(0, &rows_bytes(0, 3), false).is_err(), "ends inside a chunk");
+        assert!(
+            a.write_at(2, &rows_bytes(2, 4), false).is_err(),
+            "unaligned start"
+        );
+        assert!(
+            a.write_at(0, &rows_bytes(0, 3), false).is_err(),
+            "ends inside a chunk"
+        );
         a.commit_written(11).unwrap();
         let mut out = vec![0u8; 11 * 12];
         a.read_into(0, 11, &mut out).unwrap();
