@@ -1,6 +1,6 @@
 """Times generating 100k synthetic samples (scene, caption, negatives, image) in one process.
 
-    .venv/bin/python benches/gen_100k.py [N]
+.venv/bin/python benches/gen_100k.py [N]
 """
 
 from __future__ import annotations

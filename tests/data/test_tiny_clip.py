@@ -85,7 +85,9 @@ def test_trimmed_text_encoding_is_exact() -> None:
     texts = [s.caption.text for s in make_samples(0, "train", range(40))]
     ids = tok(texts)
     with torch.no_grad():
-        torch.testing.assert_close(encode_text_trimmed(model, ids), model.encode_text(ids), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            encode_text_trimmed(model, ids), model.encode_text(ids), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_config_is_open_clip_and_eot_pooling() -> None:
@@ -105,9 +107,13 @@ def test_training_is_reproducible_and_loadable(tmp_path: Path) -> None:
     for k in s1:
         torch.testing.assert_close(s1[k], s2[k])
     assert info["steps_done"] == 2
-    config, state, tok, pre = load_bundled(tmp_path / "a")
-    assert config == tiny_config() and isinstance(tok, WordTokenizer) and isinstance(pre, SyntheticPreprocess)
-    model, _, info2 = load_clip_dir(tmp_path / "a")
+    config, _state, tok, pre = load_bundled(tmp_path / "a")
+    assert (
+        config == tiny_config()
+        and isinstance(tok, WordTokenizer)
+        and isinstance(pre, SyntheticPreprocess)
+    )
+    _model, _, info2 = load_clip_dir(tmp_path / "a")
     assert info2["train_config"]["seed"] == 3
     with pytest.raises(ModelLoadError, match=r"no model\.safetensors"):
         load_bundled(tmp_path / "missing")
@@ -121,7 +127,9 @@ def test_preprocess_matches_training_pixels() -> None:
     pre = SyntheticPreprocess()
     from vlmfast.data.synthetic.model import pixels_from_uint8
 
-    torch.testing.assert_close(pre.batch([Image.fromarray(a) for a in imgs]), pixels_from_uint8(imgs))
+    torch.testing.assert_close(
+        pre.batch([Image.fromarray(a) for a in imgs]), pixels_from_uint8(imgs)
+    )
     big = Image.fromarray(imgs[0]).resize((128, 128))
     assert pre(big).shape == (3, 64, 64)
 
@@ -130,21 +138,23 @@ BUNDLED = (bundled_dir() / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
-def test_bundled_model_loads_and_binds() -> None:
+def test_bundled_model_loads_and_matches_its_card() -> None:
     import open_clip
 
-    config, state, tok, pre = load_bundled()
+    from vlmfast.data.synthetic.evaluate import evaluate_model
+
+    config, state, tok, _ = load_bundled()
     model = open_clip.model.CLIP(**config)
     model.load_state_dict(state, strict=True)
     size = sum(p.stat().st_size for p in bundled_dir().iterdir())
     assert size < 20 * 2**20
-    from vlmfast.data.synthetic.evaluate import evaluate_model
-
-    res = evaluate_model(model, tok, seed=4321, n=150)["summary"]
-    for key, floor in FLOORS.items():
-        assert res[key] >= floor - 0.05, (key, res[key])
+    recorded = json.loads((bundled_dir() / "eval.json").read_text())["summary"]
+    fresh = evaluate_model(model, tok, seed=4321, n=200)["summary"]
+    for key in FLOORS:  # the card's figures hold on another fresh seed (binomial noise)
+        assert abs(fresh[key] - recorded[key]) <= 0.08, (key, fresh[key], recorded[key])
+    assert fresh["zero_shot_color"] >= 0.95 and fresh["zero_shot_shape"] >= 0.9
     card = (bundled_dir() / "MODEL_CARD.md").read_text()
-    assert "vlmfast synth train" in card
+    assert "vlmfast synth train" in card and "Held-out evaluation" in card
 
 
 @pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
@@ -167,3 +177,51 @@ def test_cli_generate(tmp_path: Path) -> None:
     assert [r.caption for r in recs] == [s.caption.text for s in direct]
     assert np.array_equal(np.asarray(recs[0].image), direct[0].image())
     assert recs[0].meta["meta"]["objects"][0]["shape"] == direct[0].scene.objects[0].shape
+
+
+def test_load_pair_matches_open_clip(tmp_path: Path) -> None:
+    pytest.importorskip("vlmfast.models.loading.open_clip")
+    from PIL import Image
+
+    import vlmfast as vf
+
+    train(TrainConfig(steps=1, batch_size=4, threads=1), out_dir=tmp_path / "m", log=lambda _: None)
+    pair = vf.load_pair(f"synthetic:{tmp_path / 'm'}")
+    model, _, _ = load_clip_dir(tmp_path / "m")
+    s = make_samples(1, "test", range(4))
+    px = pair.preprocess([Image.fromarray(a) for a in render_batch(s)])
+    ids = pair.tokenize([x.caption.text for x in s])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(px), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        torch.testing.assert_close(pair.logits(px, ids), model.logit_scale.exp() * img @ txt.T)
+    assert "text.blocks.2.attn.pattern" in pair.hook_points()
+    with pytest.raises(ModelLoadError, match="unknown synthetic model"):
+        vf.load_pair("synthetic:nope")
+
+
+@pytest.mark.skipif(not BUNDLED, reason="bundled weights not trained yet")
+def test_load_pair_synthetic_tiny() -> None:
+    pytest.importorskip("vlmfast.models.loading.open_clip")
+    from PIL import Image
+
+    import vlmfast as vf
+    from vlmfast.data.synthetic.bundled import load_bundled_clip
+
+    pair = vf.load_pair("synthetic:tiny")
+    model, tok, _ = load_bundled_clip()
+    s = [x for x in make_samples(77, "test", range(80)) if "swapped_attributes" in x.negatives][:20]
+    px = pair.preprocess([Image.fromarray(x.image()) for x in s])
+    texts = [x.caption.text for x in s] + [x.negatives["swapped_attributes"].text for x in s]
+    ids = pair.tokenize(texts)
+    torch.testing.assert_close(ids, tok(texts))
+    logits = pair.logits(px, ids)
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(px), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        torch.testing.assert_close(logits, model.logit_scale.exp() * img @ txt.T)
+    n = len(s)
+    diag = torch.arange(n)
+    assert (logits[diag, diag] > logits[diag, diag + n]).float().mean() >= 0.85  # binds
+    out = pair.run(images=px, cache=["image.blocks.0.attn.z"])
+    assert out.cache["image.blocks.0.attn.z"].shape[:2] == (n, 17)

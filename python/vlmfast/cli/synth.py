@@ -39,6 +39,12 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--max-minutes", type=float, default=15.0)
+    tr.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after N steps, keeping the --steps schedule",
+    )
     tr.add_argument("--eval-every", type=int, default=0, help="quick held-out eval every N steps")
     tr.add_argument(
         "--out", required=True, help="folder for model.safetensors, config.json, train.json"
@@ -52,6 +58,9 @@ def register(subparsers: Any) -> None:
         "--weights", default=None, help="folder written by `synth train` (default: bundled)"
     )
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ev.add_argument(
+        "--card", action="store_true", help="write MODEL_CARD.md + eval.json into --weights"
+    )
     ev.set_defaults(func=_eval)
 
 
@@ -81,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         threads=args.threads,
         max_minutes=args.max_minutes,
+        stop_after=args.stop_after,
     )
     train(cfg, out_dir=args.out, eval_every=args.eval_every, log=lambda s: print(s, flush=True))
     print(f"saved to {args.out}")
@@ -99,6 +109,12 @@ def _eval(args: argparse.Namespace) -> int:
     if train_seed is not None and args.seed == train_seed:
         raise InputError(f"--seed {args.seed} is the training seed; pick a fresh seed")
     result = evaluate_model(model, tok, seed=args.seed, n=args.n)
+    if args.card:
+        if args.weights is None:
+            raise InputError("--card needs --weights DIR (the bundled card ships with the package)")
+        from vlmfast.data.synthetic.card import write_model_card
+
+        print(f"wrote {write_model_card(Path(args.weights), result)}", file=sys.stderr)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()

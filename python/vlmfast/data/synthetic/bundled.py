@@ -110,10 +110,17 @@ def load_pair(
         raise ModelLoadError(
             f"unknown synthetic model {name!r}; expected one of {BUNDLED_NAMES} or a `vlmfast synth train` folder"
         )
-    model, tokenizer, _ = load_clip_dir(path)
     from vlmfast.data.synthetic.model import SyntheticPreprocess
 
-    preprocess = SyntheticPreprocess(model.visual.image_size[0] if hasattr(model.visual, "image_size") else 64)
+    model, tokenizer, _ = load_clip_dir(path)
+    config = json.loads((path / "config.json").read_text())
+    preprocess = SyntheticPreprocess(int(config["vision_cfg"]["image_size"]))
     return from_open_clip(
-        model, tokenizer=tokenizer, preprocess=preprocess, spec=spec, name="synthetic-tiny", device=device, dtype=dtype
+        model,
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        spec=spec,
+        name="synthetic-tiny",
+        device=device,
+        dtype=dtype,
     )

@@ -21,7 +21,9 @@ def parse_image(image: np.ndarray) -> Scene:
     palette = {c: np.asarray(rgb) for c, rgb in spec.COLOR_RGB.items()}
     for row in range(spec.GRID):
         for col in range(spec.GRID):
-            cell = image[row * spec.CELL : (row + 1) * spec.CELL, col * spec.CELL : (col + 1) * spec.CELL]
+            cell = image[
+                row * spec.CELL : (row + 1) * spec.CELL, col * spec.CELL : (col + 1) * spec.CELL
+            ]
             lit = cell.max(axis=2) > 0
             if not lit.any():
                 continue
