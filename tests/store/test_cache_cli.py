@@ -37,16 +37,41 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "cache", "--model", f"synthetic:{model_dir}", "--data", DATA, "--hooks", HOOKS,
-        "--positions", "all", "--out", str(out), "--batch-size", "8", "--dtype", "float16",
-        "--chunk-rows", "64", "--commit-seconds", "0", "--no-progress", *extra,
+        "cache",
+        "--model",
+        f"synthetic:{model_dir}",
+        "--data",
+        DATA,
+        "--hooks",
+        HOOKS,
+        "--positions",
+        "all",
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--dtype",
+        "float16",
+        "--chunk-rows",
+        "64",
+        "--commit-seconds",
+        "0",
+        "--no-progress",
+        *extra,
     ]
 
 
 def _cfg(model_dir: Path, out: Path, **kw: object) -> CacheConfig:
     base: dict[str, object] = dict(
-        model=f"synthetic:{model_dir}", data=DATA, hooks=HOOKS.split(","), out=out,
-        positions="all", batch_size=8, dtype="float16", chunk_rows=64, commit_seconds=0,
+        model=f"synthetic:{model_dir}",
+        data=DATA,
+        hooks=HOOKS.split(","),
+        out=out,
+        positions="all",
+        batch_size=8,
+        dtype="float16",
+        chunk_rows=64,
+        commit_seconds=0,
         progress=False,
     )
     base.update(kw)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "cache",
         help="cache hook activations (images and captions) into a zarr activation store",
@@ -17,20 +17,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "positions, modality and concept labels. Killed runs resume when re-run."
         ),
     )
-    p.add_argument("--model", required=True, help="model spec, e.g. synthetic:tiny, open_clip:ViT-B-32")
+    p.add_argument(
+        "--model", required=True, help="model spec, e.g. synthetic:tiny, open_clip:ViT-B-32"
+    )
     p.add_argument("--pretrained", default=None, help="weights tag or local checkpoint path")
-    p.add_argument("--data", required=True, help="data spec, e.g. synthetic:n=2000,seed=0 or a folder")
-    p.add_argument("--hooks", required=True, help="comma-separated hook names or globs; joint.embed for both embeddings")
+    p.add_argument(
+        "--data", required=True, help="data spec, e.g. synthetic:n=2000,seed=0 or a folder"
+    )
+    p.add_argument(
+        "--hooks",
+        required=True,
+        help="comma-separated hook names or globs; joint.embed for both embeddings",
+    )
     p.add_argument("--positions", default="all", choices=["cls", "eot", "pooled", "all", "mean"])
     p.add_argument("--out", required=True, type=Path, help="store folder")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="store dtype")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="store dtype"
+    )
     p.add_argument("--limit", type=int, default=None, help="at most this many records")
     p.add_argument("--chunk-rows", type=int, default=8192)
     p.add_argument("--compression", default="none", choices=["none", "zstd"])
-    p.add_argument("--commit-seconds", type=float, default=10.0, help="commit at most this often (0: every batch)")
-    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=10.0,
+        help="commit at most this often (0: every batch)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a store made with other settings"
+    )
     p.add_argument("--skip-nonfinite", action="store_true", help="skip and count NaN/Inf rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

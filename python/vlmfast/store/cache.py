@@ -170,16 +170,25 @@ def forward_rows(
         if hook not in cache:
             continue
         r = hook_rows(
-            hook, cache[hook].float().cpu(), ids[tower], positions,
-            text_lengths=lengths, has_cls=has_cls,
+            hook,
+            cache[hook].float().cpu(),
+            ids[tower],
+            positions,
+            text_lengths=lengths,
+            has_cls=has_cls,
         )
         mod = torch.full((len(r.sample),), 0 if tower == "image" else 1, dtype=torch.uint8)
-        out[hook] = (r.rows.to(store_dtype), {"sample": r.sample, "position": r.position, "modality": mod})
+        out[hook] = (
+            r.rows.to(store_dtype),
+            {"sample": r.sample, "position": r.position, "modality": mod},
+        )
     if JOINT_HOOK in hooks:
         parts = [out[h] for h in ("image.embed", "text.embed") if h in out]
         if parts:
             rows = torch.cat([p[0] for p in parts])
-            idx = {k: torch.cat([p[1][k] for p in parts]) for k in ("sample", "position", "modality")}
+            idx = {
+                k: torch.cat([p[1][k] for p in parts]) for k in ("sample", "position", "modality")
+            }
             out[JOINT_HOOK] = (rows, idx)
     return {h: out[h] for h in hooks if h in out}
 
@@ -188,31 +197,51 @@ def _progress_bar(cfg: CacheConfig, total: int | None, initial: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(
-        total=total, initial=initial, unit="sample", disable=not cfg.progress,
-        desc=f"cache {cfg.out.name}", dynamic_ncols=True,
+        total=total,
+        initial=initial,
+        unit="sample",
+        disable=not cfg.progress,
+        desc=f"cache {cfg.out.name}",
+        dynamic_ncols=True,
     )
+
+
+def _check_args(cfg: CacheConfig) -> None:
+    if cfg.positions not in POSITIONS:
+        raise InputError(
+            f"--positions must be one of {', '.join(POSITIONS)}, got {cfg.positions!r}"
+        )
+    if cfg.batch_size <= 0:
+        raise InputError(f"--batch-size must be > 0, got {cfg.batch_size}")
+
+
+def _resolve(patterns: list[str], hook_points: list[str]) -> list[str]:
+    """Model hooks from names/globs (model order), then ``joint.embed`` if asked for."""
+    from vlmfast.models.hooks import resolve_hooks
+
+    model_patterns = [h for h in patterns if h != JOINT_HOOK]
+    hooks = resolve_hooks(model_patterns, hook_points) if model_patterns else []
+    if JOINT_HOOK in patterns:
+        hooks.append(JOINT_HOOK)
+    if not hooks:
+        raise InputError("--hooks names no hook")
+    return hooks
 
 
 def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> ActivationStore:
     """Caches (or resumes caching) activations; returns the store, open read-only."""
     import vlmfast as vf
     from vlmfast.data import open_source
-    from vlmfast.models.hooks import resolve_hooks
 
-    if cfg.positions not in POSITIONS:
-        raise InputError(f"--positions must be one of {', '.join(POSITIONS)}, got {cfg.positions!r}")
-    if cfg.batch_size <= 0:
-        raise InputError(f"--batch-size must be > 0, got {cfg.batch_size}")
+    _check_args(cfg)
     store_dtype = TORCH_DTYPE[dtype_name(cfg.dtype)]
-    pair = vf.load_pair(cfg.model, pretrained=cfg.pretrained, device=cfg.device) if cfg.pretrained \
+    pair = (
+        vf.load_pair(cfg.model, pretrained=cfg.pretrained, device=cfg.device)
+        if cfg.pretrained
         else vf.load_pair(cfg.model, device=cfg.device)
+    )
     pair.eval()
-    patterns = [h for h in cfg.hooks if h != JOINT_HOOK]
-    hooks = resolve_hooks(patterns, pair.hook_points()) if patterns else []
-    if JOINT_HOOK in cfg.hooks:
-        hooks.append(JOINT_HOOK)
-    if not hooks:
-        raise InputError("--hooks names no hook")
+    hooks = _resolve(cfg.hooks, pair.hook_points())
     src = open_source(cfg.data, limit=cfg.limit)
     ident = _identity(cfg, hooks, weights_hash(pair), src.fingerprint())
     store: ActivationStore | None = None
@@ -229,7 +258,7 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
         log(f"{cfg.out}: resuming after {done} samples")
     crash = _Crash(cfg.crash_at)
     if store is not None:
-        store._crash_hook = crash  # noqa: SLF001
+        store._crash_hook = crash
     total = cfg.limit
     bar = _progress_bar(cfg, total, done)
     started = time.perf_counter()
@@ -247,7 +276,7 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
             labels = src.labels(batch)
             if store is None:
                 store = _create(cfg, ident, rows, labels)
-                store._crash_hook = crash  # noqa: SLF001
+                store._crash_hook = crash
             if pending is not None:
                 pending.result()
             consumed += len(batch)
@@ -256,14 +285,24 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
             if commit:
                 last_commit = now
             pending = pool.submit(
-                _write, store, rows, labels, batch, consumed, commit, cfg.skip_nonfinite, crash,
+                _write,
+                store,
+                rows,
+                labels,
+                batch,
+                consumed,
+                commit,
+                cfg.skip_nonfinite,
+                crash,
                 batch_no,
             )
             n = sum(int(r.shape[0]) for r, _ in rows.values())
             rows_written += n
             bytes_written += sum(r.numel() * r.element_size() for r, _ in rows.values())
             dt = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix_str(f"{rows_written / dt:,.0f} rows/s {bytes_written / dt / 1e6:,.1f} MB/s")
+            bar.set_postfix_str(
+                f"{rows_written / dt:,.0f} rows/s {bytes_written / dt / 1e6:,.1f} MB/s"
+            )
             bar.update(len(batch))
         if pending is not None:
             pending.result()
@@ -288,9 +327,16 @@ def _create(
     widths = {h: int(rows[h][0].shape[1]) for h in ident["hooks"]}
     concepts = (list(labels.names), list(labels.kinds)) if labels is not None else None
     return ActivationStore.create(
-        cfg.out, widths, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows,
-        compression=cfg.compression, model=ident["model"], dataset=ident["dataset"],
-        positions=cfg.positions, concepts=concepts, overwrite=cfg.overwrite,
+        cfg.out,
+        widths,
+        dtype=cfg.dtype,
+        chunk_rows=cfg.chunk_rows,
+        compression=cfg.compression,
+        model=ident["model"],
+        dataset=ident["dataset"],
+        positions=cfg.positions,
+        concepts=concepts,
+        overwrite=cfg.overwrite,
     )
 
 
@@ -311,12 +357,16 @@ def _write(
         names = store.attrs["concepts"]["names"]
         if list(labels.names) != names:
             raise InputError("the source's concept names changed between batches")
-        kw = {"labels": np.asarray(labels.matrix, dtype=bool),
-              "label_samples": np.array([r.sample_id for r in batch], dtype=np.int64)}
+        kw = {
+            "labels": np.asarray(labels.matrix, dtype=bool),
+            "label_samples": np.array([r.sample_id for r in batch], dtype=np.int64),
+        }
     store.append_many(
         {h: r for h, (r, _) in rows.items()},
         {h: idx for h, (_, idx) in rows.items()},
-        skip_nonfinite=skip_nonfinite, commit=False, **kw,
+        skip_nonfinite=skip_nonfinite,
+        commit=False,
+        **kw,
     )
     crash("appended")
     if commit:

@@ -63,9 +63,7 @@ def hook_rows(
     b = value.shape[0]
     x = value.detach()
     if not is_token_hook(hook) or x.ndim == 2:
-        return TowerRows(
-            x.reshape(b, -1), sample_ids, torch.full((b,), -1, dtype=torch.int32)
-        )
+        return TowerRows(x.reshape(b, -1), sample_ids, torch.full((b,), -1, dtype=torch.int32))
     x = x.reshape(b, x.shape[1], -1)  # flatten heads
     t = x.shape[1]
     is_text = hook.startswith("text.")

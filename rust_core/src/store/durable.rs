@@ -4,13 +4,20 @@
 //! partial last chunk of an array (which holds committed rows) in place would lose
 //! them if the process died mid-write, so every `set` here writes a sibling temp
 //! file, `fsync`s it, renames it over the key and `fsync`s the directory. A key
-//! therefore holds either its old or its new bytes, and is on disk when `set`
-//! returns. Reads, listing and erasing are delegated to `FilesystemStore`.
+//! therefore holds either its old or its new bytes. Metadata keys (`zarr.json`)
+//! are durable when `set` returns; chunk keys are staged (temp file written, not
+//! yet fsynced or renamed) until [`DurableStore::sync_pending`], which fsyncs the
+//! staged files in parallel, renames them into place and fsyncs their folders,
+//! so a commit pays for its fsyncs once, not per chunk. Reads, listing and
+//! erasing are delegated to `FilesystemStore`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
 
 use zarrs::filesystem::{FilesystemStore, FilesystemStoreOptions};
 use zarrs::storage::byte_range::ByteRangeIterator;
@@ -32,6 +39,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct DurableStore {
     inner: FilesystemStore,
     root: PathBuf,
+    staged: Mutex<Vec<(PathBuf, PathBuf)>>,
 }
 
 impl DurableStore {
@@ -45,6 +53,39 @@ impl DurableStore {
         Ok(Self {
             inner,
             root: root.to_path_buf(),
+            staged: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Makes every staged chunk write durable and visible: fsync (in parallel),
+    /// rename into place, fsync the folders.
+    pub fn sync_pending(&self) -> CoreResult<()> {
+        let staged = std::mem::take(
+            &mut *self
+                .staged
+                .lock()
+                .map_err(|_| CoreError::Internal("staged-write lock poisoned".into()))?,
+        );
+        if staged.is_empty() {
+            return Ok(());
+        }
+        staged.par_iter().try_for_each(|(tmp, _)| {
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| CoreError::io(format!("fsync {}", tmp.display()), e))
+        })?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (tmp, path) in &staged {
+            fs::rename(tmp, path)
+                .map_err(|e| CoreError::io(format!("rename to {}", path.display()), e))?;
+            if let Some(dir) = path.parent() {
+                if !dirs.iter().any(|d| d == dir) {
+                    dirs.push(dir.to_path_buf());
+                }
+            }
+        }
+        dirs.par_iter().try_for_each(|d| {
+            sync_dir(d).map_err(|e| CoreError::io(format!("fsync {}", d.display()), e))
         })
     }
 
@@ -64,17 +105,22 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the folder).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn temp_path(path: &Path) -> PathBuf {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    fs::create_dir_all(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
+    dir.join(format!(
         "{}.{}.{}{TEMP_SUFFIX}",
         name.unwrap_or_default(),
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    ))
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the folder).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_path(path);
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -120,7 +166,28 @@ impl ReadableStorageTraits for DurableStore {
 
 impl WritableStorageTraits for DurableStore {
     fn set(&self, key: &StoreKey, value: Bytes) -> Result<(), StorageError> {
-        write_atomic(&self.key_path(key), &value)?;
+        let path = self.key_path(key);
+        if key.as_str().ends_with("zarr.json") {
+            write_atomic(&path, &value)?;
+            return Ok(());
+        }
+        let tmp = temp_path(&path);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&tmp, &value)?;
+        let mut staged = self
+            .staged
+            .lock()
+            .map_err(|_| StorageError::Other("staged-write lock poisoned".into()))?;
+        staged.retain(|(old_tmp, p)| {
+            let keep = p != &path;
+            if !keep {
+                let _ = fs::remove_file(old_tmp);
+            }
+            keep
+        });
+        staged.push((tmp, path));
         Ok(())
     }
 
@@ -185,7 +252,12 @@ pub(crate) mod tests {
         let store = DurableStore::new(&dir).unwrap();
         let key = StoreKey::new("a/b/c").unwrap();
         store.set(&key, Bytes::from_static(b"first")).unwrap();
+        assert!(
+            store.get(&key).unwrap().is_none(),
+            "staged until sync_pending"
+        );
         store.set(&key, Bytes::from_static(b"second")).unwrap();
+        store.sync_pending().unwrap();
         assert_eq!(store.get(&key).unwrap().unwrap().as_ref(), b"second");
         let names: Vec<_> = fs::read_dir(dir.join("a/b"))
             .unwrap()

@@ -256,6 +256,7 @@ impl RowArray {
 
     /// Encodes and writes whole chunks starting at chunk-aligned row `start`.
     fn write_chunks(&mut self, start: u64, bytes: &[u8]) -> CoreResult<()> {
+        // staged in the store; made durable by `flush` (sync_pending)
         let rows = (bytes.len() / self.row_bytes) as u64;
         debug_assert_eq!(start % self.chunk_rows, 0);
         debug_assert_eq!(rows % self.chunk_rows, 0);
@@ -329,15 +330,14 @@ impl RowArray {
 
     /// Writes the partial last chunk (zero-padded) so every appended row is on disk.
     pub fn flush(&mut self) -> CoreResult<()> {
-        if !self.tail_dirty || self.tail.is_empty() {
-            return Ok(());
+        if self.tail_dirty && !self.tail.is_empty() {
+            let chunk_bytes = self.bytes_of(self.chunk_rows)?;
+            let mut padded = self.tail.clone();
+            padded.resize(chunk_bytes, 0);
+            self.write_chunks(self.tail_start, &padded)?;
+            self.tail_dirty = false;
         }
-        let chunk_bytes = self.bytes_of(self.chunk_rows)?;
-        let mut padded = self.tail.clone();
-        padded.resize(chunk_bytes, 0);
-        self.write_chunks(self.tail_start, &padded)?;
-        self.tail_dirty = false;
-        Ok(())
+        self.array.storage().sync_pending()
     }
 
     /// Flushes, then makes `rows` (≤ written) the committed row count and persists the shape.
@@ -397,7 +397,7 @@ impl RowArray {
             self.write_chunks(start + (whole / self.row_bytes) as u64, &padded)?;
         }
         self.written = self.written.max(start + rows);
-        Ok(())
+        self.array.storage().sync_pending()
     }
 
     /// Marks `rows` as committed after a multi-rank write (all ranks done).
@@ -591,6 +591,31 @@ mod tests {
         assert!(e.contains("acts/y") && e.contains("chunk 1"), "{e}");
         let e = a.read_into(4, 6, &mut out).unwrap_err().to_string();
         assert!(e.contains("chunk 2") && e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn disjoint_chunk_ranges_then_commit() {
+        // two "ranks" write disjoint chunk-aligned ranges, then one commit step
+        let dir = tempdir();
+        let store = Arc::new(DurableStore::new(&dir).unwrap());
+        let mut a =
+            RowArray::create(store.clone(), "acts/r", layout(4, Compression::None, None)).unwrap();
+        let mut b = RowArray::open(store.clone(), "acts/r", 0, true).unwrap();
+        b.write_at(8, &rows_bytes(8, 3), true).unwrap();
+        a.write_at(0, &rows_bytes(0, 8), false).unwrap();
+        assert!(
+            a.write_at(2, &rows_bytes(2, 4), false).is_err(),
+            "unaligned start"
+        );
+        assert!(
+            a.write_at(0, &rows_bytes(0, 3), false).is_err(),
+            "ends inside a chunk"
+        );
+        a.commit_written(11).unwrap();
+        let mut out = vec![0u8; 11 * 12];
+        a.read_into(0, 11, &mut out).unwrap();
+        assert_eq!(out, rows_bytes(0, 11));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

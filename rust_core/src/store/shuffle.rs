@@ -120,11 +120,13 @@ fn read_window(
     ranges: &[(u64, u64)],
     cfg: &ShuffleConfig,
     window_index: usize,
+    raw: &mut Vec<u8>,
 ) -> CoreResult<Window> {
     let rb = array.row_bytes();
     let rows: u64 = ranges.iter().map(|(a, b)| b - a).sum();
     let rows = rows as usize;
-    let mut raw = vec![0u8; rows * rb];
+    // the read buffer is reused across windows (no page faults after the first)
+    raw.resize(rows * rb, 0);
     let mut pieces: Vec<(&(u64, u64), &mut [u8])> = Vec::with_capacity(ranges.len());
     let mut rest = raw.as_mut_slice();
     for r in ranges {
@@ -136,7 +138,10 @@ fn read_window(
         .into_par_iter()
         .try_for_each(|(r, buf)| array.read_into(r.0, r.1, buf))?;
     if !cfg.shuffle {
-        return Ok(Window { data: raw, rows });
+        return Ok(Window {
+            data: raw.clone(),
+            rows,
+        });
     }
     let perm = SplitMix64::new(&[cfg.seed, cfg.epoch, 2, window_index as u64]).permutation(rows);
     let mut data = vec![0u8; rows * rb];
@@ -194,8 +199,9 @@ impl ShuffleStream {
         let worker = std::thread::Builder::new()
             .name("vlmfast-shuffle".into())
             .spawn(move || {
+                let mut raw = Vec::new();
                 for (i, ranges) in plan.iter().enumerate().skip(first) {
-                    let w = read_window(&worker_array, ranges, &cfg, i);
+                    let w = read_window(&worker_array, ranges, &cfg, i, &mut raw);
                     let failed = w.is_err();
                     if tx.send(w).is_err() || failed {
                         return;

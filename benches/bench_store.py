@@ -1,0 +1,229 @@
+"""Activation store throughput against its baselines, measured in one run (page cache warm).
+
+Run: ``make bench`` or ``.venv/bin/python -m pytest benches/bench_store.py --benchmark-enable -s``.
+Size: ``VLMFAST_BENCH_ROWS`` rows x 768 float16 (default 262,144 = 403 MB, sized for a
+shared 2-core / 24 GB VM; the issue's 2M rows = 3.1 GB works the same where memory allows).
+The last test prints the ratios that go into README's performance table.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from vlmfast.store import ActivationStore
+
+ROWS = int(os.environ.get("VLMFAST_BENCH_ROWS", 262_144))
+D = 768
+CHUNK = 8192
+BATCH = 4096
+HOOK = "image.blocks.0.resid_post"
+RESULTS: dict[str, float] = {}
+
+
+ROUNDS = int(os.environ.get("VLMFAST_BENCH_ROUNDS", 3))
+
+
+def _time(benchmark: Any, name: str, fn: Callable[[], Any], nbytes: float) -> None:
+    """Best of ``ROUNDS`` runs (after a warm-up run), recorded as GB/s under ``name``.
+
+    The best run, not the mean: the shared VM's other tenants only ever slow a run down.
+    """
+    fn()  # warm the page cache / code paths
+    times: list[float] = []
+
+    def timed() -> None:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+
+    benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
+    RESULTS[name] = nbytes / min(times) / 1e9
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("bench")
+    x = torch.randn(ROWS, D).half()
+    raw = root / "raw.bin"
+    x.numpy().tofile(raw)
+    store = ActivationStore.create(root / "s.zarr", {HOOK: D}, dtype="float16", chunk_rows=CHUNK)
+    store.append(HOOK, x)
+    store.close()
+    return {"root": root, "x": x, "raw": raw, "store": ActivationStore.open(root / "s.zarr")}
+
+
+def _nbytes() -> float:
+    return ROWS * D * 2.0
+
+
+def test_write_durable(benchmark: Any, data: dict[str, Any]) -> None:
+    x, root = data["x"], data["root"]
+    counter = iter(range(100))
+
+    def write() -> None:
+        s = ActivationStore.create(
+            root / f"w{next(counter)}.zarr", {HOOK: D}, dtype="float16", chunk_rows=CHUNK
+        )
+        for start in range(0, ROWS, 32_768):  # cache-like appends, one durable commit each
+            s.append(HOOK, x[start : start + 32_768])
+        s.close()
+
+    _time(benchmark, "write_store", write, _nbytes())
+
+
+def test_write_dd_fsync(benchmark: Any, data: dict[str, Any]) -> None:
+    raw, root = data["raw"], data["root"]
+
+    def dd() -> None:
+        subprocess.run(
+            ["dd", f"if={raw}", f"of={root / 'dd.bin'}", "bs=4M", "conv=fsync", "status=none"],
+            check=True,
+        )
+
+    _time(benchmark, "write_dd", dd, _nbytes())
+
+
+def test_read_sequential_store(benchmark: Any, data: dict[str, Any]) -> None:
+    store = data["store"]
+    _time(benchmark, "read_store", lambda: store.read(HOOK), _nbytes())
+
+
+def test_read_sequential_memmap(benchmark: Any, data: dict[str, Any]) -> None:
+    raw = data["raw"]
+
+    def read() -> np.ndarray:
+        return np.array(np.memmap(raw, dtype=np.float16, mode="r", shape=(ROWS, D)))
+
+    _time(benchmark, "read_memmap", read, _nbytes())
+
+
+def test_shuffled_stream(benchmark: Any, data: dict[str, Any]) -> None:
+    store = data["store"]
+
+    def stream() -> int:
+        return sum(len(b) for b in store.batches(HOOK, BATCH, shuffle=True, seed=0))
+
+    _time(benchmark, "stream_store", stream, _nbytes())
+
+
+def _zarr_array(data: dict[str, Any]) -> Any:
+    import zarr
+
+    return zarr.open_group(data["root"] / "s.zarr", mode="r")[f"acts/{HOOK}"]
+
+
+def test_shuffled_stream_zarr_python(benchmark: Any, data: dict[str, Any]) -> None:
+    """The same work in zarr-python + numpy: permuted chunks, window shuffle, batches."""
+    arr = _zarr_array(data)
+    n_chunks = -(-ROWS // CHUNK)
+    window = 8
+
+    def stream() -> int:
+        rng = np.random.default_rng(0)
+        order = rng.permutation(n_chunks)
+        total = 0
+        for w in range(0, n_chunks, window):
+            parts = [arr[c * CHUNK : min((c + 1) * CHUNK, ROWS)] for c in order[w : w + window]]
+            buf = np.concatenate(parts)
+            buf = buf[rng.permutation(len(buf))]
+            for b in range(0, len(buf), BATCH):
+                total += len(torch.from_numpy(buf[b : b + BATCH]))
+        return total
+
+    _time(benchmark, "stream_zarr_python", stream, _nbytes())
+
+
+def test_random_rows_zarr_python(benchmark: Any, data: dict[str, Any]) -> None:
+    """zarr-python reading random rows (oindex), a few batches; rate scaled to bytes."""
+    arr = _zarr_array(data)
+    rng = np.random.default_rng(0)
+    n_batches = 4
+    idx = [np.sort(rng.choice(ROWS, BATCH, replace=False)) for _ in range(n_batches)]
+
+    def read() -> None:
+        for i in idx:
+            arr.oindex[i, :]
+
+    _time(benchmark, "oindex_zarr_python", read, n_batches * BATCH * D * 2.0)
+
+
+def test_cache_overhead(benchmark: Any, tmp_path: Path) -> None:
+    """`vlmfast cache` rows/s against the bare forward (same data, hooks, batches)."""
+    import vlmfast as vf
+    from vlmfast.data import open_source
+    from vlmfast.data.synthetic.model import build_clip, tiny_config
+    from vlmfast.data.synthetic.train import save_model
+    from vlmfast.store.cache import CacheConfig, forward_rows, run_cache
+
+    torch.manual_seed(0)
+    cfg_model = tiny_config()
+    save_model(tmp_path / "m", cfg_model, build_clip(cfg_model).state_dict(), {})
+    spec, data_spec = f"synthetic:{tmp_path / 'm'}", "synthetic:n=512,seed=0"
+    hooks = ["image.blocks.*.resid_post", "text.blocks.*.resid_post", "joint.embed"]
+    pair = vf.load_pair(spec)
+    from vlmfast.models.hooks import resolve_hooks
+
+    names = [*resolve_hooks(hooks[:2], pair.hook_points()), "joint.embed"]
+    records = list(open_source(data_spec))
+
+    def bare() -> int:
+        n = 0
+        for i in range(0, len(records), 64):
+            out = forward_rows(pair, records[i : i + 64], names, "all", torch.float16)
+            n += sum(int(r.shape[0]) for r, _ in out.values())
+        return n
+
+    rows = bare()
+    t0 = time.perf_counter()
+    bare()
+    RESULTS["forward_rows_per_s"] = rows / (time.perf_counter() - t0)
+    counter = iter(range(100))
+
+    def cache() -> None:
+        run_cache(
+            CacheConfig(
+                model=spec,
+                data=data_spec,
+                hooks=hooks,
+                out=tmp_path / f"c{next(counter)}.zarr",
+                batch_size=64,
+                dtype="float16",
+                progress=False,
+            ),
+            log=lambda _: None,
+        )
+
+    cache()
+    t0 = time.perf_counter()
+    benchmark.pedantic(cache, rounds=1, iterations=1)
+    RESULTS["cache_rows_per_s"] = rows / (time.perf_counter() - t0)
+
+
+def test_report() -> None:
+    r = RESULTS
+    lines = [f"rows={ROWS} x {D} float16 ({_nbytes() / 1e6:.0f} MB), chunk {CHUNK}, batch {BATCH}"]
+    lines += [
+        f"  {k}: {v:.3f} GB/s" if "per_s" not in k else f"  {k}: {v:,.0f}" for k, v in r.items()
+    ]
+
+    def ratio(a: str, b: str) -> str:
+        return f"{r[a] / r[b]:.2f}x" if a in r and b in r else "n/a"
+
+    lines += [
+        f"sequential read vs numpy memmap: {ratio('read_store', 'read_memmap')} (target >= 0.8x)",
+        f"shuffled stream vs sequential read: {ratio('stream_store', 'read_store')} (>= 0.6x)",
+        f"shuffled stream vs zarr-python same work: {ratio('stream_store', 'stream_zarr_python')} (>= 1.5x)",
+        f"shuffled stream vs zarr-python oindex: {ratio('stream_store', 'oindex_zarr_python')} (>= 10x)",
+        f"durable write vs dd conv=fsync: {ratio('write_store', 'write_dd')} (>= 0.8x)",
+        f"vlmfast cache vs bare forward: {ratio('cache_rows_per_s', 'forward_rows_per_s')} (>= 0.9x)",
+    ]
+    print("\n" + "\n".join(lines))
