@@ -1,8 +1,136 @@
 """Type stub of the Rust extension ``vlmfast._native`` (checked by mypy.stubtest in ``make lint``)."""
 
-__all__ = ["__version__", "worker_threads"]
+from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ShuffleStream",
+    "StoreArray",
+    "__version__",
+    "score_dense_units",
+    "score_sparse_codes",
+    "score_sparse_triplets",
+    "store_create_array",
+    "store_node_exists",
+    "store_nonfinite_rows",
+    "store_open_array",
+    "store_read_group_attrs",
+    "store_write_group",
+    "worker_threads",
+]
 
 __version__: str
 
 def worker_threads() -> int:
     """Number of worker threads the native core uses for parallel work."""
+
+@final
+class StoreArray:
+    """One store array (`acts/<hook>`, `index/<hook>/sample`, ...), open for reading or appending."""
+
+    def append(self, data: npt.NDArray[np.uint8]) -> None: ...
+    def flush(self) -> None: ...
+    def commit(self, rows: int) -> None: ...
+    def write_at(self, start: int, data: npt.NDArray[np.uint8], end_of_array: bool) -> None: ...
+    def commit_written(self, rows: int) -> None: ...
+    def read_into(self, start: int, stop: int, out: npt.NDArray[np.uint8]) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def root(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def chunk_rows(self) -> int: ...
+    @property
+    def committed(self) -> int: ...
+    @property
+    def written(self) -> int: ...
+
+@final
+class ShuffleStream:
+    """Shuffled (or ordered) fixed-size batches of one array's committed rows."""
+
+    def __new__(
+        cls,
+        root: str,
+        name: str,
+        committed: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        epoch: int,
+        start_batch: int,
+        window_chunks: int,
+        prefetch: int,
+        drop_last: bool,
+    ) -> ShuffleStream: ...
+    def next_len(self) -> int: ...
+    def next_into(self, out: npt.NDArray[np.uint8]) -> int: ...
+    @property
+    def row_bytes(self) -> int: ...
+
+def store_create_array(
+    root: str,
+    name: str,
+    dtype: str,
+    width: int | None,
+    chunk_rows: int,
+    compression: str = "none",
+    level: int = 3,
+    inner_rows: int | None = None,
+) -> StoreArray:
+    """Creates an empty array `name` in the store at `root`."""
+
+def store_open_array(root: str, name: str, committed: int, writable: bool) -> StoreArray:
+    """Opens array `name` with `committed` rows; `writable` prepares appends."""
+
+def store_write_group(root: str, path: str, attrs_json: str) -> None:
+    """Writes (atomically, durably) the group node `path` with attributes `attrs_json`."""
+
+def store_read_group_attrs(root: str, path: str) -> str:
+    """The attributes (JSON text) of the group at `path`."""
+
+def store_node_exists(root: str, path: str) -> bool:
+    """Whether a zarr node exists at `path`."""
+
+def store_nonfinite_rows(data: npt.NDArray[np.uint8], dtype: str, width: int) -> list[int]:
+    """Row indices (in `data`, rows of `width` elements of `dtype`) holding NaN or Inf."""
+def score_sparse_codes(
+    indices: npt.NDArray[np.integer[Any]],
+    values: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.bool_],
+    n_features: int,
+    *,
+    stats: bool = False,
+    with_se: bool = False,
+    top_n: int = 0,
+) -> dict[str, Any]:
+    """Exact AUROC (and optional statistics) of top-k codes against concept labels."""
+
+def score_sparse_triplets(
+    rows: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.bool_],
+    n_features: int,
+    *,
+    stats: bool = False,
+    with_se: bool = False,
+    top_n: int = 0,
+) -> dict[str, Any]:
+    """Exact AUROC (and optional statistics) of COO triplets ``(rows, indices, values)``."""
+
+def score_dense_units(
+    scores: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.bool_],
+    *,
+    stats: bool = False,
+    with_se: bool = False,
+    top_n: int = 0,
+) -> dict[str, Any]:
+    """Exact AUROC (and optional statistics) of every column of ``scores[N, F]``."""

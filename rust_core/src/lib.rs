@@ -6,6 +6,8 @@
 //! the exception classes of `vlmfast.errors`.
 
 pub mod error;
+pub mod store;
+pub mod stats;
 
 #[cfg(feature = "python")]
 pub mod py;

@@ -213,3 +213,38 @@ def test_custom_interventions_compose_in_order(siglip_pair: Any) -> None:
     torch.testing.assert_close(out.cache[hook][:, :, 1], 2 * clean.cache[hook][:, :, 1])
     with pytest.raises(InputError, match="heads= does not apply"):
         _run(pair, px, Ablate("image.pooled", heads=[0]))
+
+
+def test_capture_grad_gives_the_total_derivative(b32_pair: Any) -> None:
+    from vlmfast.models import CaptureGrad
+
+    pair = b32_pair
+    hook = f"image.blocks.{L - 1}.resid_post"
+    px, tok = random_pixels(pair, 2), random_pair_tokens(pair, 3)
+    probe = CaptureGrad("image.blocks.*.resid_post")
+    _run(pair, px, probe, tok=tok)  # under no_grad: nothing to differentiate
+    with pytest.raises(InputError, match="call backward"):
+        _ = probe.grads
+    out = pair.run(images=px, texts=tok, interventions=[probe])
+    out.logits[:, 0].sum().backward()
+    grads = probe.grads
+    # reference: patch the same value in as a leaf and differentiate with autograd
+    leaf = probe.values[hook].clone().requires_grad_(requires_grad=True)
+    ref = pair.run(images=px, texts=tok, interventions=[Patch(hook, leaf)])
+    (expected,) = torch.autograd.grad(ref.logits[:, 0].sum(), leaf)
+    torch.testing.assert_close(grads[hook], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits, ref.logits)
+
+
+def test_per_row_bool_masks(b32_pair: Any) -> None:
+    pair = b32_pair
+    z = f"image.blocks.{L}.attn.z"
+    px = random_pixels(pair, 2)
+    mask = torch.tensor([[True, False, False, True], [False, False, False, False]])
+    out = _run(pair, px, Ablate(z, heads=PerRow(mask)), cache=[z])
+    clean = _run(pair, px, cache=[z])
+    assert torch.all(out.cache[z][0, :, [0, 3]] == 0)
+    torch.testing.assert_close(out.cache[z][0, :, [1, 2]], clean.cache[z][0, :, [1, 2]])
+    torch.testing.assert_close(out.cache[z][1], clean.cache[z][1])
+    with pytest.raises(ShapeError, match="PerRow"):
+        _run(pair, px, Ablate(z, heads=PerRow([0, 1, 2])))

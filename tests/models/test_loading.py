@@ -12,6 +12,7 @@ import torch
 import vlmfast as vf
 from vlmfast.errors import InputError, ModelLoadError
 from vlmfast.models import HookedPair, PairConfig, TowerConfig, from_open_clip
+from vlmfast.models.registry import OPEN_CLIP_TESTED
 from vlmfast.models.testing import build_open_clip, random_tokens, tiny_config
 
 
@@ -101,8 +102,8 @@ def test_unsupported_open_clip_models_are_named() -> None:
     with pytest.raises(ModelLoadError, match="ModifiedResNet"):
         from_open_clip(build_open_clip(cfg))
     cfg = tiny_config("ViT-B-32")
-    cfg["vision_cfg"]["ls_init_value"] = 0.1
-    with pytest.raises(ModelLoadError, match="layer scale"):
+    cfg["vision_cfg"]["qk_norm"] = True
+    with pytest.raises(ModelLoadError, match="custom blocks"):
         from_open_clip(build_open_clip(cfg))
 
 
@@ -114,9 +115,13 @@ def test_config_validation_and_round_trip() -> None:
         TowerConfig(
             modality="text", width=8, layers=1, heads=1, head_dim=8, mlp_width=8, pool="cls"
         )
-    with pytest.raises(InputError, match="multiple of patch_size"):
+    with pytest.raises(InputError, match="smaller than patch_size"):
         TowerConfig(
-            modality="image", width=8, layers=1, heads=1, head_dim=8, mlp_width=8, image_size=30
+            modality="image", width=8, layers=1, heads=1, head_dim=8, mlp_width=8, image_size=8
+        )
+    with pytest.raises(InputError, match="eos_token_id"):
+        TowerConfig(
+            modality="text", width=8, layers=1, heads=1, head_dim=8, mlp_width=8, pool="eos"
         )
     with pytest.raises(InputError, match="unknown TowerConfig fields"):
         TowerConfig.from_dict({"modality": "image", "wdth": 3})
@@ -140,3 +145,19 @@ def test_token_ids_are_checked() -> None:
     tok[0, 0] = 5000
     with pytest.raises(InputError, match="outside the vocabulary"):
         pair.encode_text(tok)
+
+
+@pytest.mark.slow
+def test_every_listed_open_clip_arch_converts() -> None:
+    """``supported_open_clip_archs`` only lists configs the converter accepts (meta tensors)."""
+    import open_clip
+
+    from vlmfast.models import convert_open_clip, supported_open_clip_archs
+
+    archs = supported_open_clip_archs()
+    assert set(OPEN_CLIP_TESTED) <= set(archs)
+    for arch in archs:
+        with torch.device("meta"):
+            model = open_clip.create_model(arch, device="meta")
+        config, _ = convert_open_clip(model, name=arch)
+        assert config.image.layers > 0, arch

@@ -102,3 +102,21 @@ def test_parity_full_vit_b32() -> None:
         torch.testing.assert_close(pair.encode_text(tok), model.encode_text(tok), atol=ATOL, rtol=0)
         # the tokenizer of open_clip:ViT-B-32 is CLIP's BPE
         torch.testing.assert_close(pair.tokenize(["a photo of a red cube"]), tok[:1])
+
+
+def test_parity_layer_scale_eos_pool_and_odd_image_size() -> None:
+    """LayerScale is folded into the projections; EOS pooling; 50 px with 16 px patches."""
+    cfg = tiny_config("ViT-B-16")
+    cfg["vision_cfg"].update(ls_init_value=0.5, image_size=50)
+    cfg["text_cfg"].update(ls_init_value=0.3, pool_type="eos", eos_id=7)
+    model = build_open_clip(cfg)
+    pair = from_open_clip(model)
+    assert pair.config.text.pool == "eos" and pair.config.text.eos_token_id == 7
+    assert pair.config.image.n_tokens == 1 + 3 * 3
+    tok = random_tokens(3)
+    tok[0, 4] = 7
+    tok[1, 2] = 7
+    px = torch.randn(2, 3, 50, 50)
+    with torch.no_grad():
+        ref = model.get_logits(px, tok)[0]
+        torch.testing.assert_close(pair.logits(px, tok), ref, atol=ATOL, rtol=0)

@@ -12,6 +12,7 @@ from vlmfast.models.config import PairConfig, TowerConfig
 from vlmfast.models.hooks import HookContext, resolve_hooks
 from vlmfast.models.interventions import (
     Ablate,
+    CaptureGrad,
     FreezeLayerNorm,
     Intervention,
     Noise,
@@ -21,11 +22,12 @@ from vlmfast.models.interventions import (
 )
 from vlmfast.models.loading.open_clip import convert_open_clip, from_open_clip
 from vlmfast.models.pair import HookedPair, RunOutput
-from vlmfast.models.registry import load_pair
+from vlmfast.models.registry import load_pair, supported_open_clip_archs
 from vlmfast.models.towers import ImageTower, TextTower, Tower, TowerOutput
 
 __all__ = [
     "Ablate",
+    "CaptureGrad",
     "FreezeLayerNorm",
     "HookContext",
     "HookedPair",
@@ -45,4 +47,5 @@ __all__ = [
     "from_open_clip",
     "load_pair",
     "resolve_hooks",
+    "supported_open_clip_archs",
 ]

@@ -16,12 +16,12 @@ from vlmfast.errors import InputError
 Modality = Literal["image", "text"]
 Activation = Literal["gelu", "quick_gelu", "gelu_tanh"]
 FinalLnPlacement = Literal["pre_pool", "post_pool", "none"]
-Pooling = Literal["cls", "map", "eot", "last", "first", "mean"]
+Pooling = Literal["cls", "map", "eot", "eos", "last", "first", "mean"]
 
 _ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 _FINAL_LN = ("pre_pool", "post_pool", "none")
 _IMAGE_POOLS = ("cls", "map", "mean")
-_TEXT_POOLS = ("eot", "last", "first")
+_TEXT_POOLS = ("eot", "eos", "last", "first")
 
 
 @dataclass
@@ -51,14 +51,16 @@ class TowerConfig:
     CLS token); ``post_pool``: pool, then LayerNorm; ``none``: no final LayerNorm."""
     pool: Pooling = "cls"
     """Pooling: ``cls`` (token 0), ``map`` (SigLIP attention-pooling head), ``mean`` (image
-    tokens, CLS excluded), ``eot`` (argmax token id, CLIP text), ``last``, ``first``."""
+    tokens, CLS excluded), ``eot`` (argmax token id, CLIP text), ``eos`` (first occurrence of
+    ``eos_token_id``), ``last``, ``first``."""
     embed_dim: int | None = None
     """Width of the projected embedding; ``None`` means no projection (embed = pooled)."""
     proj_bias: bool = False
     """Whether the output projection has a bias (SigLIP text)."""
     # image towers
     image_size: int = 224
-    """Input side length in pixels (square images)."""
+    """Input side length in pixels (square images). Need not be a multiple of ``patch_size``:
+    like the strided convolution it is, the patch grid drops the remainder (SO400M-14 at 384)."""
     patch_size: int = 16
     """Patch side length in pixels."""
     class_token: bool = True
@@ -76,6 +78,8 @@ class TowerConfig:
     """Maximum number of tokens (rows of the position embedding)."""
     causal: bool = True
     """Causal attention mask (CLIP text); SigLIP text attends bidirectionally."""
+    eos_token_id: int | None = None
+    """Token id pooled by ``pool="eos"`` (its first occurrence in each row)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -118,13 +122,15 @@ class TowerConfig:
                 f"TowerConfig.pool for a {self.modality} tower must be one of {pools}, got {self.pool!r}"
             )
         if self.modality == "image":
-            if self.image_size % self.patch_size:
+            if self.image_size < self.patch_size:
                 raise InputError(
-                    f"TowerConfig.image_size {self.image_size} is not a multiple of "
+                    f"TowerConfig.image_size {self.image_size} is smaller than "
                     f"patch_size {self.patch_size}"
                 )
             if self.pool == "cls" and not self.class_token:
                 raise InputError("TowerConfig.pool='cls' needs class_token=True")
+        if self.pool == "eos" and self.eos_token_id is None:
+            raise InputError("TowerConfig.pool='eos' needs eos_token_id")
         if self.pool == "map" and self.final_ln == "post_pool":
             raise InputError("TowerConfig.pool='map' needs final_ln 'pre_pool' or 'none'")
 

@@ -82,8 +82,13 @@ class HookedPair(nn.Module):
         spec: str = "",
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        share_memory: bool = False,
     ) -> HookedPair:
-        """Builds a pair from a config and an internal-format state dict (see ``weights``)."""
+        """Builds a pair from a config and an internal-format state dict (see ``weights``).
+
+        ``share_memory=True`` reuses the state dict's tensors where possible instead of
+        copying them (the caller must not modify them afterwards).
+        """
         from vlmfast.models.weights import load_into
 
         with torch.device("meta"):
@@ -91,7 +96,7 @@ class HookedPair(nn.Module):
         pair = pair.to_empty(device=device or "cpu")
         if dtype is not None:
             pair = pair.to(dtype=dtype)
-        load_into(pair, state_dict)
+        load_into(pair, state_dict, share=share_memory)
         return pair
 
     def internal_state_dict(self) -> dict[str, Tensor]:

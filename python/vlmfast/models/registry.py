@@ -84,3 +84,55 @@ def load_pair(
     raise ModelLoadError(
         f"unknown model source {scheme!r} in {spec!r}; known: {', '.join(SCHEMES)}"
     )
+
+
+_UNSUPPORTED_VISION_KEYS = (
+    "attentional_pool",
+    "qk_norm",
+    "scaled_cosine_attn",
+    "scale_heads",
+    "scale_attn_inner",
+    "scale_attn",
+    "scale_fc",
+    "block_type",
+)
+
+
+# timm ViT variants that are not plain timm VisionTransformers (Eva/PE RoPE, hybrid
+# conv stems, relative positions)
+_UNSUPPORTED_TIMM = ("pe_core", "_mci", "relpos", "eva")
+
+
+def _open_clip_arch_supported(cfg: dict[str, object]) -> bool:
+    vision = cfg.get("vision_cfg")
+    text = cfg.get("text_cfg")
+    if not isinstance(vision, dict) or not isinstance(text, dict) or "multimodal_cfg" in cfg:
+        return False
+    if not isinstance(vision.get("layers", 12), int):
+        return False  # ResNet image towers
+    timm_name = vision.get("timm_model_name")
+    if timm_name is not None and not (
+        str(timm_name).startswith("vit_")
+        and not any(bad in str(timm_name) for bad in _UNSUPPORTED_TIMM)
+        and vision.get("timm_proj") in ("none", "linear", None)
+    ):
+        return False
+    if text.get("hf_model_name") or text.get("embed_cls"):
+        return False
+    return not any(vision.get(k) or text.get(k) for k in _UNSUPPORTED_VISION_KEYS)
+
+
+def supported_open_clip_archs() -> list[str]:
+    """open_clip architecture names whose config vlmfast's hooked towers can represent.
+
+    Judged from the config (a ViT image tower, open_clip text transformer, no layer scale
+    or custom attention); ``OPEN_CLIP_TESTED`` are the ones with parity tests.
+    """
+    import open_clip
+
+    out = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name)
+        if cfg is not None and _open_clip_arch_supported(cfg):
+            out.append(name)
+    return out

@@ -204,7 +204,7 @@ class Tower(nn.Module):
                 f"resid for {self.prefix}.blocks.{layer}.resid_pre must be [B, T, "
                 f"{self.config.width}], got {tuple(resid.shape)}"
             )
-        if self.config.modality == "text" and self.config.pool == "eot":
+        if self.config.modality == "text" and self.config.pool in ("eot", "eos"):
             if tokens is None:
                 raise InputError("text run_from with EOT pooling needs tokens= (the token ids)")
             if tokens.shape[0] != resid.shape[0]:
@@ -303,8 +303,12 @@ class TextTower(Tower):
         if pool == "first":
             return x[:, 0]
         assert tokens is not None
+        rows = torch.arange(x.shape[0], device=x.device)
+        if pool == "eos":  # first occurrence of the EOS id (row 0 if absent, as open_clip)
+            is_eos = torch.eq(tokens, int(self.config.eos_token_id or 0))
+            return x[rows, is_eos.int().argmax(dim=-1)]
         # EOT pooling: the end-of-text token has the largest id in CLIP's vocabulary
-        return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return x[rows, tokens.argmax(dim=-1)]
 
 
 def build_tower(config: TowerConfig) -> Tower:

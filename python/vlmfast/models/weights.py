@@ -110,9 +110,11 @@ def _target(param: nn.Parameter, chunk: int | None) -> Tensor:
     return param.data.chunk(3, dim=0)[chunk]
 
 
-def load_into(pair: HookedPair, state_dict: Mapping[str, Tensor]) -> None:
+def load_into(pair: HookedPair, state_dict: Mapping[str, Tensor], *, share: bool = False) -> None:
     """Copies an internal-format state dict into ``pair``; every key must match exactly.
 
+    ``share=True`` lets unfused parameters take over the given tensors' storage when dtype
+    and device already match (no copy; for loaders that discard the source model).
     Raises ``ModelLoadError`` listing missing or unexpected keys and ``ShapeError``
     naming a key whose shape differs from the config's.
     """
@@ -136,7 +138,15 @@ def load_into(pair: HookedPair, state_dict: Mapping[str, Tensor]) -> None:
                     f"weight {key!r} has shape {tuple(value.shape)}, the config expects "
                     f"{tuple(target.shape)}"
                 )
-            target.copy_(value.to(dtype=target.dtype, device=target.device))
+            if (
+                share
+                and chunk is None
+                and value.dtype == target.dtype
+                and value.device == target.device
+            ):
+                param.data = value.detach()
+            else:
+                target.copy_(value.to(dtype=target.dtype, device=target.device))
 
 
 def export_state_dict(pair: HookedPair) -> dict[str, Tensor]:

@@ -4,6 +4,8 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod store;
+mod stats;
 
 pub use errors::{guard, to_pyerr};
 
@@ -12,6 +14,8 @@ pub use errors::{guard, to_pyerr};
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     m.add_function(wrap_pyfunction!(worker_threads, m)?)?;
+    store::register(m)?;
+    stats::register(m)?;
     Ok(())
 }
 

@@ -30,12 +30,16 @@ def _unsupported(what: str) -> ModelLoadError:
     return ModelLoadError(f"open_clip model not supported by vlmfast's hooked towers: {what}")
 
 
+_ACT_CLASSES = {"QuickGELU": "quick_gelu", "GELUTanh": "gelu_tanh", "GELU": "gelu"}
+
+
 def _act_name(module: Any) -> str:
-    if type(module).__name__ == "QuickGELU":
-        return "quick_gelu"
     if isinstance(module, nn.GELU):
         return "gelu_tanh" if module.approximate == "tanh" else "gelu"
-    raise _unsupported(f"activation {type(module).__name__}")
+    name = _ACT_CLASSES.get(type(module).__name__)  # open_clip's and timm's own classes
+    if name is None:
+        raise _unsupported(f"activation {type(module).__name__}")
+    return name
 
 
 def _is_identity(module: Any) -> bool:
@@ -58,11 +62,31 @@ def _qkv(sd: StateDict, key: str, weight: Tensor, bias: Tensor | None) -> None:
         sd[f"{key}.{part}.bias"] = bb
 
 
-def _linear(sd: StateDict, key: str, lin: Any) -> None:
+def _linear(sd: StateDict, key: str, lin: Any, scale: Tensor | None = None) -> None:
+    """A Linear's weight and bias; ``scale`` (a LayerScale gamma) is folded into both."""
     if not isinstance(lin, nn.Linear):
         raise _unsupported(f"{key} is {type(lin).__name__}, expected Linear")
-    sd[f"{key}.weight"] = lin.weight.detach()
-    sd[f"{key}.bias"] = lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features)
+    weight = lin.weight.detach()
+    bias = lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features)
+    if scale is not None:
+        weight = weight * scale[:, None]
+        bias = bias * scale
+    sd[f"{key}.weight"] = weight
+    sd[f"{key}.bias"] = bias
+
+
+def _layer_scale(module: Any, where: str) -> Tensor | None:
+    """The gamma of a LayerScale (open_clip ``ls_*``, timm ``ls*``), ``None`` for Identity.
+
+    A LayerScale right after a Linear is folded into it: ``g*(Wx+b) = (gW)x + gb``, so
+    ``attn_out``/``mlp_out`` stay the blocks' exact writes to the residual stream.
+    """
+    if _is_identity(module):
+        return None
+    gamma = getattr(module, "gamma", None)
+    if not isinstance(gamma, Tensor):
+        raise _unsupported(f"{where} {type(module).__name__}")
+    return gamma.detach()
 
 
 def _openclip_blocks(sd: StateDict, prefix: str, transformer: Any) -> dict[str, Any]:
@@ -71,18 +95,16 @@ def _openclip_blocks(sd: StateDict, prefix: str, transformer: Any) -> dict[str, 
     for i, blk in enumerate(transformer.resblocks):
         if type(blk).__name__ != "ResidualAttentionBlock":
             raise _unsupported(f"{prefix} block type {type(blk).__name__} (custom blocks)")
-        if not (_is_identity(blk.ls_1) and _is_identity(blk.ls_2)):
-            raise _unsupported(f"{prefix} layer scale (ls_init_value)")
         if hasattr(blk, "ln_1_kv"):
             raise _unsupported(f"{prefix} cross-attention blocks")
         b = f"{prefix}.blocks.{i}"
         eps = _ln(sd, f"{b}.ln1", blk.ln_1)
         attn = blk.attn
         _qkv(sd, f"{b}.attn", attn.in_proj_weight, attn.in_proj_bias)
-        _linear(sd, f"{b}.attn.out", attn.out_proj)
+        _linear(sd, f"{b}.attn.out", attn.out_proj, _layer_scale(blk.ls_1, prefix))
         _ln(sd, f"{b}.ln2", blk.ln_2)
         _linear(sd, f"{b}.mlp.fc1", blk.mlp.c_fc)
-        _linear(sd, f"{b}.mlp.fc2", blk.mlp.c_proj)
+        _linear(sd, f"{b}.mlp.fc2", blk.mlp.c_proj, _layer_scale(blk.ls_2, prefix))
         facts = {
             "heads": attn.num_heads,
             "head_dim": attn.head_dim,
@@ -96,9 +118,8 @@ def _openclip_blocks(sd: StateDict, prefix: str, transformer: Any) -> dict[str, 
 def _timm_blocks(sd: StateDict, prefix: str, blocks: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     for i, blk in enumerate(blocks):
-        for name in ("ls1", "ls2", "drop_path1", "drop_path2"):
-            if not _is_identity(getattr(blk, name, None)) and name.startswith("ls"):
-                raise _unsupported(f"{prefix} timm layer scale")
+        if type(blk).__name__ != "Block":
+            raise _unsupported(f"{prefix} timm block type {type(blk).__name__}")
         attn = blk.attn
         for name in ("q_norm", "k_norm", "norm"):
             if not _is_identity(getattr(attn, name, None)):
@@ -108,10 +129,10 @@ def _timm_blocks(sd: StateDict, prefix: str, blocks: Any) -> dict[str, Any]:
         b = f"{prefix}.blocks.{i}"
         eps = _ln(sd, f"{b}.ln1", blk.norm1)
         _qkv(sd, f"{b}.attn", attn.qkv.weight, attn.qkv.bias)
-        _linear(sd, f"{b}.attn.out", attn.proj)
+        _linear(sd, f"{b}.attn.out", attn.proj, _layer_scale(blk.ls1, prefix))
         _ln(sd, f"{b}.ln2", blk.norm2)
         _linear(sd, f"{b}.mlp.fc1", blk.mlp.fc1)
-        _linear(sd, f"{b}.mlp.fc2", blk.mlp.fc2)
+        _linear(sd, f"{b}.mlp.fc2", blk.mlp.fc2, _layer_scale(blk.ls2, prefix))
         facts = {
             "heads": attn.num_heads,
             "head_dim": attn.head_dim,
@@ -198,6 +219,8 @@ def _check_timm_trunk(trunk: Any) -> None:
         raise _unsupported("timm register tokens")
     if getattr(trunk, "dynamic_img_size", False):
         raise _unsupported("timm dynamic_img_size")
+    if type(trunk.patch_embed).__name__ != "PatchEmbed":
+        raise _unsupported(f"timm patch embedding {type(trunk.patch_embed).__name__}")
     if not _is_identity(trunk.patch_embed.norm):
         raise _unsupported("timm patch-embedding norm")
     if not _is_identity(trunk.norm) and not _is_identity(trunk.fc_norm):
@@ -287,7 +310,16 @@ def _convert_timm_vit(sd: StateDict, visual: Any) -> TowerConfig:
     )
 
 
-_TEXT_POOLS = {"argmax": "eot", "last": "last", "first": "first"}
+_TEXT_POOLS = {"argmax": "eot", "eos": "eos", "last": "last", "first": "first"}
+
+
+def _eos_id(text: Any) -> int:
+    eos = getattr(text, "eos_id", None)
+    if eos is None:
+        eos = getattr(text, "text_eos_id", None)  # open_clip.CLIP keeps it here
+    if eos is None:
+        raise _unsupported("text pool_type 'eos' without an eos id")
+    return int(eos)
 
 
 def _convert_text(sd: StateDict, text: Any) -> TowerConfig:
@@ -327,6 +359,7 @@ def _convert_text(sd: StateDict, text: Any) -> TowerConfig:
         vocab_size=int(text.token_embedding.weight.shape[0]),
         context_length=int(text.positional_embedding.shape[0]),
         causal=text.attn_mask is not None,
+        eos_token_id=_eos_id(text) if pool_type == "eos" else None,
         **facts,
     )
 
@@ -420,8 +453,12 @@ def from_open_clip(
     name: str = "",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    share_memory: bool = False,
 ) -> HookedPair:
     """A ``HookedPair`` with the weights of an open_clip model instance (any ViT config).
+
+    The pair gets its own copy of the weights unless ``share_memory=True`` (then weights
+    the formats store alike share storage with ``model``: changing one changes the other).
 
     ``tokenizer`` (list[str] -> LongTensor [B, T]) defaults to open_clip's CLIP BPE
     tokenizer when the vocabulary is CLIP's (49408 tokens); ``preprocess`` (PIL image ->
@@ -444,6 +481,7 @@ def from_open_clip(
         spec=spec,
         device=device,
         dtype=dtype,
+        share_memory=share_memory,
     )
 
 
@@ -496,4 +534,5 @@ def load_open_clip(
         name=arch,
         device=device,
         dtype=dtype,
+        share_memory=True,  # the open_clip model is discarded
     )

@@ -1,0 +1,139 @@
+"""``PairSource``: a re-iterable, deterministic stream of ``PairRecord`` with
+sampling, limit, a concept filter, a fingerprint and a bad-record report.
+
+A concrete source supplies ``_records(report)``: every good record in its fixed
+order, numbered 0, 1, 2, ... (``sample_id``), counting bad ones in ``report``.
+The base class then applies, in this order: the ``require`` filter (caption
+must mention a concept of each required kind), ``sample`` (keep each record
+with probability ``sample``, decided by a hash of ``(seed, sample_id)``: the
+same records every run, independent of ``limit``), and ``limit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from vlmfast.data.records import BadRecordReport, PairRecord
+from vlmfast.errors import InputError
+
+if TYPE_CHECKING:
+    from vlmfast.data.concepts.labeler import ConceptLabeler
+    from vlmfast.data.concepts.labels import ConceptLabels
+
+REQUIRE_KINDS: dict[str, tuple[str, ...]] = {
+    "object": ("object",),
+    "attribute": ("color", "size", "material"),
+    "color": ("color",),
+    "size": ("size",),
+    "material": ("material",),
+    "relation": ("relation",),
+}
+"""``require`` names -> concept kinds any of which satisfies it."""
+
+
+def parse_require(require: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"object,relation"`` or ``["object", "relation"]`` -> validated tuple."""
+    if require is None:
+        return ()
+    items = [r.strip() for r in (require.split(",") if isinstance(require, str) else require)]
+    items = [r for r in items if r]
+    for r in items:
+        if r not in REQUIRE_KINDS:
+            raise InputError(
+                f"require: unknown kind {r!r}; expected some of {sorted(REQUIRE_KINDS)}"
+            )
+    return tuple(items)
+
+
+def keep_sampled(seed: int, sample_id: int, fraction: float) -> bool:
+    """Deterministic Bernoulli(fraction) per (seed, sample_id)."""
+    h = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+class PairSource:
+    """An iterable of ``PairRecord``; iterate as often as you like (same records)."""
+
+    kind: str = "source"
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        limit: int | None = None,
+        sample: float | None = None,
+        seed: int = 0,
+        require: str | Sequence[str] | None = None,
+    ) -> None:
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InputError(f"limit must be a non-negative int, got {limit!r}")
+        if sample is not None and not (0.0 < float(sample) <= 1.0):
+            raise InputError(f"sample must be a fraction in (0, 1], got {sample!r}")
+        self.spec = spec
+        self.limit = limit
+        self.sample = None if sample is None else float(sample)
+        self.seed = int(seed)
+        self.require = parse_require(require)
+        self.report = BadRecordReport()
+        self._labeler: ConceptLabeler | None = None
+
+    # -- to implement -------------------------------------------------------
+    def _records(self, report: BadRecordReport) -> Iterator[PairRecord]:
+        raise NotImplementedError
+
+    def _content_key(self) -> dict[str, Any]:
+        """What identifies the underlying data (file hashes, names, sizes)."""
+        raise NotImplementedError
+
+    # -- public -------------------------------------------------------------
+    @property
+    def labeler(self) -> ConceptLabeler:
+        """The caption labeler used by ``require`` and ``labels`` (default vocabulary)."""
+        if self._labeler is None:
+            from vlmfast.data.concepts.labeler import ConceptLabeler
+
+            self._labeler = ConceptLabeler.default()
+        return self._labeler
+
+    def __iter__(self) -> Iterator[PairRecord]:
+        report = BadRecordReport()
+        self.report = report
+        wanted: list[set[str]] = [set(REQUIRE_KINDS[r]) for r in self.require]
+        n_out = 0
+        if self.limit == 0:
+            return
+        for rec in self._records(report):
+            if self.sample is not None and not keep_sampled(self.seed, rec.sample_id, self.sample):
+                continue
+            if wanted:
+                kinds = self.labeler.kinds_in(rec.caption or "")
+                if not all(kinds & w for w in wanted):
+                    continue
+            report.n_ok += 1
+            yield rec
+            n_out += 1
+            if self.limit is not None and n_out >= self.limit:
+                return
+
+    def fingerprint(self) -> str:
+        """Hex sha256 of the data's identity and the selection (sample, seed, limit, require)."""
+        key = {
+            "kind": self.kind,
+            "content": self._content_key(),
+            "limit": self.limit,
+            "sample": self.sample,
+            "seed": self.seed if self.sample is not None else None,
+            "require": list(self.require),
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+    def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
+        """Concept labels of ``records``' captions: bool [len(records), C] + names + kinds
+        (plus COCO object annotations where present in ``meta["objects"]``)."""
+        return self.labeler.label_records(records)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, limit={self.limit}, sample={self.sample}, require={list(self.require)})"

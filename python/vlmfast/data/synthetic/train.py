@@ -1,0 +1,242 @@
+"""Contrastive training of the bundled tiny CLIP on the synthetic benchmark.
+
+Each step draws a fresh batch of the ``train`` split (sample indices
+``step*B .. step*B+B-1`` of the training seed: the run is a pure function of
+its config). The loss is CLIP's symmetric InfoNCE with two changes that matter
+for binding:
+
+- every sample's hard negatives (swapped attributes, swapped relation, wrong
+  color, wrong shape) join the image->text candidates of that image only;
+- targets are exact: a caption counts as positive for every image it is true
+  of (``caption_true``), so "a circle" is not pushed away from a second circle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmfast.data.synthetic.captions import caption_true
+from vlmfast.data.synthetic.dataset import SyntheticSample, make_samples, render_batch
+from vlmfast.data.synthetic.model import build_clip, pixels_from_uint8, tiny_config
+from vlmfast.data.synthetic.tokenizer import WordTokenizer
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (saved next to the weights)."""
+
+    seed: int = 0
+    """Seed of the model initialisation and of the training data."""
+    steps: int = 1500
+    """Optimiser steps."""
+    batch_size: int = 128
+    """Images per step (each with its caption and hard negatives)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 5%)."""
+    warmup: int = 100
+    """Warm-up steps."""
+    weight_decay: float = 0.05
+    """AdamW weight decay on matrices (not on gains, biases, embeddings' scales)."""
+    max_negatives: int = 2
+    """Hard negatives per image in a step: swapped attributes / swapped relation
+    first, then wrong color / wrong shape, chosen by the step's generator."""
+    noise_std: float = 0.0
+    """Gaussian pixel noise of training images (0-255 units)."""
+    threads: int = 2
+    """torch CPU threads."""
+    max_minutes: float = 15.0
+    """Stop early (and still save) after this much wall-clock time."""
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _positives(samples: list[SyntheticSample]) -> np.ndarray:
+    """pos[i, j] = caption j is true of image i (exact, from the scenes)."""
+    n = len(samples)
+    pos = np.zeros((n, n), dtype=bool)
+    for i, si in enumerate(samples):
+        for j, sj in enumerate(samples):
+            pos[i, j] = i == j or caption_true(si.scene, sj.caption)
+    return pos
+
+
+def encode_text_trimmed(model: Any, tokens: Any) -> Any:
+    """``model.encode_text`` computed on length buckets cut to their longest sequence.
+
+    Exact for a causal text tower pooled at the EOT (argmax) token: positions after
+    a sequence's EOT never influence it. Saves most of the padding compute.
+    """
+    import torch
+
+    lengths = (tokens != 0).sum(dim=1)
+    out = torch.empty((tokens.shape[0], model.text_projection.shape[1]), dtype=torch.float32)
+    edges = [0, 8, 12, tokens.shape[1]]
+    for lo, hi in itertools.pairwise(edges):
+        rows = ((lengths > lo) & (lengths <= hi)).nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        length = int(lengths[rows].max())
+        tok = tokens[rows, :length]
+        x = model.token_embedding(tok) + model.positional_embedding[:length]
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0]), tok.argmax(dim=-1)] @ model.text_projection
+        out = out.index_put((rows,), x)
+    return out
+
+
+def pick_negatives(rng: np.random.Generator, sample: SyntheticSample, k: int) -> list[str]:
+    """Up to ``k`` negative texts: binding/relation swaps first, then the others at random."""
+    first = [
+        sample.negatives[n].text
+        for n in ("swapped_attributes", "swapped_relation")
+        if n in sample.negatives
+    ]
+    rest = [
+        sample.negatives[n].text for n in ("wrong_color", "wrong_shape") if n in sample.negatives
+    ]
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    return (first + rest)[:k]
+
+
+def contrastive_loss(
+    img: Any, txt: Any, neg: Any, neg_owner: Any, pos: Any, logit_scale: Any
+) -> Any:
+    """Multi-positive symmetric InfoNCE with per-image hard negatives.
+
+    img [B, D], txt [B, D], neg [N, D] (normalised); neg_owner [N] image index of
+    each negative; pos [B, B] bool (caption j true of image i).
+    """
+    import torch
+
+    scale = logit_scale.exp()
+    it = scale * img @ txt.T  # [B, B]
+    ineg = scale * img @ neg.T  # [B, N]
+    own = neg_owner[None, :] == torch.arange(img.shape[0])[:, None]
+    ineg = ineg.masked_fill(~own, float("-inf"))
+    all_logits = torch.cat([it, ineg], dim=1)
+    lse_all = torch.logsumexp(all_logits, dim=1)
+    lse_pos = torch.logsumexp(it.masked_fill(~pos, float("-inf")), dim=1)
+    loss_i = (lse_all - lse_pos).mean()
+    ti = it.T
+    lse_t = torch.logsumexp(ti, dim=1)
+    lse_tpos = torch.logsumexp(ti.masked_fill(~pos.T, float("-inf")), dim=1)
+    loss_t = (lse_t - lse_tpos).mean()
+    return 0.5 * (loss_i + loss_t)
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    eval_every: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Trains from scratch; returns (open_clip config, state_dict, run info).
+
+    With ``out_dir``, writes ``model.safetensors``, ``config.json`` and ``train.json``.
+    """
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    config = tiny_config()
+    model: Any = build_clip(config)
+    tok = WordTokenizer(config["text_cfg"]["context_length"])
+    decay: list[Any] = []
+    no_decay: list[Any] = []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    start = time.time()
+    cpu_start = time.process_time()
+    history: list[dict[str, float]] = []
+    step = 0
+    for step in range(cfg.steps):
+        samples = make_samples(
+            cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        )
+        px = pixels_from_uint8(render_batch(samples, noise_std=cfg.noise_std))
+        step_rng = np.random.default_rng([cfg.seed, 7, step])
+        neg_texts, owner = [], []
+        for i, s in enumerate(samples):
+            for text in pick_negatives(step_rng, s, cfg.max_negatives):
+                neg_texts.append(text)
+                owner.append(i)
+        tokens = tok([s.caption.text for s in samples] + neg_texts)
+        pos = torch.from_numpy(_positives(samples))
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        img = torch.nn.functional.normalize(model.encode_image(px), dim=-1)
+        txt_all = torch.nn.functional.normalize(encode_text_trimmed(model, tokens), dim=-1)
+        b = len(samples)
+        loss = contrastive_loss(
+            img, txt_all[:b], txt_all[b:], torch.tensor(owner), pos, model.logit_scale
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        elapsed = time.time() - start
+        if step % 50 == 0 or step == cfg.steps - 1:
+            history.append({"step": step, "loss": float(loss.detach()), "minutes": elapsed / 60})
+            log(
+                f"step {step:5d}  loss {float(loss.detach()):.4f}  lr {_lr_at(cfg, step):.2e}  {elapsed / 60:.1f} min"
+            )
+        if eval_every and step and step % eval_every == 0:
+            from vlmfast.data.synthetic.evaluate import evaluate_model
+
+            res = evaluate_model(model, tok, seed=10_000 + cfg.seed, n=400)
+            log(json.dumps({k: round(v, 4) for k, v in res["summary"].items()}))
+            model.train()
+        if elapsed > cfg.max_minutes * 60:
+            log(f"time limit reached after step {step}")
+            break
+    info = {
+        "train_config": asdict(cfg),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "cpu_minutes": (time.process_time() - cpu_start) / 60,
+        "steps_done": step + 1,
+        "minutes": (time.time() - start) / 60,
+        "history": history,
+        "torch": torch.__version__,
+    }
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if out_dir is not None:
+        save_model(out_dir, config, state, info)
+    return config, state, info
+
+
+def save_model(
+    out_dir: str | Path, config: dict[str, Any], state: dict[str, Any], info: dict[str, Any]
+) -> None:
+    """Writes ``model.safetensors`` (contiguous float32), ``config.json``, ``train.json``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().float() for k, v in state.items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "train.json").write_text(json.dumps(info, indent=2) + "\n")

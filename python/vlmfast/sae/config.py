@@ -1,0 +1,122 @@
+"""Configuration dataclasses of a top-k SAE and of its training run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from vlmfast.errors import InputError
+
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+@dataclass
+class SAEConfig:
+    """Architecture of a top-k sparse autoencoder (what a checkpoint needs to rebuild it)."""
+
+    d_in: int
+    """Width of the activations it reconstructs (768 for CLIP ViT-B, 1152 for SigLIP so400m)."""
+    n_latents: int
+    """Number of latents (dictionary size, SAELens' ``d_sae``)."""
+    k: int
+    """Active latents per row (the L0 the top-k enforces)."""
+    k_aux: int | None = None
+    """Latents the AuxK loss picks among the dead ones; None means ``d_in // 2`` (OpenAI)."""
+    auxk_coef: float = 1.0 / 32.0
+    """Weight of the AuxK loss (0 disables it)."""
+    dead_tokens: int = 10_000_000
+    """A latent is dead when it has not fired in this many training tokens."""
+    b_dec_init: str = "geometric_median"
+    """How b_dec starts: 'geometric_median' or 'mean' of the first batch, or 'zeros'."""
+    input_scaling: bool = False
+    """Scale inputs to unit mean squared norm while training; folded into the weights at save."""
+    hook: str = ""
+    """Hook the SAE was trained on (e.g. ``image.blocks.8.resid_post``, ``joint.embed``)."""
+    model: str = ""
+    """Model spec the activations came from (informational)."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "n_latents", "k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"SAEConfig.{name} must be a positive integer, got {value!r}")
+        if self.k > self.n_latents:
+            raise InputError(f"SAEConfig.k={self.k} exceeds n_latents={self.n_latents}")
+        if self.k_aux is not None and self.k_aux < 0:
+            raise InputError(f"SAEConfig.k_aux must be >= 0, got {self.k_aux}")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise InputError(
+                f"SAEConfig.b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}"
+            )
+        if self.dead_tokens < 1:
+            raise InputError(f"SAEConfig.dead_tokens must be >= 1, got {self.dead_tokens}")
+
+    @property
+    def aux_k(self) -> int:
+        """The effective AuxK width (before clamping to the number of dead latents)."""
+        base = self.d_in // 2 if self.k_aux is None else self.k_aux
+        return min(base, self.n_latents)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one SAE in a training run."""
+
+    lr: float | None = None
+    """Adam learning rate; None means ``2e-4 / sqrt(n_latents / 2**14)`` (sparsify's scaling)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = 6.25e-10
+    """Adam epsilon (OpenAI's value: the gradients of a FVU loss are small)."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    decay_start: float = 0.8
+    """Fraction of the run after which the rate decays linearly to 0 (1.0: no decay)."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    autocast_bf16: bool = False
+    """Run the encoder GEMM and the top-k in bfloat16 (master weights stay float32)."""
+    nan_policy: str = "error"
+    """Rows with NaN/Inf: 'error' (raise, naming the rows) or 'skip' (drop them, count them)."""
+    seed: int = 0
+    """Seed of everything random in the run (weight init uses SAEConfig.seed)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes saved with the checkpoint."""
+
+    def __post_init__(self) -> None:
+        if self.nan_policy not in ("error", "skip"):
+            raise InputError(
+                f"TrainConfig.nan_policy must be 'error' or 'skip', got {self.nan_policy!r}"
+            )
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.decay_start <= 1.0:
+            raise InputError(f"TrainConfig.decay_start must be in [0, 1], got {self.decay_start}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def learning_rate(self, n_latents: int) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 / math.sqrt(n_latents / 2**14)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)

@@ -1,0 +1,40 @@
+"""Exact concept statistics of SAE features and neurons (Rust core, GIL released).
+
+    import vlmfast as vf
+    a = vf.stats.auroc_sparse(indices, values, labels, n_features)   # float64[F, C]
+    a = vf.stats.auroc(scores, labels)                               # float64[F, C]
+    s = vf.stats.score_sparse(indices, values, labels, n_features)   # UnitScores
+    lo, hi = s.ci(0.95); p = s.pvalues(); sig = vf.stats.benjamini_hochberg(p)
+
+``vlmfast.stats.reference`` holds the pure-numpy references the tests compare against.
+"""
+
+from __future__ import annotations
+
+from vlmfast.stats.api import (
+    CodeChunk,
+    auroc,
+    auroc_sparse,
+    score_dense,
+    score_sparse,
+    score_sparse_chunks,
+)
+from vlmfast.stats.scores import UnitScores
+from vlmfast.stats.significance import (
+    benjamini_hochberg,
+    bh_adjusted,
+    mann_whitney_pvalues,
+)
+
+__all__ = [
+    "CodeChunk",
+    "UnitScores",
+    "auroc",
+    "auroc_sparse",
+    "benjamini_hochberg",
+    "bh_adjusted",
+    "mann_whitney_pvalues",
+    "score_dense",
+    "score_sparse",
+    "score_sparse_chunks",
+]

@@ -1,0 +1,73 @@
+"""Names and small records of the store schema (see README "Activation store").
+
+One store is one zarr v3 group:
+
+- ``acts/<hook>``: ``[rows, d]`` float32 / float16 / bfloat16 activation rows;
+- ``index/<hook>/{sample,position,modality}``: per-row int64 sample id, int32
+  token position (-1 for pooled rows) and uint8 modality (0 image, 1 text).
+  The index is per hook because hooks of the two towers have different row
+  counts (an image hook has one row per patch token, a text hook one per text
+  token, ``joint.embed`` one per image *and* one per caption);
+- ``labels/concepts``: ``[samples, C]`` bool (names and kinds in the root attrs ``concepts``)
+  with ``labels/sample`` int64 ids of its rows;
+- root group attributes: ``format_version``, ``model``, ``dataset``, ``hooks``,
+  ``dtype``, ``committed_rows`` (per hook), ``committed_label_rows``, ``progress``.
+  The committed counts are the commit point: rows past them do not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT_VERSION = 1
+"""Store format version written by this vlmfast; newer stores are refused."""
+
+INDEX_FIELDS: dict[str, str] = {"sample": "int64", "position": "int32", "modality": "uint8"}
+MODALITY_CODES: dict[str, int] = {"image": 0, "text": 1}
+MODALITIES = ("image", "text", "joint")
+LABELS_ARRAY = "labels/concepts"
+LABELS_SAMPLE_ARRAY = "labels/sample"
+
+
+def acts_array(hook: str) -> str:
+    """zarr path of a hook's activation rows."""
+    return f"acts/{hook}"
+
+
+def index_array(hook: str, field: str) -> str:
+    """zarr path of one index field of a hook."""
+    return f"index/{hook}/{field}"
+
+
+def hook_modality(hook: str) -> str:
+    """``image``, ``text`` or ``joint`` from a hook name's tower prefix."""
+    tower = hook.split(".", 1)[0]
+    return tower if tower in MODALITIES else "joint"
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """Per-row index of one hook (committed rows only)."""
+
+    sample: np.ndarray
+    """int64 sample id of each row."""
+    position: np.ndarray
+    """int32 token position of each row (-1 for pooled / embedding rows)."""
+    modality: np.ndarray
+    """uint8 modality of each row: 0 image, 1 text."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Concept labels of the cached samples."""
+
+    matrix: np.ndarray
+    """bool ``[samples, C]``, one row per cached sample (in cache order)."""
+    sample: np.ndarray
+    """int64 sample id of each row of ``matrix``."""
+    names: list[str]
+    """Concept names, one per column."""
+    kinds: list[str]
+    """Concept kinds (object, color, relation, ...), one per column."""

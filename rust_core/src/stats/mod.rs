@@ -1,0 +1,24 @@
+//! Concept statistics: exact Mann–Whitney AUROC of every unit (SAE feature or
+//! neuron) against every concept, with DeLong standard errors, firing rates,
+//! mean activation on/off concept, top-n precision and exemplars.
+//!
+//! * [`sparse::score_sparse`] takes top-k codes (`indices[N,k]`, `values[N,k]`):
+//!   only nonzeros are sorted; the zeros form one tie group.
+//! * [`dense::score_dense`] takes `scores[N,F]`: one sort per unit.
+//!
+//! Both walk each unit's sorted activations once and update every concept in
+//! the same pass (see [`walk`]).
+
+pub mod dense;
+pub mod labels;
+pub mod radix;
+pub mod scores;
+pub mod sparse;
+pub mod walk;
+
+#[cfg(test)]
+mod brute;
+
+pub use labels::LabelIndex;
+pub use scores::Scores;
+pub use walk::ScoreOptions;

@@ -1,0 +1,356 @@
+//! Shuffled streaming of one array's rows in fixed-size batches.
+//!
+//! Per epoch the chunks are permuted (seeded by `(seed, epoch)`); consecutive
+//! chunks of that order form windows of `window_chunks` chunks. A background
+//! thread reads each window (its chunks decode in parallel), permutes the
+//! window's rows (seeded by `(seed, epoch, window)`) and hands it over a
+//! bounded channel (`prefetch` windows ahead). The epoch is the concatenation
+//! of the shuffled windows; batch `b` is its rows `[b*B, (b+1)*B)`. So the
+//! order depends only on (seed, epoch, chunk layout, window size), every row
+//! appears exactly once per epoch, and a stream can start at any batch without
+//! reading the windows before it.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use super::rows::RowArray;
+use crate::error::{CoreError, CoreResult};
+
+/// Options of a [`ShuffleStream`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShuffleConfig {
+    /// Rows per batch (the last batch of an epoch may be shorter unless `drop_last`).
+    pub batch_size: u64,
+    /// Permute chunks and rows; `false` streams rows in order.
+    pub shuffle: bool,
+    /// Seed of the permutations.
+    pub seed: u64,
+    /// Epoch number (part of the permutation seed).
+    pub epoch: u64,
+    /// First batch to hand out (resume).
+    pub start_batch: u64,
+    /// Chunks per in-memory shuffle window.
+    pub window_chunks: u64,
+    /// Windows read ahead by the background thread.
+    pub prefetch: usize,
+    /// Skip the final short batch.
+    pub drop_last: bool,
+}
+
+/// SplitMix64: a tiny, fixed, well-mixed generator, so orders never change
+/// with a dependency upgrade.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator for a tuple of seeds.
+    pub fn new(parts: &[u64]) -> Self {
+        let mut s = Self(0x9e37_79b9_7f4a_7c15);
+        for &p in parts {
+            s.0 ^= p;
+            s.0 = s.next_u64();
+        }
+        s
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for our sizes).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// A Fisher-Yates permutation of `0..n`.
+    pub fn permutation(&mut self, n: usize) -> Vec<u64> {
+        let mut p: Vec<u64> = (0..n as u64).collect();
+        for i in (1..n).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            p.swap(i, j);
+        }
+        p
+    }
+}
+
+/// The windows of an epoch: each a list of `(start, stop)` row ranges (one per chunk).
+pub fn epoch_plan(rows: u64, chunk_rows: u64, cfg: &ShuffleConfig) -> Vec<Vec<(u64, u64)>> {
+    let n_chunks = rows.div_ceil(chunk_rows) as usize;
+    let order: Vec<u64> = if cfg.shuffle {
+        SplitMix64::new(&[cfg.seed, cfg.epoch, 1]).permutation(n_chunks)
+    } else {
+        (0..n_chunks as u64).collect()
+    };
+    let ranges: Vec<(u64, u64)> = order
+        .iter()
+        .map(|&c| (c * chunk_rows, ((c + 1) * chunk_rows).min(rows)))
+        .collect();
+    ranges
+        .chunks(cfg.window_chunks.max(1) as usize)
+        .map(<[(u64, u64)]>::to_vec)
+        .collect()
+}
+
+struct Window {
+    data: Vec<u8>,
+    rows: usize,
+}
+
+/// A running batch stream over one array (see the module docs).
+pub struct ShuffleStream {
+    rx: Option<Receiver<CoreResult<Window>>>,
+    worker: Option<JoinHandle<()>>,
+    current: Option<Window>,
+    pos: usize,
+    row_bytes: usize,
+    batch_size: u64,
+    remaining: u64,
+}
+
+fn read_window(
+    array: &RowArray,
+    ranges: &[(u64, u64)],
+    cfg: &ShuffleConfig,
+    window_index: usize,
+) -> CoreResult<Window> {
+    let rb = array.row_bytes();
+    let rows: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    let rows = rows as usize;
+    let mut raw = vec![0u8; rows * rb];
+    let mut pieces: Vec<(&(u64, u64), &mut [u8])> = Vec::with_capacity(ranges.len());
+    let mut rest = raw.as_mut_slice();
+    for r in ranges {
+        let (head, tail) = rest.split_at_mut((r.1 - r.0) as usize * rb);
+        pieces.push((r, head));
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .try_for_each(|(r, buf)| array.read_into(r.0, r.1, buf))?;
+    if !cfg.shuffle {
+        return Ok(Window { data: raw, rows });
+    }
+    let perm = SplitMix64::new(&[cfg.seed, cfg.epoch, 2, window_index as u64]).permutation(rows);
+    let mut data = vec![0u8; rows * rb];
+    data.par_chunks_mut(rb * 256)
+        .enumerate()
+        .for_each(|(block, out)| {
+            for (k, dst) in out.chunks_mut(rb).enumerate() {
+                let src = perm[block * 256 + k] as usize * rb;
+                dst.copy_from_slice(&raw[src..src + rb]);
+            }
+        });
+    Ok(Window { data, rows })
+}
+
+impl ShuffleStream {
+    /// Starts streaming the committed rows of `array`.
+    pub fn start(array: Arc<RowArray>, cfg: ShuffleConfig) -> CoreResult<Self> {
+        if cfg.batch_size == 0 {
+            return Err(CoreError::input("batch_size must be > 0"));
+        }
+        let rows = array.committed();
+        let full = rows / cfg.batch_size;
+        let total = if cfg.drop_last {
+            full
+        } else {
+            rows.div_ceil(cfg.batch_size)
+        };
+        if cfg.start_batch > total {
+            return Err(CoreError::input(format!(
+                "start_batch {} is past the {total} batches of an epoch of {rows} rows",
+                cfg.start_batch
+            )));
+        }
+        let epoch_rows = if cfg.drop_last {
+            full * cfg.batch_size
+        } else {
+            rows
+        };
+        let skip = (cfg.start_batch * cfg.batch_size).min(epoch_rows);
+        let plan = epoch_plan(rows, array.chunk_rows(), &cfg);
+        // windows wholly before `skip` are never read
+        let mut first = 0usize;
+        let mut before = 0u64;
+        for w in &plan {
+            let n: u64 = w.iter().map(|(a, b)| b - a).sum();
+            if before + n > skip {
+                break;
+            }
+            before += n;
+            first += 1;
+        }
+        let offset_in_first = (skip - before) as usize;
+        let (tx, rx) = sync_channel::<CoreResult<Window>>(cfg.prefetch.max(1));
+        let worker_array = array.clone();
+        let worker = std::thread::Builder::new()
+            .name("vlmfast-shuffle".into())
+            .spawn(move || {
+                for (i, ranges) in plan.iter().enumerate().skip(first) {
+                    let w = read_window(&worker_array, ranges, &cfg, i);
+                    let failed = w.is_err();
+                    if tx.send(w).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| CoreError::io("starting the shuffle thread", e))?;
+        Ok(Self {
+            rx: Some(rx),
+            worker: Some(worker),
+            current: None,
+            pos: offset_in_first,
+            row_bytes: array.row_bytes(),
+            batch_size: cfg.batch_size,
+            remaining: epoch_rows - skip,
+        })
+    }
+
+    /// Rows the next batch will hold (0 at the end of the epoch).
+    pub fn next_len(&self) -> u64 {
+        self.remaining.min(self.batch_size)
+    }
+
+    /// Fills `out` (exactly `next_len()` rows) with the next batch; returns its rows.
+    pub fn next_into(&mut self, out: &mut [u8]) -> CoreResult<u64> {
+        let n = self.next_len();
+        if out.len() != n as usize * self.row_bytes {
+            return Err(CoreError::input(format!(
+                "batch buffer has {} bytes, the next batch needs {}",
+                out.len(),
+                n as usize * self.row_bytes
+            )));
+        }
+        let mut filled = 0usize;
+        while filled < out.len() {
+            let exhausted = self.current.as_ref().is_none_or(|w| self.pos >= w.rows);
+            if exhausted {
+                let rx = self
+                    .rx
+                    .as_ref()
+                    .ok_or_else(|| CoreError::Internal("stream closed".into()))?;
+                let window = rx
+                    .recv()
+                    .map_err(|_| CoreError::Internal("shuffle thread ended early".into()))??;
+                if self.current.is_some() {
+                    self.pos = 0;
+                }
+                self.current = Some(window);
+                continue;
+            }
+            let w = self.current.as_ref().expect("checked above");
+            let take = (w.rows - self.pos).min((out.len() - filled) / self.row_bytes);
+            let src = &w.data[self.pos * self.row_bytes..(self.pos + take) * self.row_bytes];
+            out[filled..filled + src.len()].copy_from_slice(src);
+            filled += src.len();
+            self.pos += take;
+        }
+        self.remaining -= n;
+        Ok(n)
+    }
+}
+
+impl Drop for ShuffleStream {
+    fn drop(&mut self) {
+        self.rx = None; // the worker's next send fails and it returns
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dtype::ElemType;
+    use super::super::durable::tests::tempdir;
+    use super::super::durable::DurableStore;
+    use super::super::rows::{ArrayLayout, Compression};
+    use super::*;
+
+    fn cfg(batch: u64, seed: u64, epoch: u64, start: u64) -> ShuffleConfig {
+        ShuffleConfig {
+            batch_size: batch,
+            shuffle: true,
+            seed,
+            epoch,
+            start_batch: start,
+            window_chunks: 3,
+            prefetch: 2,
+            drop_last: false,
+        }
+    }
+
+    fn collect(array: &Arc<RowArray>, c: ShuffleConfig) -> Vec<Vec<i64>> {
+        let mut s = ShuffleStream::start(array.clone(), c).unwrap();
+        let mut out = Vec::new();
+        loop {
+            let n = s.next_len() as usize;
+            if n == 0 {
+                return out;
+            }
+            let mut buf = vec![0u8; n * 8];
+            s.next_into(&mut buf).unwrap();
+            out.push(
+                buf.chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            );
+        }
+    }
+
+    #[test]
+    fn every_row_once_deterministic_resumable() {
+        let dir = tempdir();
+        let store = Arc::new(DurableStore::new(&dir).unwrap());
+        let layout = ArrayLayout {
+            dtype: ElemType::I64,
+            width: None,
+            chunk_rows: 7,
+            compression: Compression::None,
+            inner_rows: None,
+        };
+        let mut a = RowArray::create(store, "index/x/sample", layout).unwrap();
+        let n = 100i64;
+        let bytes: Vec<u8> = (0..n).flat_map(|v| v.to_le_bytes()).collect();
+        a.append(&bytes).unwrap();
+        a.commit(n as u64).unwrap();
+        let a = Arc::new(a);
+        let e0 = collect(&a, cfg(16, 5, 0, 0));
+        assert_eq!(e0.len(), 7);
+        assert_eq!(e0.last().unwrap().len(), 4);
+        let mut all: Vec<i64> = e0.concat();
+        assert_ne!(all, (0..n).collect::<Vec<_>>(), "shuffled");
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "every row exactly once");
+        assert_eq!(collect(&a, cfg(16, 5, 0, 0)), e0, "deterministic");
+        assert_ne!(collect(&a, cfg(16, 5, 1, 0)), e0, "epochs differ");
+        assert_eq!(
+            collect(&a, cfg(16, 5, 0, 3)),
+            e0[3..].to_vec(),
+            "resume at batch 3"
+        );
+        assert!(collect(&a, cfg(16, 5, 0, 7)).is_empty());
+        let mut ordered = cfg(32, 0, 0, 0);
+        ordered.shuffle = false;
+        assert_eq!(collect(&a, ordered).concat(), (0..n).collect::<Vec<_>>());
+        let mut dl = cfg(16, 5, 0, 0);
+        dl.drop_last = true;
+        assert_eq!(collect(&a, dl), e0[..6].to_vec());
+    }
+
+    #[test]
+    fn permutation_is_a_permutation() {
+        let mut r = SplitMix64::new(&[1, 2]);
+        let mut p = r.permutation(1000);
+        p.sort_unstable();
+        assert_eq!(p, (0..1000).collect::<Vec<_>>());
+    }
+}
