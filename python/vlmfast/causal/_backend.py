@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from vlmfast.errors import InputError, ShapeError
+from vlmfast.models.interventions import Intervention
 
 
 def as_inputs(pair: Any, images: Any, texts: Any, need_both: bool = True) -> tuple[Any, Any]:
@@ -75,29 +76,23 @@ def run_cache_embed(
     return out.cache, out.embed
 
 
-class _ReplaceRows:
-    """Intervention replacing a hook's value by a precomputed tensor of the same shape.
+class ReplaceRows(Intervention):
+    """Replaces a hook's value by a precomputed tensor of the same shape.
 
     The batched sweep builds that tensor (the base value, with component ``c_j`` of row
     block ``j`` taken from the source), so one forward carries many different patches.
     """
 
     def __init__(self, hook: str, value: torch.Tensor) -> None:
-        self.hook = hook
+        super().__init__(hook)
         self.value = value
-
-    def targets(self, hook_points: Any) -> list[str]:
-        return [self.hook]
 
     def apply(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if x.shape != self.value.shape:
             raise ShapeError(
                 f"patch for {name} has shape {tuple(self.value.shape)}, hook has {tuple(x.shape)}"
             )
-        return self.value.to(x.dtype)
-
-    def __repr__(self) -> str:
-        return f"_ReplaceRows({self.hook!r})"
+        return self.value.to(dtype=x.dtype, device=x.device)
 
 
 def run_from(
@@ -109,7 +104,7 @@ def run_from(
     tokens: torch.Tensor | None,
 ) -> torch.Tensor:
     """Embeddings of a tower continued from ``blocks.{layer}.resid_pre`` = ``resid``."""
-    interventions = [_ReplaceRows(*replace)] if replace is not None else None
+    interventions = [ReplaceRows(*replace)] if replace is not None else None
     out = tower(pair, name).run_from(layer, resid, tokens=tokens, interventions=interventions)
     embeds: torch.Tensor = out.embed
     return embeds
