@@ -142,3 +142,45 @@ def test_spilled_feature_blocks_equal_in_memory(tmp_path) -> None:
         np.testing.assert_array_equal(a.rows[a.scores.top_rows], b.rows[b.scores.top_rows])
         np.testing.assert_array_equal(a.selectivity.selective, b.selectivity.selective)
     assert list(tmp_path.iterdir()) == []  # spill files removed
+
+
+def test_cli_on_a_real_store(tmp_path, capsys) -> None:
+    """End to end: an ActivationStore on disk, a TopKSAE checkpoint, `vlmfast score`."""
+    import zarr
+
+    from vlmfast.cli import main
+    from vlmfast.sae import TopKSAE
+    from vlmfast.store import ActivationStore
+
+    fake = FakeStore(n_samples=50)
+    idx = fake._index
+    st = ActivationStore.create(
+        tmp_path / "acts.zarr",
+        {"joint.embed": 8},
+        concepts=(fake.labels.names, fake.labels.kinds),
+        chunk_rows=64,
+    )
+    st.append_many(
+        {"joint.embed": fake.acts},
+        {"sample": idx.sample, "position": idx.position, "modality": idx.modality},
+        labels=fake.labels.matrix,
+        label_samples=fake.labels.sample,
+    )
+    st.close()
+    sae = TopKSAE(d_in=8, n_latents=16, k=3)
+    sae.save(tmp_path / "sae")
+    out = tmp_path / "scores"
+    args = ["score", "--store", str(tmp_path / "acts.zarr"), "--hook", "joint.embed", "--out"]
+    assert main([*args, str(out), "--sae", str(tmp_path / "sae"), "--no-progress"]) == 0
+    assert main([*args, str(tmp_path / "units"), "--no-progress"]) == 0
+    units = zarr.open_group(str(tmp_path / "units" / "scores.zarr"), mode="r")
+    direct = score_store(fake, "joint.embed")
+    np.testing.assert_array_equal(
+        units["image/auroc"][:], direct.per_modality["image"].scores.auroc
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["modalities"]["text"]["rows"] == 49
+    g = zarr.open_group(str(out / "scores.zarr"), mode="r")
+    rows, samples = g["image/top_rows"][:], g["image/top_samples"][:]
+    np.testing.assert_array_equal(samples[rows >= 0], idx.sample[rows[rows >= 0]])
+    assert "[image]" in capsys.readouterr().out

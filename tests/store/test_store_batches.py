@@ -13,7 +13,9 @@ from vlmfast.store import ActivationStore
 
 @pytest.fixture
 def store(tmp_path: Path) -> ActivationStore:
-    s = ActivationStore.create(tmp_path / "s.zarr", {"image.embed": 2}, dtype="bfloat16", chunk_rows=8)
+    s = ActivationStore.create(
+        tmp_path / "s.zarr", {"image.embed": 2}, dtype="bfloat16", chunk_rows=8
+    )
     rows = torch.arange(203, dtype=torch.float32).repeat_interleave(2).reshape(203, 2)
     s.append("image.embed", rows.bfloat16())
     return s

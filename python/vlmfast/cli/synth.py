@@ -39,6 +39,12 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--max-minutes", type=float, default=15.0)
+    tr.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after N steps, keeping the --steps schedule",
+    )
     tr.add_argument("--eval-every", type=int, default=0, help="quick held-out eval every N steps")
     tr.add_argument(
         "--out", required=True, help="folder for model.safetensors, config.json, train.json"
@@ -84,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         threads=args.threads,
         max_minutes=args.max_minutes,
+        stop_after=args.stop_after,
     )
     train(cfg, out_dir=args.out, eval_every=args.eval_every, log=lambda s: print(s, flush=True))
     print(f"saved to {args.out}")

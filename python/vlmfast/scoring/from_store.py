@@ -96,7 +96,7 @@ def score_store(
     sample = np.asarray(index.sample, dtype=np.int64)[keep]
     modality = np.asarray(index.modality, dtype=np.uint8)[keep]
     labels, found, concepts = _row_labels(store, sample)
-    keep, modality = keep[found], modality[found]
+    keep, modality, sample = keep[found], modality[found], sample[found]
     if len(keep) == 0:
         raise StoreError(f"no rows of {hook} have concept labels")
     chunks_idx: list[np.ndarray] = []
@@ -139,6 +139,7 @@ def score_store(
             labels,
             modality,
             keep,
+            sample,
             concepts,
             int(sae.n_latents),
             feature_block,
@@ -171,6 +172,7 @@ def score_store(
         )
     # exemplar rows become store row numbers, then sample ids are one lookup away
     for res in result.per_modality.values():
+        res.samples = sample[res.rows]
         res.rows = keep[res.rows]
     return result
 
@@ -181,6 +183,7 @@ def _score_spilled(
     labels: np.ndarray,
     modality: np.ndarray,
     keep: npt.NDArray[np.int64],
+    sample: npt.NDArray[np.int64],
     concepts: ConceptSet,
     n_features: int,
     feature_block: int,
@@ -212,6 +215,7 @@ def _score_spilled(
         idx_r = np.load(idx_path, mmap_mode="r")
         val_r = np.load(val_path, mmap_mode="r")
         scores: dict[str, tuple[npt.NDArray[np.int64], Any]] = {}
+        samples_by_modality: dict[str, npt.NDArray[np.int64]] = {}
         for m, name in MODALITY_NAMES.items():
             rows = np.flatnonzero(modality == m).astype(np.int64)
             if len(rows) == 0:
@@ -226,5 +230,8 @@ def _score_spilled(
                 chunks, labels[rows], n_features, feature_block=feature_block, top_n=cfg.top_n
             )
             scores[name] = (keep[rows], s)
+            samples_by_modality[name] = sample[rows]
     result = result_from_scores(scores, concepts, config=cfg, meta=meta)
+    for name, res in result.per_modality.items():
+        res.samples = samples_by_modality[name]
     return result

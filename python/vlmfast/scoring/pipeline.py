@@ -55,6 +55,8 @@ class ModalityResult:
     """Positions (in the scored arrays) of this modality's rows; exemplar rows index into it."""
     scores: UnitScores
     selectivity: Selectivity
+    samples: npt.NDArray[np.int64] | None = None
+    """Sample id of each entry of ``rows`` (from a store index), for exemplar sample ids."""
 
 
 @dataclass
@@ -156,6 +158,9 @@ class ScoringResult:
                 if len(res.rows)
                 else s.top_rows,
                 "top_values": s.top_values,
+                "top_samples": None
+                if res.samples is None
+                else np.where(s.top_rows >= 0, res.samples[np.maximum(s.top_rows, 0)], -1),
                 "best_concept": best.concept,
                 "best_auroc": best.auroc,
             }

@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class ActivationStore:
         self._arrays: dict[str, Any] = {}
         self._lock_fd: int | None = None
         self._pending = False
+        self._crash_hook: Callable[[str], None] | None = None  # tests: crash at a commit stage
         if writable:
             self._lock()
         committed = attrs["committed_rows"]
@@ -398,6 +399,8 @@ class ActivationStore:
         self._need_writable()
         for arr in self._arrays.values():
             arr.flush()
+        if self._crash_hook is not None:
+            self._crash_hook("flushed")
         attrs = copy.deepcopy(self._attrs)
         for hook in attrs["hooks"]:
             attrs["committed_rows"][hook] = int(self._arrays[acts_array(hook)].written)
@@ -407,6 +410,8 @@ class ActivationStore:
             attrs["progress"] = dict(progress)
         _native.store_write_group(str(self._path), "/", json.dumps(attrs))
         self._attrs = attrs
+        if self._crash_hook is not None:
+            self._crash_hook("attrs_written")
         for arr in self._arrays.values():
             arr.commit(arr.written)
         self._pending = False

@@ -16,8 +16,12 @@ def model_card(config: dict[str, Any], info: dict[str, Any], result: dict[str, A
     n_params = info.get("n_params")
     cmd = (
         f"vlmfast synth train --seed {tc.get('seed')} --steps {tc.get('steps')} "
-        f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --threads {tc.get('threads')} --out DIR"
+        f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --threads {tc.get('threads')}"
     )
+    done = info.get("steps_done")
+    if done is not None and tc.get("steps") is not None and done < tc["steps"]:
+        cmd += f" --stop-after {done} --max-minutes 1000"
+    cmd += " --out DIR"
     floors = result.get("floors", {})
     passed = all(result["summary"].get(k, 0.0) >= v for k, v in floors.items())
     return f"""# vlmfast synthetic:tiny — model card
@@ -78,6 +82,12 @@ def write_model_card(weights_dir: Path, result: dict[str, Any]) -> Path:
     config = json.loads((weights_dir / "config.json").read_text())
     info_path = weights_dir / "train.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "n_params" not in info and (weights_dir / "model.safetensors").is_file():
+        from safetensors.numpy import load_file
+
+        info["n_params"] = sum(
+            int(v.size) for k, v in load_file(str(weights_dir / "model.safetensors")).items()
+        )
     (weights_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     path = weights_dir / "MODEL_CARD.md"
     path.write_text(model_card(config, info, result))

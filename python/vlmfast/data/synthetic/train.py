@@ -55,6 +55,9 @@ class TrainConfig:
     """torch CPU threads."""
     max_minutes: float = 15.0
     """Stop early (and still save) after this much wall-clock time."""
+    stop_after: int | None = None
+    """Stop (and save) after this many steps while keeping the ``steps`` schedule:
+    replays a run that ``max_minutes`` cut short (its ``steps_done``) exactly."""
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -211,6 +214,9 @@ def train(
             res = evaluate_model(model, tok, seed=10_000 + cfg.seed, n=400)
             log(json.dumps({k: round(v, 4) for k, v in res["summary"].items()}))
             model.train()
+        if cfg.stop_after is not None and step + 1 >= cfg.stop_after:
+            log(f"stopping after step {step} (stop_after={cfg.stop_after})")
+            break
         if elapsed > cfg.max_minutes * 60:
             log(f"time limit reached after step {step}")
             break

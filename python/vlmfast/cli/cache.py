@@ -1,0 +1,64 @@
+"""``vlmfast cache``: cache activations of both towers over an image-text source into a store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "cache",
+        help="cache hook activations (images and captions) into a zarr activation store",
+        description=(
+            "Runs the model over an image-text source and stores the chosen hooks' rows "
+            "(image rows from images, text rows from captions) with sample ids, token "
+            "positions, modality and concept labels. Killed runs resume when re-run."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model spec, e.g. synthetic:tiny, open_clip:ViT-B-32")
+    p.add_argument("--pretrained", default=None, help="weights tag or local checkpoint path")
+    p.add_argument("--data", required=True, help="data spec, e.g. synthetic:n=2000,seed=0 or a folder")
+    p.add_argument("--hooks", required=True, help="comma-separated hook names or globs; joint.embed for both embeddings")
+    p.add_argument("--positions", default="all", choices=["cls", "eot", "pooled", "all", "mean"])
+    p.add_argument("--out", required=True, type=Path, help="store folder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="store dtype")
+    p.add_argument("--limit", type=int, default=None, help="at most this many records")
+    p.add_argument("--chunk-rows", type=int, default=8192)
+    p.add_argument("--compression", default="none", choices=["none", "zstd"])
+    p.add_argument("--commit-seconds", type=float, default=10.0, help="commit at most this often (0: every batch)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip and count NaN/Inf rows")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmfast.store.cache import CacheConfig, run_cache
+
+    cfg = CacheConfig(
+        model=args.model,
+        data=args.data,
+        hooks=[h.strip() for h in args.hooks.split(",") if h.strip()],
+        out=args.out,
+        pretrained=args.pretrained,
+        positions=args.positions,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        skip_nonfinite=args.skip_nonfinite,
+        chunk_rows=args.chunk_rows,
+        compression=args.compression,
+        commit_seconds=args.commit_seconds,
+        progress=not args.no_progress,
+        crash_at=os.environ.get("VLMFAST_TEST_CRASH_AT"),
+    )
+    store = run_cache(cfg)
+    for hook in store.hooks:
+        print(f"  {hook}: {store.n_rows(hook)} rows x {store.width(hook)}")
+    return 0

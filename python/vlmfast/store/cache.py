@@ -1,0 +1,324 @@
+"""Caching activations of both towers over an image-text source into a store, resumably.
+
+The source is read in a fixed order; after each committed batch the store's
+``progress.samples_done`` records how many source records are in it. A re-run
+with the same model, data, hooks and positions skips that many records and
+continues, so a run killed at any moment and re-run yields the same store as
+an uninterrupted one. Writing overlaps the next forward (one writer thread;
+the Rust writer releases the GIL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmfast.errors import InputError, StoreError
+from vlmfast.store._convert import TORCH_DTYPE, dtype_name
+from vlmfast.store.activation_store import ActivationStore, read_attrs
+from vlmfast.store.rows import POSITIONS, hook_rows
+
+JOINT_HOOK = "joint.embed"
+
+
+@dataclass
+class CacheConfig:
+    """What ``vlmfast cache`` does."""
+
+    model: str
+    """Model spec for ``vf.load_pair`` (``open_clip:ViT-B-32``, ``synthetic:tiny``, ...)."""
+    data: str
+    """Data spec for ``vlmfast.data.open_source`` (folder, COCO json, shards, ``synthetic:n=...``)."""
+    hooks: list[str]
+    """Hook names or globs; ``joint.embed`` = image and text embeddings in one array."""
+    out: Path
+    """Store folder."""
+    pretrained: str | None = None
+    """Weights tag or checkpoint path for the model."""
+    positions: str = "all"
+    """Token selection: cls | eot | pooled | all | mean (see ``vlmfast.store.rows``)."""
+    batch_size: int = 64
+    """Samples per forward."""
+    device: str = "cpu"
+    """Device of the model."""
+    dtype: str = "float32"
+    """Store dtype: float32 | float16 | bfloat16 (the model runs in float32 on CPU)."""
+    limit: int | None = None
+    """At most this many source records."""
+    overwrite: bool = False
+    """Replace an existing store that was made with other settings."""
+    skip_nonfinite: bool = False
+    """Skip (and count) rows holding NaN/Inf instead of failing."""
+    chunk_rows: int = 8192
+    """Rows per chunk of a new store."""
+    compression: str = "none"
+    """Chunk compression of a new store: none | zstd."""
+    commit_seconds: float = 10.0
+    """Commit at most this often (seconds); 0 commits after every batch."""
+    progress: bool = True
+    """Show a progress bar on stderr."""
+    crash_at: str | None = field(default=None, repr=False)
+    """Testing only: ``"<batch>:<stage>"`` makes the process SIGKILL itself there."""
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _identity(cfg: CacheConfig, hooks: list[str], whash: str, dhash: str) -> dict[str, Any]:
+    return {
+        "model": {"spec": cfg.model, "pretrained": cfg.pretrained, "weights_hash": whash},
+        "dataset": {"spec": cfg.data, "hash": dhash, "limit": cfg.limit},
+        "hooks": hooks,
+        "positions": cfg.positions,
+        "dtype": cfg.dtype,
+    }
+
+
+def _check_same(existing: dict[str, Any], want: dict[str, Any], out: Path) -> None:
+    got = {
+        "model": existing.get("model"),
+        "dataset": existing.get("dataset"),
+        "hooks": list(existing.get("hooks", {})),
+        "positions": existing.get("positions"),
+        "dtype": existing.get("dtype"),
+    }
+    for key in want:
+        if got[key] != want[key]:
+            raise StoreError(
+                f"{out} was cached with a different {key} ({got[key]!r}, now {want[key]!r}); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+
+
+def _batches(records: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Crash:
+    """Test-only crash injection: SIGKILL at ``<batch>:<stage>``."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.batch, self.stage = -1, ""
+        if spec:
+            b, _, stage = spec.partition(":")
+            self.batch, self.stage = int(b), stage
+        self.current = -1
+
+    def __call__(self, stage: str) -> None:
+        if self.current == self.batch and stage == self.stage:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def forward_rows(
+    pair: Any, batch: Sequence[Any], hooks: list[str], positions: str, store_dtype: torch.dtype
+) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """One forward of both towers; rows and index per store hook."""
+    with_img = [r for r in batch if r.image is not None]
+    with_txt = [r for r in batch if r.caption is not None]
+    model_hooks = [h for h in hooks if h != JOINT_HOOK]
+    want = list(model_hooks)
+    if JOINT_HOOK in hooks:
+        want += [h for h in ("image.embed", "text.embed") if h not in want]
+    img_hooks = [h for h in want if h.startswith("image.")]
+    txt_hooks = [h for h in want if h.startswith("text.")]
+    cache: dict[str, torch.Tensor] = {}
+    lengths = None
+    with torch.inference_mode():
+        if with_img and img_hooks:
+            px = pair.preprocess([r.image for r in with_img])
+            cache.update(pair.run(images=px, cache=img_hooks).cache)
+        if with_txt and txt_hooks:
+            tok = pair.tokenize([r.caption for r in with_txt])
+            cache.update(pair.run(texts=tok, cache=txt_hooks).cache)
+            t = tok.shape[1]
+            pool = pair.config.text.pool
+            lengths = tok.argmax(-1).cpu() + 1 if pool == "eot" else torch.full((len(with_txt),), t)
+    ids = {
+        "image": torch.tensor([r.sample_id for r in with_img], dtype=torch.int64),
+        "text": torch.tensor([r.sample_id for r in with_txt], dtype=torch.int64),
+    }
+    has_cls = bool(getattr(pair.config.image, "class_token", True))
+    out: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+    for hook in want:
+        tower = hook.split(".", 1)[0]
+        if hook not in cache:
+            continue
+        r = hook_rows(
+            hook, cache[hook].float().cpu(), ids[tower], positions,
+            text_lengths=lengths, has_cls=has_cls,
+        )
+        mod = torch.full((len(r.sample),), 0 if tower == "image" else 1, dtype=torch.uint8)
+        out[hook] = (r.rows.to(store_dtype), {"sample": r.sample, "position": r.position, "modality": mod})
+    if JOINT_HOOK in hooks:
+        parts = [out[h] for h in ("image.embed", "text.embed") if h in out]
+        if parts:
+            rows = torch.cat([p[0] for p in parts])
+            idx = {k: torch.cat([p[1][k] for p in parts]) for k in ("sample", "position", "modality")}
+            out[JOINT_HOOK] = (rows, idx)
+    return {h: out[h] for h in hooks if h in out}
+
+
+def _progress_bar(cfg: CacheConfig, total: int | None, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="sample", disable=not cfg.progress,
+        desc=f"cache {cfg.out.name}", dynamic_ncols=True,
+    )
+
+
+def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> ActivationStore:
+    """Caches (or resumes caching) activations; returns the store, open read-only."""
+    import vlmfast as vf
+    from vlmfast.data import open_source
+    from vlmfast.models.hooks import resolve_hooks
+
+    if cfg.positions not in POSITIONS:
+        raise InputError(f"--positions must be one of {', '.join(POSITIONS)}, got {cfg.positions!r}")
+    if cfg.batch_size <= 0:
+        raise InputError(f"--batch-size must be > 0, got {cfg.batch_size}")
+    store_dtype = TORCH_DTYPE[dtype_name(cfg.dtype)]
+    pair = vf.load_pair(cfg.model, pretrained=cfg.pretrained, device=cfg.device) if cfg.pretrained \
+        else vf.load_pair(cfg.model, device=cfg.device)
+    pair.eval()
+    patterns = [h for h in cfg.hooks if h != JOINT_HOOK]
+    hooks = resolve_hooks(patterns, pair.hook_points()) if patterns else []
+    if JOINT_HOOK in cfg.hooks:
+        hooks.append(JOINT_HOOK)
+    if not hooks:
+        raise InputError("--hooks names no hook")
+    src = open_source(cfg.data, limit=cfg.limit)
+    ident = _identity(cfg, hooks, weights_hash(pair), src.fingerprint())
+    store: ActivationStore | None = None
+    done = 0
+    if cfg.out.exists() and not cfg.overwrite:
+        attrs = read_attrs(cfg.out)
+        _check_same(attrs, ident, cfg.out)
+        store = ActivationStore.open(cfg.out, mode="a")
+        done = int(store.attrs["progress"].get("samples_done", 0))
+        if store.attrs["progress"].get("finished"):
+            log(f"{cfg.out}: already complete ({done} samples); nothing to do")
+            store.close()
+            return ActivationStore.open(cfg.out)
+        log(f"{cfg.out}: resuming after {done} samples")
+    crash = _Crash(cfg.crash_at)
+    if store is not None:
+        store._crash_hook = crash  # noqa: SLF001
+    total = cfg.limit
+    bar = _progress_bar(cfg, total, done)
+    started = time.perf_counter()
+    rows_written = 0
+    bytes_written = 0
+    last_commit = time.perf_counter()
+    pending: Future[Any] | None = None
+    consumed = done
+    records = iter(src)
+    for _ in range(done):  # the source order is fixed: skip what the store holds
+        next(records, None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmfast-cache-writer") as pool:
+        for batch_no, batch in enumerate(_batches(records, cfg.batch_size)):
+            rows = forward_rows(pair, batch, hooks, cfg.positions, store_dtype)
+            labels = src.labels(batch)
+            if store is None:
+                store = _create(cfg, ident, rows, labels)
+                store._crash_hook = crash  # noqa: SLF001
+            if pending is not None:
+                pending.result()
+            consumed += len(batch)
+            now = time.perf_counter()
+            commit = cfg.commit_seconds <= 0 or now - last_commit >= cfg.commit_seconds
+            if commit:
+                last_commit = now
+            pending = pool.submit(
+                _write, store, rows, labels, batch, consumed, commit, cfg.skip_nonfinite, crash,
+                batch_no,
+            )
+            n = sum(int(r.shape[0]) for r, _ in rows.values())
+            rows_written += n
+            bytes_written += sum(r.numel() * r.element_size() for r, _ in rows.values())
+            dt = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{rows_written / dt:,.0f} rows/s {bytes_written / dt / 1e6:,.1f} MB/s")
+            bar.update(len(batch))
+        if pending is not None:
+            pending.result()
+    bar.close()
+    if store is None:
+        raise InputError(f"{cfg.data}: no records to cache (after skipping {done})")
+    store.commit({"samples_done": consumed, "finished": True})
+    store.close()
+    log(f"{cfg.out}: {consumed} samples, hooks {', '.join(hooks)}")
+    return ActivationStore.open(cfg.out)
+
+
+def _create(
+    cfg: CacheConfig,
+    ident: dict[str, Any],
+    rows: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    labels: Any,
+) -> ActivationStore:
+    missing = [h for h in ident["hooks"] if h not in rows]
+    if missing:
+        raise InputError(f"the first batch produced no rows for {missing} (no images or captions?)")
+    widths = {h: int(rows[h][0].shape[1]) for h in ident["hooks"]}
+    concepts = (list(labels.names), list(labels.kinds)) if labels is not None else None
+    return ActivationStore.create(
+        cfg.out, widths, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows,
+        compression=cfg.compression, model=ident["model"], dataset=ident["dataset"],
+        positions=cfg.positions, concepts=concepts, overwrite=cfg.overwrite,
+    )
+
+
+def _write(
+    store: ActivationStore,
+    rows: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    labels: Any,
+    batch: Sequence[Any],
+    consumed: int,
+    commit: bool,
+    skip_nonfinite: bool,
+    crash: _Crash,
+    batch_no: int,
+) -> None:
+    crash.current = batch_no
+    kw: dict[str, Any] = {}
+    if labels is not None and store.attrs.get("concepts") is not None:
+        names = store.attrs["concepts"]["names"]
+        if list(labels.names) != names:
+            raise InputError("the source's concept names changed between batches")
+        kw = {"labels": np.asarray(labels.matrix, dtype=bool),
+              "label_samples": np.array([r.sample_id for r in batch], dtype=np.int64)}
+    store.append_many(
+        {h: r for h, (r, _) in rows.items()},
+        {h: idx for h, (_, idx) in rows.items()},
+        skip_nonfinite=skip_nonfinite, commit=False, **kw,
+    )
+    crash("appended")
+    if commit:
+        store.commit({"samples_done": consumed})
+        crash("committed")

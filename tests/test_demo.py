@@ -1,0 +1,50 @@
+"""``vlmfast demo`` runs the whole loop on the bundled model and reports real numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmfast.cli import main
+from vlmfast.demo import DemoConfig, run_demo
+from vlmfast.errors import InputError
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    lines: list[str] = []
+    cfg = DemoConfig(
+        out=tmp_path, n_samples=120, eval_samples=40, sae_steps=15, n_latents=64, k=4, patch_pairs=4
+    )
+    summary = run_demo(cfg, log=lines.append)
+
+    assert (tmp_path / "store.zarr").is_dir()
+    assert (tmp_path / "sae" / "cfg.json").is_file()
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert set(on_disk) == {"config", "quality", "scores", "patching"}
+    quality = summary["quality"]
+    assert 0.0 <= quality["summary"]["zero_shot_color"] <= 1.0
+    sae_modalities = summary["scores"]["sae"]["summary"]["modalities"]
+    assert set(sae_modalities) == {"image", "text"}, "joint.embed must be scored per modality"
+    assert sae_modalities["image"]["rows"] == 120 and sae_modalities["text"]["rows"] == 120
+    grid = summary["patching"]["delta"]
+    import vlmfast as vf
+
+    pair = vf.load_pair("synthetic:tiny")
+    assert len(grid) == pair.config.image.layers
+    assert all(len(row) == pair.config.image.heads for row in grid)
+    assert any(abs(v) > 0 for row in grid for v in row), "patching every head changed nothing"
+    assert any("single-head patches" in line for line in lines)
+
+
+def test_demo_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--samples", "3"]) == 1
+    assert "--samples must be at least 50" in capsys.readouterr().err
+    with pytest.raises(InputError):
+        import argparse
+
+        from vlmfast.cli.demo import run
+
+        run(argparse.Namespace(samples=100, sae_steps=0, out=Path("x"), seed=0, progress=False))
