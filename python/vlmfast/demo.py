@@ -33,7 +33,7 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     """Folder for the store, the SAE checkpoint and ``summary.json``."""
-    n_samples: int = 1500
+    n_samples: int = 3000
     """Synthetic image-caption pairs to cache."""
     seed: int = 11
     """Seed of the synthetic data (the bundled model never saw it)."""
@@ -43,7 +43,7 @@ class DemoConfig:
     """SAE width."""
     k: int = 8
     """Active SAE latents per row."""
-    sae_steps: int = 400
+    sae_steps: int = 3000
     """SAE training steps."""
     sae_batch: int = 256
     """Rows per SAE step."""

@@ -18,8 +18,8 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--samples", type=int, default=1500, help="image-caption pairs to cache")
-    parser.add_argument("--sae-steps", type=int, default=400, help="SAE training steps")
+    parser.add_argument("--samples", type=int, default=3000, help="image-caption pairs to cache")
+    parser.add_argument("--sae-steps", type=int, default=3000, help="SAE training steps")
     parser.add_argument("--seed", type=int, default=11, help="seed of the synthetic data")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.set_defaults(func=run)

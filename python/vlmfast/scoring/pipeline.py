@@ -292,6 +292,14 @@ def score_units(
     return _finish(concepts, cfg, per, meta)
 
 
+def _percent(entry: dict[str, Any]) -> str:
+    """``12.5% [8.1, 18.0]``, or ``n/a`` when the share has no denominator (nothing selective)."""
+    if entry["percent"] != entry["percent"]:  # NaN: 0 of 0
+        return "n/a: none selective"
+    lo, hi = entry["percent_ci"]
+    return f"{entry['percent']:.1f}% [{lo:.1f}, {hi:.1f}]"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table (counts per kind with intervals)."""
     lines = []
@@ -309,15 +317,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  {'any':<12}{'':>9}{su['count']:>17}{'[' + str(su['low']) + ', ' + str(su['high']) + ']':>16}"
         )
         p = m["polysemantic"]
-        lo, hi = p["percent_ci"]
-        lines.append(
-            f"  polysemantic: {p['count']} ({p['percent']:.1f}% [{lo:.1f}, {hi:.1f}]) of selective units"
-        )
+        lines.append(f"  polysemantic: {p['count']} ({_percent(p)}) of selective units")
     if "invariant" in summary:
         inv = summary["invariant"]
-        lo, hi = inv["percent_ci"]
         lines.append(
-            f"modality-invariant: {inv['units']} units ({inv['percent']:.1f}% [{lo:.1f}, {hi:.1f}]) "
+            f"modality-invariant: {inv['units']} units ({_percent(inv)}) "
             f"of {inv['of_selective_units']} selective units"
         )
     return "\n".join(lines)
