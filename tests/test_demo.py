@@ -23,7 +23,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "store.zarr").is_dir()
     assert (tmp_path / "sae" / "cfg.json").is_file()
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert set(on_disk) == {"config", "quality", "scores", "patching"}
+    assert set(on_disk) == {"config", "quality", "sae", "scores", "patching"}
+    assert 0.0 <= on_disk["sae"]["window_fvu"] < 1.5, on_disk["sae"]
     quality = summary["quality"]
     assert 0.0 <= quality["summary"]["zero_shot_color"] <= 1.0
     sae_modalities = summary["scores"]["sae"]["summary"]["modalities"]

@@ -112,3 +112,13 @@ def test_wheel_ships_kernels_under_vlmfast(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.stdout.strip().startswith(str(target))
+
+
+def test_every_public_name_resolves() -> None:
+    missing = []
+    for name in vlmfast.__all__:
+        try:
+            getattr(vlmfast, name)
+        except (AttributeError, ImportError) as err:
+            missing.append(f"{name}: {err}")
+    assert not missing, missing

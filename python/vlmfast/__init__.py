@@ -33,7 +33,6 @@ _LAZY_MODULES = (
     "errors",
     "models",
     "ops",
-    "report",
     "sae",
     "scoring",
     "stats",

@@ -105,7 +105,9 @@ def _cache(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> Any:
     return store
 
 
-def _train_sae(cfg: DemoConfig, store: Any, log: Callable[[str], None]) -> Any:
+def _train_sae(
+    cfg: DemoConfig, store: Any, log: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
     from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, train
 
     d_in = int(store.read("joint.embed", 0, 1).shape[1])
@@ -116,12 +118,11 @@ def _train_sae(cfg: DemoConfig, store: Any, log: Callable[[str], None]) -> Any:
     logs = train(_epochs(store, "joint.embed", cfg.sae_batch, cfg.seed), [trainer])
     took = time.perf_counter() - started
     sae.save(cfg.out / "sae")
-    last = logs[-1] if logs else None
-    if last is not None:
-        shown = {k: v for k, v in asdict(last).items() if isinstance(v, int | float)}
-        log("  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    metrics: dict[str, Any] = logs[-1].to_json() if logs else {}
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "skipped_rows"}
+    log("  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     log(f"  {cfg.sae_steps} steps in {took:.1f} s -> {cfg.out / 'sae'}")
-    return sae
+    return sae, shown
 
 
 def _best_units(result: Any, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     _section(log, "2. cache both towers into a zarr store")
     store = _cache(cfg, pair, log)
     _section(log, "3. top-k SAE on the shared embedding space (image + text rows)")
-    sae = _train_sae(cfg, store, log)
+    sae, summary["sae"] = _train_sae(cfg, store, log)
     _section(log, "4. concept selectivity, per modality (exact AUROC, BH-controlled)")
     summary["scores"] = _score(cfg, store, sae, last_layer, log)
     _section(log, "5. causal effect of each image attention head (batched activation patching)")
