@@ -174,7 +174,7 @@ def _score(
 
 
 def _patch_heads(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    from vlmfast.causal import patch_heads
+    from vlmfast.causal import patch_heads, resolve_metric
     from vlmfast.data import open_source
 
     records = list(open_source(f"synthetic:n={2 * cfg.patch_pairs},seed={cfg.seed + 1}"))
@@ -184,10 +184,12 @@ def _patch_heads(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> dict
     source = pair.preprocess([r.image for r in corrupt])
     started = time.perf_counter()
     with torch.no_grad():
-        clean_score = float(torch.diagonal(pair.logits(images, texts)).mean())
-        grid = patch_heads(pair, images, texts, source={"images": source}, metric="score")
+        clean_score = float(resolve_metric("score")(pair.logits(images, texts)))
+        grid = patch_heads(
+            pair, images, texts, source={"images": source}, metric="score", normalize="delta"
+        )
     took = time.perf_counter() - started
-    effect = grid.detach().cpu().double() - clean_score
+    effect = grid.detach().cpu().double()
     n_layers, n_heads = effect.shape
     order = torch.argsort(effect.flatten())[:5]
     log(

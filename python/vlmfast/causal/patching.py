@@ -15,6 +15,7 @@ of the base-to-source change it recovers (``normalize="recovery"``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -116,35 +117,20 @@ def patch_sweep(
 
     with torch.no_grad():
         src_cache = _source_cache(pair, spec, source, hooks, tower_in)
-        if method == "serial":
-            base_img, base_txt, results = _serial(
-                pair,
-                spec,
-                images,
-                texts,
-                src_cache,
-                layer_list,
-                comp_list,
-                metric_fn,
-                space,
-                scale,
-                bias,
-            )
-        else:
-            base_img, base_txt, results = _batched(
-                pair,
-                spec,
-                images,
-                texts,
-                src_cache,
-                layer_list,
-                comp_list,
-                metric_fn,
-                space,
-                scale,
-                bias,
-                max_rows,
-            )
+        run = _serial if method == "serial" else functools.partial(_batched, max_rows=max_rows)
+        base_img, base_txt, results = run(
+            pair,
+            spec,
+            images,
+            texts,
+            src_cache,
+            layer_list,
+            comp_list,
+            metric_fn,
+            space,
+            scale,
+            bias,
+        )
         if normalize is None:
             return results
         base = metric_fn(similarity(base_img, base_txt, scale, bias, space)).float().cpu()
