@@ -65,12 +65,11 @@ def _section(log: Callable[[str], None], title: str) -> None:
     log(f"== {title}")
 
 
-def _model_quality(cfg: DemoConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    from vlmfast.data.synthetic.bundled import load_bundled_clip
+def _model_quality(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> dict[str, Any]:
     from vlmfast.data.synthetic.evaluate import evaluate_model, format_table
 
-    model, tokenizer, _ = load_bundled_clip()
-    result = evaluate_model(model, tokenizer, seed=cfg.seed + 1000, n=cfg.eval_samples)
+    # the hooked pair itself (parity-tested against open_clip) is the model under test
+    result = evaluate_model(pair, pair.tokenize, seed=cfg.seed + 1000, n=cfg.eval_samples)
     log(format_table(result))
     return result
 
@@ -219,7 +218,7 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     summary: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}}
 
     _section(log, "1. held-out quality of the bundled model (fresh seed)")
-    summary["quality"] = _model_quality(cfg, log)
+    summary["quality"] = _model_quality(cfg, pair, log)
     _section(log, "2. cache both towers into a zarr store")
     store = _cache(cfg, pair, log)
     _section(log, "3. top-k SAE on the shared embedding space (image + text rows)")
