@@ -153,6 +153,7 @@ def test_torchrun_two_cpu_ranks(tiny_store, tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc-per-node",
         "2",
         "-m",
@@ -180,7 +181,15 @@ def test_torchrun_two_cpu_ranks(tiny_store, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, _root_cause(done.stderr)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["tokens"] == 640 and last["window_rows"] == 640  # both ranks' rows counted
     assert TopKSAE.load(out).n_latents == 32
+
+
+def _root_cause(stderr: str) -> str:
+    """The lines of a failed torchrun that say why (a rank's own error), then the tail."""
+    keys = ("terminate", "what()", "Error", "error:", "enforce", "panicked", "Abort", "gloo")
+    lines = stderr.splitlines()
+    picked = [ln for ln in lines if any(k in ln for k in keys)][:40]
+    return "\n".join([*picked, "--- tail ---", *lines[-25:]])

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import torch
@@ -124,7 +124,7 @@ def store_batches(
     start_batch: int = 0,
     rank: int = 0,
     world_size: int = 1,
-) -> Iterator[torch.Tensor]:
+) -> Generator[torch.Tensor, None, None]:
     """Endless float32 batches of ``hook`` (``joint.*`` mixes image and text rows).
 
     With ``world_size > 1`` this rank yields ``batch_size // world_size`` rows per step,
