@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         crash_at=os.environ.get("VLMFAST_TEST_CRASH_AT"),
     )
     store = run_cache(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # torchrun: rank 0 reports
     for hook in store.hooks:
         print(f"  {hook}: {store.n_rows(hook)} rows x {store.width(hook)}")
     return 0

@@ -1,17 +1,23 @@
 """Caching activations of both towers over an image-text source into a store, resumably.
 
-The source is read in a fixed order; after each committed batch the store's
-``progress.samples_done`` records how many source records are in it. A re-run
-with the same model, data, hooks and positions skips that many records and
-continues, so a run killed at any moment and re-run yields the same store as
-an uninterrupted one. Writing overlaps the next forward (one writer thread;
-the Rust writer releases the GIL).
+The source is read in a fixed order and cut into batches of ``batch_size``
+records (batch ``g`` holds records ``g*batch_size ...``); after each committed
+batch the store's ``progress.samples_done`` records how many source records
+are in it. A re-run with the same model, data, hooks and positions skips that
+many records and continues, so a run killed at any moment and re-run yields the
+same store as an uninterrupted one. Writing overlaps the next forward (one
+writer thread; the Rust writer releases the GIL).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) or inside an initialised
+``torch.distributed`` group, the batches are split across ranks: see
+``vlmfast.store.cache_ranks``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -121,17 +127,20 @@ def _batches(records: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 class _Crash:
-    """Test-only crash injection: SIGKILL at ``<batch>:<stage>``."""
+    """Test-only crash injection: SIGKILL at ``<batch>:<stage>`` (``merge:<stage>`` too).
+
+    ``<batch>`` counts the batches this process writes (0 = its first), so that
+    in a multi-rank run it means the same on every rank.
+    """
 
     def __init__(self, spec: str | None) -> None:
-        self.batch, self.stage = -1, ""
+        self.batch, self.stage = "", ""
         if spec:
-            b, _, stage = spec.partition(":")
-            self.batch, self.stage = int(b), stage
-        self.current = -1
+            self.batch, _, self.stage = spec.partition(":")
+        self.current = ""
 
     def __call__(self, stage: str) -> None:
-        if self.current == self.batch and stage == self.stage:
+        if self.batch and self.current == self.batch and stage == self.stage:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -193,14 +202,14 @@ def forward_rows(
     return {h: out[h] for h in hooks if h in out}
 
 
-def _progress_bar(cfg: CacheConfig, total: int | None, initial: int) -> Any:
+def _progress_bar(cfg: CacheConfig, total: int | None, initial: int, show: bool = True) -> Any:
     from tqdm import tqdm
 
     return tqdm(
         total=total,
         initial=initial,
         unit="sample",
-        disable=not cfg.progress,
+        disable=not (cfg.progress and show),
         desc=f"cache {cfg.out.name}",
         dynamic_ncols=True,
     )
@@ -228,8 +237,24 @@ def _resolve(patterns: list[str], hook_points: list[str]) -> list[str]:
     return hooks
 
 
-def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> ActivationStore:
-    """Caches (or resumes caching) activations; returns the store, open read-only."""
+@dataclass
+class CacheSetup:
+    """What every process of a cache run builds before the first batch."""
+
+    pair: Any
+    """The hooked model pair, in eval mode."""
+    hooks: list[str]
+    """Store hooks, resolved from the config's names/globs (model order, then joint.embed)."""
+    source: Any
+    """The ``PairSource``."""
+    identity: dict[str, Any]
+    """Model, dataset, hooks, positions and dtype: what a resumed store must match."""
+    store_dtype: torch.dtype
+    """torch dtype of the stored rows."""
+
+
+def setup_cache(cfg: CacheConfig) -> CacheSetup:
+    """Loads the model and opens the source (every rank does this)."""
     import vlmfast as vf
     from vlmfast.data import open_source
 
@@ -244,42 +269,78 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
     hooks = _resolve(cfg.hooks, pair.hook_points())
     src = open_source(cfg.data, limit=cfg.limit)
     ident = _identity(cfg, hooks, weights_hash(pair), src.fingerprint())
-    store: ActivationStore | None = None
-    done = 0
-    if cfg.out.exists() and not cfg.overwrite:
-        attrs = read_attrs(cfg.out)
-        _check_same(attrs, ident, cfg.out)
-        store = ActivationStore.open(cfg.out, mode="a")
-        done = int(store.attrs["progress"].get("samples_done", 0))
-        if store.attrs["progress"].get("finished"):
-            log(f"{cfg.out}: already complete ({done} samples); nothing to do")
-            store.close()
-            return ActivationStore.open(cfg.out)
-        log(f"{cfg.out}: resuming after {done} samples")
+    return CacheSetup(pair, hooks, src, ident, store_dtype)
+
+
+def iter_forward(
+    setup: CacheSetup,
+    cfg: CacheConfig,
+    *,
+    skip: int = 0,
+    select: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[int, list[Any], dict[str, Any] | None, int]]:
+    """``(batch number, records, rows per hook or None, records consumed after it)``.
+
+    Reads the source in its fixed order from record ``skip`` (a multiple of the
+    batch size), cuts it into batches and runs the forward on the batches
+    ``select`` picks (all by default); the others are read but not run.
+    """
+    records = iter(setup.source)
+    for _ in range(skip):  # the source order is fixed: skip what the store holds
+        next(records, None)
+    consumed = skip
+    first = skip // cfg.batch_size
+    for g, batch in enumerate(_batches(records, cfg.batch_size), start=first):
+        consumed += len(batch)
+        if select is not None and not select(g):
+            yield g, batch, None, consumed
+            continue
+        rows = forward_rows(setup.pair, batch, setup.hooks, cfg.positions, setup.store_dtype)
+        yield g, batch, rows, consumed
+
+
+def cache_loop(
+    cfg: CacheConfig,
+    setup: CacheSetup,
+    path: Path,
+    store: ActivationStore | None,
+    done: int,
+    *,
+    select: Callable[[int], bool] | None = None,
+    user_attrs: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> tuple[ActivationStore | None, int]:
+    """Caches the (selected) batches after record ``done`` into ``path``; returns the
+    store (None when no batch was selected) and the records read.
+
+    ``store`` is the store at ``path`` opened for appending (None: create it at the
+    first written batch). Commits every ``commit_seconds`` and once at the end,
+    with ``progress = {"samples_done": records through the last written batch}``
+    (``finished`` at the end). The writes of batch ``k`` overlap the forward of ``k+1``.
+    """
     crash = _Crash(cfg.crash_at)
     if store is not None:
         store._crash_hook = crash
-    total = cfg.limit
-    bar = _progress_bar(cfg, total, done)
+    bar = _progress_bar(cfg, cfg.limit, done, show_progress)
     started = time.perf_counter()
     rows_written = 0
     bytes_written = 0
     last_commit = time.perf_counter()
     pending: Future[Any] | None = None
     consumed = done
-    records = iter(src)
-    for _ in range(done):  # the source order is fixed: skip what the store holds
-        next(records, None)
+    local = 0
+    labels_of = setup.source.labels
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmfast-cache-writer") as pool:
-        for batch_no, batch in enumerate(_batches(records, cfg.batch_size)):
-            rows = forward_rows(pair, batch, hooks, cfg.positions, store_dtype)
-            labels = src.labels(batch)
+        for _g, batch, rows, consumed in iter_forward(setup, cfg, skip=done, select=select):
+            bar.update(len(batch))
+            if rows is None:
+                continue
+            labels = labels_of(batch)
             if store is None:
-                store = _create(cfg, ident, rows, labels)
+                store = _create(cfg, path, setup.identity, rows, labels, user_attrs)
                 store._crash_hook = crash
             if pending is not None:
                 pending.result()
-            consumed += len(batch)
             now = time.perf_counter()
             commit = cfg.commit_seconds <= 0 or now - last_commit >= cfg.commit_seconds
             if commit:
@@ -294,32 +355,100 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
                 commit,
                 cfg.skip_nonfinite,
                 crash,
-                batch_no,
+                str(local),
             )
-            n = sum(int(r.shape[0]) for r, _ in rows.values())
-            rows_written += n
+            local += 1
+            rows_written += sum(int(r.shape[0]) for r, _ in rows.values())
             bytes_written += sum(r.numel() * r.element_size() for r, _ in rows.values())
             dt = max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(
                 f"{rows_written / dt:,.0f} rows/s {bytes_written / dt / 1e6:,.1f} MB/s"
             )
-            bar.update(len(batch))
         if pending is not None:
             pending.result()
     bar.close()
+    if store is not None:
+        store.commit({"samples_done": consumed, "finished": True})
+    return store, consumed
+
+
+def _distributed(cfg: CacheConfig) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call joined the group) of a torchrun launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, False
+    from vlmfast.cli.train_sae import _init_distributed
+
+    if cfg.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world = _init_distributed(cfg.device)
+    return rank, world, True
+
+
+def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> ActivationStore:
+    """Caches (or resumes caching) activations; returns the store, open read-only.
+
+    Under ``torchrun`` (or in an initialised ``torch.distributed`` group) every rank
+    calls this with the same config; the ranks split the batches and every rank
+    returns the finished store.
+    """
+    rank, world, joined = _distributed(cfg)
+    if world <= 1:
+        return _run_single(cfg, log)
+    from vlmfast.cli.train_sae import _close_distributed
+    from vlmfast.store.cache_ranks import run_ranks
+
+    ok = False
+    try:
+        run_ranks(cfg, rank, world, log if rank == 0 else (lambda _: None))
+        ok = True
+    finally:
+        if joined:
+            _close_distributed(ok)
+    return ActivationStore.open(cfg.out)
+
+
+def _run_single(cfg: CacheConfig, log: Callable[[str], None]) -> ActivationStore:
+    from vlmfast.store.cache_ranks import parts_dir
+
+    setup = setup_cache(cfg)
+    store: ActivationStore | None = None
+    done = 0
+    if cfg.overwrite:
+        shutil.rmtree(parts_dir(cfg.out), ignore_errors=True)
+    elif cfg.out.exists():
+        attrs = read_attrs(cfg.out)
+        _check_same(attrs, setup.identity, cfg.out)
+        if attrs["progress"].get("finished"):
+            log(f"{cfg.out}: already complete ({attrs['progress']['samples_done']} samples)")
+            return ActivationStore.open(cfg.out)
+        store = ActivationStore.open(cfg.out, mode="a")
+        done = int(store.attrs["progress"].get("samples_done", 0))
+        log(f"{cfg.out}: resuming after {done} samples")
+    elif parts_dir(cfg.out).exists():
+        raise StoreError(
+            f"{parts_dir(cfg.out)} holds the parts of an unfinished multi-rank cache of "
+            f"{cfg.out}: re-run it with torchrun and the same number of ranks to finish it, "
+            "or pass --overwrite"
+        )
+    store, consumed = cache_loop(cfg, setup, cfg.out, store, done)
     if store is None:
         raise InputError(f"{cfg.data}: no records to cache (after skipping {done})")
-    store.commit({"samples_done": consumed, "finished": True})
     store.close()
-    log(f"{cfg.out}: {consumed} samples, hooks {', '.join(hooks)}")
+    log(f"{cfg.out}: {consumed} samples, hooks {', '.join(setup.hooks)}")
     return ActivationStore.open(cfg.out)
 
 
 def _create(
     cfg: CacheConfig,
+    path: Path,
     ident: dict[str, Any],
     rows: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
     labels: Any,
+    user_attrs: dict[str, Any] | None = None,
 ) -> ActivationStore:
     missing = [h for h in ident["hooks"] if h not in rows]
     if missing:
@@ -327,7 +456,7 @@ def _create(
     widths = {h: int(rows[h][0].shape[1]) for h in ident["hooks"]}
     concepts = (list(labels.names), list(labels.kinds)) if labels is not None else None
     return ActivationStore.create(
-        cfg.out,
+        path,
         widths,
         dtype=cfg.dtype,
         chunk_rows=cfg.chunk_rows,
@@ -336,7 +465,8 @@ def _create(
         dataset=ident["dataset"],
         positions=cfg.positions,
         concepts=concepts,
-        overwrite=cfg.overwrite,
+        attrs=user_attrs,
+        overwrite=cfg.overwrite or path != cfg.out,
     )
 
 
@@ -349,7 +479,7 @@ def _write(
     commit: bool,
     skip_nonfinite: bool,
     crash: _Crash,
-    batch_no: int,
+    batch_no: str,
 ) -> None:
     crash.current = batch_no
     kw: dict[str, Any] = {}
