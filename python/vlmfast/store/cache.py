@@ -423,6 +423,9 @@ def _run_single(cfg: CacheConfig, log: Callable[[str], None]) -> ActivationStore
         attrs = read_attrs(cfg.out)
         _check_same(attrs, setup.identity, cfg.out)
         if attrs["progress"].get("finished"):
+            # opening for appending persists the committed array shapes, in case the
+            # run was killed between its final commit point and writing them
+            ActivationStore.open(cfg.out, mode="a").close()
             log(f"{cfg.out}: already complete ({attrs['progress']['samples_done']} samples)")
             return ActivationStore.open(cfg.out)
         store = ActivationStore.open(cfg.out, mode="a")

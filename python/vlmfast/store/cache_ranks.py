@@ -104,7 +104,9 @@ def _prepare_out(cfg: CacheConfig, ident: dict[str, Any], world: int) -> str:
         attrs = read_attrs(out)
         _check_same(attrs, ident, out)
         if attrs["progress"].get("finished"):
-            shutil.rmtree(parts, ignore_errors=True)  # a run killed while cleaning up
+            if parts.exists():  # killed after the commit point: finish the shapes, clean up
+                ActivationStore.open(out, mode="a").close()
+                shutil.rmtree(parts)
             return "done"
         if not parts.exists():
             raise StoreError(
