@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class CacheConfig:
     """Chunk compression of a new store: none | zstd."""
     commit_seconds: float = 10.0
     """Commit at most this often (seconds); 0 commits after every batch."""
+    write_queue_bytes: int = 512 << 20
+    """Rows computed but not yet written may hold this many bytes (at least one batch):
+    the forward runs ahead while a commit's fsyncs are in flight."""
     progress: bool = True
     """Show a progress bar on stderr."""
     crash_at: str | None = field(default=None, repr=False)
@@ -316,7 +320,9 @@ def cache_loop(
     ``store`` is the store at ``path`` opened for appending (None: create it at the
     first written batch). Commits every ``commit_seconds`` and once at the end,
     with ``progress = {"samples_done": records through the last written batch}``
-    (``finished`` at the end). The writes of batch ``k`` overlap the forward of ``k+1``.
+    (``finished`` at the end). One writer thread writes the batches in order while
+    the forward goes on (up to ``write_queue_bytes`` of rows ahead of it), so a
+    commit's fsyncs never stall the forward.
     """
     crash = _Crash(cfg.crash_at)
     if store is not None:
@@ -326,7 +332,9 @@ def cache_loop(
     rows_written = 0
     bytes_written = 0
     last_commit = time.perf_counter()
-    pending: Future[Any] | None = None
+    pending: deque[tuple[Future[Any], int]] = deque()  # writes in flight, with their bytes
+    in_flight = 0
+    failed: list[BaseException] = []
     consumed = done
     local = 0
     labels_of = setup.source.labels
@@ -339,14 +347,18 @@ def cache_loop(
             if store is None:
                 store = _create(cfg, path, setup.identity, rows, labels, user_attrs)
                 store._crash_hook = crash
-            if pending is not None:
-                pending.result()
+            size = sum(r.numel() * r.element_size() for r, _ in rows.values())
+            while pending and (pending[0][0].done() or in_flight + size > cfg.write_queue_bytes):
+                done_write, done_size = pending.popleft()
+                done_write.result()  # the writer is behind: wait for the oldest write
+                in_flight -= done_size
             now = time.perf_counter()
             commit = cfg.commit_seconds <= 0 or now - last_commit >= cfg.commit_seconds
             if commit:
                 last_commit = now
-            pending = pool.submit(
-                _write,
+            write = pool.submit(
+                _write_in_order,
+                failed,
                 store,
                 rows,
                 labels,
@@ -357,15 +369,17 @@ def cache_loop(
                 crash,
                 str(local),
             )
+            pending.append((write, size))
+            in_flight += size
             local += 1
             rows_written += sum(int(r.shape[0]) for r, _ in rows.values())
-            bytes_written += sum(r.numel() * r.element_size() for r, _ in rows.values())
+            bytes_written += size
             dt = max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(
                 f"{rows_written / dt:,.0f} rows/s {bytes_written / dt / 1e6:,.1f} MB/s"
             )
-        if pending is not None:
-            pending.result()
+        for write, _ in pending:
+            write.result()
     bar.close()
     if store is not None:
         store.commit({"samples_done": consumed, "finished": True})
@@ -471,6 +485,17 @@ def _create(
         attrs=user_attrs,
         overwrite=cfg.overwrite or path != cfg.out,
     )
+
+
+def _write_in_order(failed: list[BaseException], *args: Any) -> None:
+    """``_write``, unless an earlier write failed: batches are never written past a gap."""
+    if failed:
+        raise StoreError("an earlier write of this run failed") from failed[0]
+    try:
+        _write(*args)
+    except BaseException as err:
+        failed.append(err)
+        raise
 
 
 def _write(
