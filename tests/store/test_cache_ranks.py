@@ -160,6 +160,7 @@ def test_torchrun_standalone_and_external_sigkill(
         except (StoreError, OSError):
             pass
         time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
