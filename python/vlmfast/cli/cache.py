@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Runs the model over an image-text source and stores the chosen hooks' rows "
             "(image rows from images, text rows from captions) with sample ids, token "
-            "positions, modality and concept labels. Killed runs resume when re-run."
+            "positions, modality and concept labels. Killed runs resume when re-run. "
+            "Under torchrun (torchrun --nproc-per-node N -m vlmfast cache ...) the ranks "
+            "split the batches and merge into one store, identical to a one-process run."
         ),
     )
     p.add_argument(
