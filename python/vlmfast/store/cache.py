@@ -394,11 +394,11 @@ def _distributed(cfg: CacheConfig) -> tuple[int, int, bool]:
         return dist.get_rank(), dist.get_world_size(), False
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, False
-    from vlmfast.cli.train_sae import _init_distributed
+    from vlmfast.process_group import join_process_group
 
     if cfg.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank, world = _init_distributed(cfg.device)
+    rank, world = join_process_group(cfg.device)
     return rank, world, True
 
 
@@ -412,7 +412,7 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
     rank, world, joined = _distributed(cfg)
     if world <= 1:
         return _run_single(cfg, log)
-    from vlmfast.cli.train_sae import _close_distributed
+    from vlmfast.process_group import leave_process_group
     from vlmfast.store.cache_ranks import run_ranks
 
     ok = False
@@ -421,7 +421,7 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
         ok = True
     finally:
         if joined:
-            _close_distributed(ok)
+            leave_process_group(ok)
     return ActivationStore.open(cfg.out)
 
 
