@@ -1,8 +1,10 @@
 """``ActivationStore``: a crash-safe zarr v3 store of activation rows (Rust I/O).
 
 Writes go through the native core (``vlmfast._native``): complete chunks are
-encoded and written as rows arrive, each chunk file replaced atomically and
-fsynced; ``commit`` then writes the partial last chunk, makes the new row counts
+encoded and written to temp files as rows arrive (their writeback to disk
+started at once); ``commit`` writes the partial last chunks, fsyncs every staged
+file of every array in one parallel pass and renames them into place (each
+chunk file replaced atomically), then makes the new row counts
 the committed ones in the root group attributes (the commit point), and
 persists the array shapes. A crash at any moment leaves the last commit intact;
 re-opening with ``mode="a"`` continues from it.
@@ -397,8 +399,8 @@ class ActivationStore:
         counts (atomic rename: the commit point) -> array shapes.
         """
         self._need_writable()
-        for arr in self._arrays.values():
-            arr.flush()
+        arrays = list(self._arrays.values())
+        _native.store_flush_many(arrays)  # every array's chunks, one parallel fsync pass
         if self._crash_hook is not None:
             self._crash_hook("flushed")
         attrs = copy.deepcopy(self._attrs)
@@ -412,8 +414,7 @@ class ActivationStore:
         self._attrs = attrs
         if self._crash_hook is not None:
             self._crash_hook("attrs_written")
-        for arr in self._arrays.values():
-            arr.commit(arr.written)
+        _native.store_commit_many(arrays, [int(a.written) for a in arrays])
         self._pending = False
 
     # ------------------------------------------------------------------ reading

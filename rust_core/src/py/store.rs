@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use super::errors::guard;
 use crate::error::{CoreError, CoreResult};
 use crate::store::{
-    group, nonfinite_rows, ArrayLayout, Compression, DurableStore, ElemType, RowArray,
-    ShuffleConfig, ShuffleStream,
+    commit_all, flush_all, group, nonfinite_rows, ArrayLayout, Compression, DurableStore,
+    ElemType, RowArray, ShuffleConfig, ShuffleStream,
 };
 
 fn open_store(root: &str) -> CoreResult<Arc<DurableStore>> {
@@ -191,6 +191,39 @@ fn store_open_array(
     })
 }
 
+/// Locks every array of `arrays` (each at most once) and runs `f` on them.
+fn with_all<T>(
+    arrays: &[&PyStoreArray],
+    f: impl FnOnce(&mut [&mut RowArray]) -> CoreResult<T>,
+) -> CoreResult<T> {
+    let mut guards = Vec::with_capacity(arrays.len());
+    for a in arrays {
+        guards.push(a.inner.try_lock().map_err(|_| {
+            CoreError::input("an array is given twice or is in use by another thread")
+        })?);
+    }
+    let mut refs: Vec<&mut RowArray> = guards.iter_mut().map(|g| &mut **g).collect();
+    f(&mut refs)
+}
+
+/// Flushes several arrays together: their staged chunks are fsynced in one parallel pass.
+#[pyfunction]
+fn store_flush_many(py: Python<'_>, arrays: Vec<PyRef<'_, PyStoreArray>>) -> PyResult<()> {
+    let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
+    py.detach(|| guard(|| with_all(&arrays, flush_all)))
+}
+
+/// Flushes several arrays together, then commits `rows[i]` rows of `arrays[i]`.
+#[pyfunction]
+fn store_commit_many(
+    py: Python<'_>,
+    arrays: Vec<PyRef<'_, PyStoreArray>>,
+    rows: Vec<u64>,
+) -> PyResult<()> {
+    let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
+    py.detach(|| guard(|| with_all(&arrays, |a| commit_all(a, &rows))))
+}
+
 /// Writes (atomically, durably) the group node `path` with attributes `attrs_json`.
 #[pyfunction]
 fn store_write_group(py: Python<'_>, root: &str, path: &str, attrs_json: &str) -> PyResult<()> {
@@ -317,5 +350,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_read_group_attrs, m)?)?;
     m.add_function(wrap_pyfunction!(store_node_exists, m)?)?;
     m.add_function(wrap_pyfunction!(store_nonfinite_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(store_flush_many, m)?)?;
+    m.add_function(wrap_pyfunction!(store_commit_many, m)?)?;
     Ok(())
 }

@@ -7,20 +7,26 @@
 //! (rewritten, atomically, when more rows arrive). `commit` persists the array
 //! shape. The store's group attributes hold the committed row count and are
 //! the truth: rows past it do not exist, whatever the chunk files hold.
+//!
+//! I/O goes around zarrs' storage layer where that layer copies: whole chunks
+//! are decoded by the array's zarrs codec chain straight from the memory-mapped
+//! chunk file into the caller's buffer (one copy), and encoded chunks are
+//! staged from the codec chain's output without the copy into a `Bytes`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 use unsafe_cell_slice::UnsafeCellSlice;
 use zarrs::array::codec::ZstdCodec;
 use zarrs::array::{
-    Array, ArrayBuilder, ArrayBytes, ArrayBytesFixedDisjointView, ArraySubset, CodecOptions,
-    FillValue,
+    Array, ArrayBuilder, ArrayBytes, ArrayBytesFixedDisjointView, ArraySubset,
+    ArrayToBytesCodecTraits, CodecOptions, FillValue,
 };
 use zarrs::storage::ReadableStorageTraits;
 
 use super::dtype::ElemType;
-use super::durable::DurableStore;
+use super::durable::{sync_staged, DurableStore, MappedFile};
 use crate::error::{CoreError, CoreResult};
 
 /// How chunks are compressed.
@@ -61,6 +67,26 @@ pub struct RowArray {
     tail: Vec<u8>,
     tail_dirty: bool,
     persisted: Option<u64>,
+}
+
+/// The decoded bytes of one chunk: the mapped file itself when the codec chain
+/// decodes it to its own bytes (no compression), or an owned decoded buffer.
+#[derive(Debug)]
+pub enum ChunkBytes {
+    /// The chunk file, mapped: its bytes are the decoded chunk.
+    Mapped(MappedFile),
+    /// A buffer zarrs decoded the chunk into (compressed or sharded chunks).
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Owned(v) => v,
+        }
+    }
 }
 
 fn codec_options() -> CodecOptions {
@@ -269,18 +295,33 @@ impl RowArray {
         let name = &self.name;
         let array = &self.array;
         let ndim = array.shape().len();
-        // One chunk per task: rayon encodes them in parallel.
+        let store = array.storage();
+        let codecs = array.codecs();
+        let options = codec_options();
+        // One chunk per task: rayon encodes them in parallel. The encoded bytes
+        // (the input itself when uncompressed) go straight to a staged file.
         bytes
             .par_chunks(chunk_bytes)
             .enumerate()
             .try_for_each(|(i, chunk)| {
                 let mut idx = vec![0u64; ndim];
                 idx[0] = first + i as u64;
-                array
-                    .store_chunk_opt(&idx, ArrayBytes::new_flen(chunk), &codec_options())
-                    .map_err(|e| {
-                        CoreError::store(format!("array {name}: writing chunk {}: {e}", idx[0]))
-                    })
+                let err = |e: &dyn std::fmt::Display| {
+                    CoreError::store(format!("array {name}: writing chunk {}: {e}", idx[0]))
+                };
+                let shape = array.chunk_shape(&idx).map_err(|e| err(&e))?;
+                let encoded = codecs
+                    .encode(
+                        ArrayBytes::new_flen(chunk),
+                        &shape,
+                        array.data_type(),
+                        array.fill_value(),
+                        &options,
+                    )
+                    .map_err(|e| err(&e))?;
+                store
+                    .stage(&array.chunk_key(&idx), &encoded)
+                    .map_err(|e| err(&e))
             })?;
         Ok(())
     }
@@ -328,8 +369,8 @@ impl RowArray {
         Ok(())
     }
 
-    /// Writes the partial last chunk (zero-padded) so every appended row is on disk.
-    pub fn flush(&mut self) -> CoreResult<()> {
+    /// Stages the partial last chunk (zero-padded) without syncing it.
+    fn stage_tail(&mut self) -> CoreResult<()> {
         if self.tail_dirty && !self.tail.is_empty() {
             let chunk_bytes = self.bytes_of(self.chunk_rows)?;
             let mut padded = self.tail.clone();
@@ -337,6 +378,12 @@ impl RowArray {
             self.write_chunks(self.tail_start, &padded)?;
             self.tail_dirty = false;
         }
+        Ok(())
+    }
+
+    /// Writes the partial last chunk (zero-padded) so every appended row is on disk.
+    pub fn flush(&mut self) -> CoreResult<()> {
+        self.stage_tail()?;
         self.array.storage().sync_pending()
     }
 
@@ -444,12 +491,112 @@ impl RowArray {
             .try_for_each(|(a, b, buf)| self.read_piece(a, b, buf))
     }
 
-    fn read_piece(&self, start: u64, stop: u64, buf: &mut [u8]) -> CoreResult<()> {
-        let ndim = self.array.shape().len();
-        let mut idx = vec![0u64; ndim];
-        idx[0] = start / self.chunk_rows;
+    fn chunk_key_of(&self, chunk: u64) -> (Vec<u64>, zarrs::storage::StoreKey) {
+        let mut idx = vec![0u64; self.array.shape().len()];
+        idx[0] = chunk;
         let key = self.array.chunk_key(&idx);
-        let chunk = idx[0];
+        (idx, key)
+    }
+
+    /// Maps the file of `chunk`; a missing file is an error naming the array and chunk.
+    fn map_chunk(&self, chunk: u64, key: &zarrs::storage::StoreKey) -> CoreResult<MappedFile> {
+        self.array
+            .storage()
+            .map_key(key)
+            .map_err(|e| {
+                CoreError::store(format!("array {}: chunk {chunk} ({key}): {e}", self.name))
+            })?
+            .ok_or_else(|| {
+                CoreError::store(format!(
+                    "array {}: chunk {chunk} ({key}) is missing: the store is damaged",
+                    self.name
+                ))
+            })
+    }
+
+    fn corrupt(&self, chunk: u64, key: &zarrs::storage::StoreKey, e: &dyn std::fmt::Display) -> CoreError {
+        CoreError::store(format!(
+            "array {}: chunk {chunk} ({key}) is corrupt or unreadable: {e}",
+            self.name
+        ))
+    }
+
+    /// Decodes all of chunk `chunk` (every row of the chunk grid, committed or
+    /// not) with the array's codec chain. Uncompressed chunks come back as the
+    /// mapped file itself: zarrs decodes them to their own bytes, so nothing is copied.
+    pub fn decode_chunk(&self, chunk: u64) -> CoreResult<ChunkBytes> {
+        let (idx, key) = self.chunk_key_of(chunk);
+        let map = self.map_chunk(chunk, &key)?;
+        let shape = self
+            .array
+            .chunk_shape(&idx)
+            .map_err(|e| self.corrupt(chunk, &key, &e))?;
+        let decoded = self
+            .array
+            .codecs()
+            .decode(
+                Cow::Borrowed(&map[..]),
+                &shape,
+                self.array.data_type(),
+                self.array.fill_value(),
+                &codec_options(),
+            )
+            .and_then(|b| b.into_fixed().map_err(Into::into))
+            .map_err(|e| self.corrupt(chunk, &key, &e))?;
+        let expected = self.bytes_of(self.chunk_rows)?;
+        if decoded.len() != expected {
+            return Err(self.corrupt(
+                chunk,
+                &key,
+                &format!("decoded to {} bytes, expected {expected}", decoded.len()),
+            ));
+        }
+        let owned = match decoded {
+            Cow::Borrowed(b) if std::ptr::eq(b.as_ptr(), map.as_ptr()) => None,
+            other => Some(other.into_owned()),
+        };
+        Ok(match owned {
+            None => ChunkBytes::Mapped(map),
+            Some(v) => ChunkBytes::Owned(v),
+        })
+    }
+
+    fn read_piece(&self, start: u64, stop: u64, buf: &mut [u8]) -> CoreResult<()> {
+        let chunk = start / self.chunk_rows;
+        let (idx, key) = self.chunk_key_of(chunk);
+        let whole = start % self.chunk_rows == 0 && stop - start == self.chunk_rows;
+        let shape: Vec<u64> = match self.width {
+            Some(d) => vec![stop - start, d],
+            None => vec![stop - start],
+        };
+        let subset_all = ArraySubset::new_with_shape(shape.clone());
+        let cells = UnsafeCellSlice::new(buf);
+        // SAFETY: one view covering all of `buf`, which this task owns exclusively.
+        let mut view = unsafe {
+            ArrayBytesFixedDisjointView::new(cells, self.dtype.size(), &shape, subset_all)
+        }
+        .map_err(|e| CoreError::Internal(format!("{}: {e}", self.name)))?;
+        if whole {
+            // The whole chunk: zarrs' codec chain decodes the mapped file
+            // straight into `buf` (a single copy when uncompressed).
+            let map = self.map_chunk(chunk, &key)?;
+            let chunk_shape = self
+                .array
+                .chunk_shape(&idx)
+                .map_err(|e| self.corrupt(chunk, &key, &e))?;
+            return self
+                .array
+                .codecs()
+                .decode_into(
+                    Cow::Borrowed(&map[..]),
+                    &chunk_shape,
+                    self.array.data_type(),
+                    self.array.fill_value(),
+                    (&mut view).into(),
+                    &codec_options(),
+                )
+                .map_err(|e| self.corrupt(chunk, &key, &e));
+        }
         let missing = self
             .array
             .storage()
@@ -464,30 +611,41 @@ impl RowArray {
                 self.name
             )));
         }
-        let shape: Vec<u64> = match self.width {
-            Some(d) => vec![stop - start, d],
-            None => vec![stop - start],
-        };
-        let subset_all = ArraySubset::new_with_shape(shape.clone());
-        let cells = UnsafeCellSlice::new(buf);
-        // SAFETY: one view covering all of `buf`, which this task owns exclusively.
-        let mut view = unsafe {
-            ArrayBytesFixedDisjointView::new(cells, self.dtype.size(), &shape, subset_all)
-        }
-        .map_err(|e| CoreError::Internal(format!("{}: {e}", self.name)))?;
         self.array
             .retrieve_array_subset_into_opt(
                 &self.subset(start, stop),
                 (&mut view).into(),
                 &codec_options(),
             )
-            .map_err(|e| {
-                CoreError::store(format!(
-                    "array {}: chunk {chunk} ({key}) is corrupt or unreadable: {e}",
-                    self.name
-                ))
-            })
+            .map_err(|e| self.corrupt(chunk, &key, &e))
     }
+}
+
+/// Stages the partial last chunks of `arrays` and makes every staged write of
+/// all of them durable in one pass (one parallel round of fsyncs, not one per array).
+pub fn flush_all(arrays: &mut [&mut RowArray]) -> CoreResult<()> {
+    arrays.par_iter_mut().try_for_each(|a| a.stage_tail())?;
+    let mut staged = Vec::new();
+    for a in arrays.iter() {
+        staged.extend(a.array.storage().take_staged()?);
+    }
+    sync_staged(staged)
+}
+
+/// [`flush_all`], then commits `rows[i]` rows of `arrays[i]` (shapes persisted in parallel).
+pub fn commit_all(arrays: &mut [&mut RowArray], rows: &[u64]) -> CoreResult<()> {
+    if rows.len() != arrays.len() {
+        return Err(CoreError::input(format!(
+            "{} row counts for {} arrays",
+            rows.len(),
+            arrays.len()
+        )));
+    }
+    flush_all(arrays)?;
+    arrays
+        .par_iter_mut()
+        .zip(rows.par_iter())
+        .try_for_each(|(a, &n)| a.commit(n))
 }
 
 /// Indices (within `bytes`, rows of `width` elements of `dtype`) of rows that hold NaN or ±Inf.
