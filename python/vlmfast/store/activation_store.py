@@ -1,12 +1,10 @@
 """``ActivationStore``: a crash-safe zarr v3 store of activation rows (Rust I/O).
 
 Writes go through the native core (``vlmfast._native``): complete chunks are
-encoded and written to temp files as rows arrive (their writeback to disk
-started at once); ``commit`` writes the partial last chunks, fsyncs every staged
-file of every array in one parallel pass and renames them into place (each
-chunk file replaced atomically), then makes the new row counts
-the committed ones in the root group attributes (the commit point), and
-persists the array shapes. A crash at any moment leaves the last commit intact;
+encoded and written to temp files as rows arrive; ``commit`` writes the partial last chunks and the new array
+shapes, fsyncs every staged file of every array in one parallel pass and
+renames them into place (each file replaced atomically), then makes the new row
+counts the committed ones in the root group attributes (the commit point). A crash at any moment leaves the last commit intact;
 re-opening with ``mode="a"`` continues from it.
 """
 
@@ -395,12 +393,16 @@ class ActivationStore:
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
         """Makes every appended row durable and visible; records ``progress`` in the attrs.
 
-        Order: chunk data on disk (fsynced) -> root attributes with the new
-        counts (atomic rename: the commit point) -> array shapes.
+        Order: every array's chunk data and new shape on disk (one parallel
+        fsync pass over all arrays) -> root attributes with the new counts
+        (atomic rename: the commit point). A crash before the commit point
+        leaves shapes ahead of the committed counts, which :meth:`open` ignores
+        and ``mode="a"`` truncates back.
         """
         self._need_writable()
         arrays = list(self._arrays.values())
-        _native.store_flush_many(arrays)  # every array's chunks, one parallel fsync pass
+        rows = [int(a.written) for a in arrays]
+        _native.store_prepare_commit(arrays, rows)
         if self._crash_hook is not None:
             self._crash_hook("flushed")
         attrs = copy.deepcopy(self._attrs)
@@ -414,7 +416,7 @@ class ActivationStore:
         self._attrs = attrs
         if self._crash_hook is not None:
             self._crash_hook("attrs_written")
-        _native.store_commit_many(arrays, [int(a.written) for a in arrays])
+        _native.store_mark_committed(arrays, rows)
         self._pending = False
 
     # ------------------------------------------------------------------ reading

@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use super::errors::guard;
 use crate::error::{CoreError, CoreResult};
 use crate::store::{
-    commit_all, flush_all, group, nonfinite_rows, ArrayLayout, Compression, DurableStore,
-    ElemType, RowArray, ShuffleConfig, ShuffleStream,
+    group, nonfinite_rows, prepare_commit_all, ArrayLayout, Compression, DurableStore, ElemType,
+    RowArray, ShuffleConfig, ShuffleStream,
 };
 
 fn open_store(root: &str) -> CoreResult<Arc<DurableStore>> {
@@ -206,22 +206,32 @@ fn with_all<T>(
     f(&mut refs)
 }
 
-/// Flushes several arrays together: their staged chunks are fsynced in one parallel pass.
+/// First half of a commit: stages every array's partial chunk and new shape
+/// (`rows[i]` rows), then makes all of it durable in one parallel fsync pass.
 #[pyfunction]
-fn store_flush_many(py: Python<'_>, arrays: Vec<PyRef<'_, PyStoreArray>>) -> PyResult<()> {
-    let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
-    py.detach(|| guard(|| with_all(&arrays, flush_all)))
-}
-
-/// Flushes several arrays together, then commits `rows[i]` rows of `arrays[i]`.
-#[pyfunction]
-fn store_commit_many(
+fn store_prepare_commit(
     py: Python<'_>,
     arrays: Vec<PyRef<'_, PyStoreArray>>,
     rows: Vec<u64>,
 ) -> PyResult<()> {
     let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
-    py.detach(|| guard(|| with_all(&arrays, |a| commit_all(a, &rows))))
+    py.detach(|| guard(|| with_all(&arrays, |a| prepare_commit_all(a, &rows))))
+}
+
+/// Second half of a commit, after the commit point: `rows[i]` rows of `arrays[i]` are committed.
+#[pyfunction]
+fn store_mark_committed(arrays: Vec<PyRef<'_, PyStoreArray>>, rows: Vec<u64>) -> PyResult<()> {
+    let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
+    guard(|| {
+        if rows.len() != arrays.len() {
+            return Err(CoreError::input("one row count per array"));
+        }
+        with_all(&arrays, |a| {
+            a.iter_mut()
+                .zip(&rows)
+                .try_for_each(|(a, &n)| a.mark_committed(n))
+        })
+    })
 }
 
 /// Writes (atomically, durably) the group node `path` with attributes `attrs_json`.
@@ -350,7 +360,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_read_group_attrs, m)?)?;
     m.add_function(wrap_pyfunction!(store_node_exists, m)?)?;
     m.add_function(wrap_pyfunction!(store_nonfinite_rows, m)?)?;
-    m.add_function(wrap_pyfunction!(store_flush_many, m)?)?;
-    m.add_function(wrap_pyfunction!(store_commit_many, m)?)?;
+    m.add_function(wrap_pyfunction!(store_prepare_commit, m)?)?;
+    m.add_function(wrap_pyfunction!(store_mark_committed, m)?)?;
     Ok(())
 }

@@ -5,12 +5,14 @@
 //! them if the process died mid-write, so every `set` here writes a sibling temp
 //! file, `fsync`s it, renames it over the key and `fsync`s the directory. A key
 //! therefore holds either its old or its new bytes. Metadata keys (`zarr.json`)
-//! are durable when `set` returns; chunk keys are staged (temp file written and
-//! its writeback to disk started at once, not yet fsynced or renamed) until
+//! are durable when `set` returns; chunk keys are staged (temp file written,
+//! not yet fsynced or renamed) until
 //! [`DurableStore::sync_pending`] (or [`sync_staged`] for the staged files of
 //! several arrays together), which fsyncs the staged files in parallel, renames
 //! them into place and fsyncs their folders, so a commit pays for its fsyncs
-//! once, not per chunk, and finds most of the data already on disk. Because a
+//! once, not per chunk. (Starting each file's writeback early, with
+//! `sync_file_range` in the writer or `fdatasync` on a background thread, was
+//! measured slower on the benchmark VM.) Because a
 //! key is only ever replaced by rename, never rewritten in place, readers may
 //! map chunk files into memory ([`DurableStore::map_key`]). Reads, listing and
 //! erasing are delegated to `FilesystemStore`.
@@ -18,7 +20,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use memmap2::{Mmap, MmapOptions};
@@ -63,11 +65,12 @@ impl std::ops::Deref for MappedFile {
 }
 
 /// Makes staged writes durable and visible: fsync the temp files (in parallel),
-/// rename them into place, fsync their folders (in parallel).
-pub fn sync_staged(staged: Staged) -> CoreResult<()> {
+/// rename them into place (chunks before metadata), fsync their folders (in parallel).
+pub fn sync_staged(mut staged: Staged) -> CoreResult<()> {
     if staged.is_empty() {
         return Ok(());
     }
+    staged.sort_by_key(|(_, path)| path.ends_with("zarr.json"));
     staged.par_iter().try_for_each(|(tmp, _)| {
         File::open(tmp)
             .and_then(|f| f.sync_all())
@@ -88,28 +91,13 @@ pub fn sync_staged(staged: Staged) -> CoreResult<()> {
     })
 }
 
-/// Asks the kernel to start writing `file`'s dirty pages to disk now, without
-/// waiting: the fsync at commit then finds them written or in flight.
-fn start_writeback(file: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on a file descriptor we own; a failure only
-        // loses the head start (the commit's fsync still makes the data durable).
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
-}
-
 /// Filesystem store with atomic, durable key writes (see the module docs).
 #[derive(Debug)]
 pub struct DurableStore {
     inner: FilesystemStore,
     root: PathBuf,
     staged: Mutex<Vec<(PathBuf, PathBuf)>>,
+    stage_metadata: AtomicBool,
 }
 
 impl DurableStore {
@@ -124,6 +112,7 @@ impl DurableStore {
             inner,
             root: root.to_path_buf(),
             staged: Mutex::new(Vec::new()),
+            stage_metadata: AtomicBool::new(false),
         })
     }
 
@@ -134,16 +123,13 @@ impl DurableStore {
 
     /// Removes and returns the staged writes (to sync them with other arrays').
     pub fn take_staged(&self) -> CoreResult<Staged> {
-        Ok(std::mem::take(
-            &mut *self
-                .staged
-                .lock()
-                .map_err(|_| CoreError::Internal("staged-write lock poisoned".into()))?,
-        ))
+        Ok(std::mem::take(&mut *self.staged.lock().map_err(|_| {
+            CoreError::Internal("staged-write lock poisoned".into())
+        })?))
     }
 
-    /// Stages `bytes` as the new value of chunk key `key`: a temp file written
-    /// (its writeback started), made durable and renamed into place by the next
+    /// Stages `bytes` as the new value of chunk key `key`: a temp file written,
+    /// made durable and renamed into place by the next
     /// sync. A second stage of the same key replaces the first.
     pub fn stage(&self, key: &StoreKey, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.key_path(key);
@@ -153,9 +139,7 @@ impl DurableStore {
         }
         let result = (|| {
             let mut file = File::create(&tmp)?;
-            file.write_all(bytes)?;
-            start_writeback(&file);
-            Ok(())
+            file.write_all(bytes)
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -174,6 +158,12 @@ impl DurableStore {
         });
         staged.push((tmp, path));
         Ok(())
+    }
+
+    /// While `on`, metadata keys (`zarr.json`) are staged like chunk keys
+    /// instead of being written durably at once (a commit syncs them with the chunks).
+    pub fn set_stage_metadata(&self, on: bool) {
+        self.stage_metadata.store(on, Ordering::SeqCst);
     }
 
     /// Maps the file of `key` read-only (`None` when it does not exist). Keys are
@@ -272,7 +262,7 @@ impl ReadableStorageTraits for DurableStore {
 impl WritableStorageTraits for DurableStore {
     fn set(&self, key: &StoreKey, value: Bytes) -> Result<(), StorageError> {
         let path = self.key_path(key);
-        if key.as_str().ends_with("zarr.json") {
+        if key.as_str().ends_with("zarr.json") && !self.stage_metadata.load(Ordering::SeqCst) {
             write_atomic(&path, &value)?;
             return Ok(());
         }

@@ -401,6 +401,18 @@ impl RowArray {
         Ok(())
     }
 
+    /// Records `rows` as committed after [`prepare_commit_all`] and the commit point.
+    pub fn mark_committed(&mut self, rows: u64) -> CoreResult<()> {
+        if rows > self.written || self.persisted != Some(rows) {
+            return Err(CoreError::input(format!(
+                "{}: {rows} rows were not prepared for commit",
+                self.name
+            )));
+        }
+        self.committed = rows;
+        Ok(())
+    }
+
     fn persist_shape(&mut self, rows: u64) -> CoreResult<()> {
         if self.persisted == Some(rows) {
             return Ok(());
@@ -514,7 +526,12 @@ impl RowArray {
             })
     }
 
-    fn corrupt(&self, chunk: u64, key: &zarrs::storage::StoreKey, e: &dyn std::fmt::Display) -> CoreError {
+    fn corrupt(
+        &self,
+        chunk: u64,
+        key: &zarrs::storage::StoreKey,
+        e: &dyn std::fmt::Display,
+    ) -> CoreError {
         CoreError::store(format!(
             "array {}: chunk {chunk} ({key}) is corrupt or unreadable: {e}",
             self.name
@@ -621,19 +638,14 @@ impl RowArray {
     }
 }
 
-/// Stages the partial last chunks of `arrays` and makes every staged write of
-/// all of them durable in one pass (one parallel round of fsyncs, not one per array).
-pub fn flush_all(arrays: &mut [&mut RowArray]) -> CoreResult<()> {
-    arrays.par_iter_mut().try_for_each(|a| a.stage_tail())?;
-    let mut staged = Vec::new();
-    for a in arrays.iter() {
-        staged.extend(a.array.storage().take_staged()?);
-    }
-    sync_staged(staged)
-}
-
-/// [`flush_all`], then commits `rows[i]` rows of `arrays[i]` (shapes persisted in parallel).
-pub fn commit_all(arrays: &mut [&mut RowArray], rows: &[u64]) -> CoreResult<()> {
+/// The first half of a commit of `rows[i]` rows of `arrays[i]`: every array's
+/// partial last chunk and its new shape (`zarr.json`) are staged, then all of
+/// it is made durable in one pass ([`sync_staged`]: one parallel round of
+/// fsyncs, the shapes renamed after the chunks). The caller then writes the
+/// commit point (the committed counts in the group attributes) and calls
+/// [`RowArray::mark_committed`]. A crash in between leaves shapes ahead of the
+/// committed counts, which `open` truncates back.
+pub fn prepare_commit_all(arrays: &mut [&mut RowArray], rows: &[u64]) -> CoreResult<()> {
     if rows.len() != arrays.len() {
         return Err(CoreError::input(format!(
             "{} row counts for {} arrays",
@@ -641,11 +653,53 @@ pub fn commit_all(arrays: &mut [&mut RowArray], rows: &[u64]) -> CoreResult<()> 
             arrays.len()
         )));
     }
-    flush_all(arrays)?;
-    arrays
-        .par_iter_mut()
-        .zip(rows.par_iter())
-        .try_for_each(|(a, &n)| a.commit(n))
+    for (a, &n) in arrays.iter().zip(rows) {
+        if n > a.written {
+            return Err(CoreError::input(format!(
+                "{}: cannot commit {n} rows, only {} written",
+                a.name, a.written
+            )));
+        }
+    }
+    arrays.par_iter_mut().try_for_each(|a| a.stage_tail())?;
+    let mut staged = Vec::new();
+    for (a, &n) in arrays.iter_mut().zip(rows) {
+        let store = a.array.storage().clone();
+        store.set_stage_metadata(true);
+        let shape = a.persist_shape(n);
+        store.set_stage_metadata(false);
+        shape?;
+        staged.extend(store.take_staged()?);
+    }
+    sync_staged(staged)
+}
+
+/// Rows per task of [`nonfinite_rows`].
+const SCAN_ROWS_PER_TASK: usize = 1024;
+
+/// Whether `row` (elements of `dtype`) holds NaN or ±Inf. Branch-free over the
+/// row (no early exit), so the compiler vectorises it.
+fn row_is_nonfinite(row: &[u8], dtype: ElemType) -> bool {
+    // float16 / bfloat16 / float32: exponent bits all ones means Inf or NaN
+    fn any_exp_all_ones<const N: usize>(row: &[u8], mask: u32) -> bool {
+        row.chunks_exact(N)
+            .map(|b| {
+                let v = if N == 2 {
+                    u32::from(u16::from_le_bytes([b[0], b[1]]))
+                } else {
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                };
+                u8::from(v & mask == mask)
+            })
+            .fold(0u8, |acc, x| acc | x)
+            != 0
+    }
+    match dtype {
+        ElemType::F32 => any_exp_all_ones::<4>(row, 0x7f80_0000),
+        ElemType::F16 => any_exp_all_ones::<2>(row, 0x7c00),
+        ElemType::BF16 => any_exp_all_ones::<2>(row, 0x7f80),
+        _ => false,
+    }
 }
 
 /// Indices (within `bytes`, rows of `width` elements of `dtype`) of rows that hold NaN or ±Inf.
@@ -654,26 +708,15 @@ pub fn nonfinite_rows(bytes: &[u8], dtype: ElemType, width: usize) -> Vec<u64> {
     if row_bytes == 0 || !dtype.is_float() {
         return Vec::new();
     }
-    let bad_row = |row: &[u8]| -> bool {
-        match dtype {
-            ElemType::F32 => row
-                .chunks_exact(4)
-                .any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-            // float16 / bfloat16: exponent bits all ones means Inf or NaN
-            ElemType::F16 => row
-                .chunks_exact(2)
-                .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-            ElemType::BF16 => row
-                .chunks_exact(2)
-                .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
-            _ => false,
-        }
-    };
     bytes
-        .par_chunks(row_bytes)
+        .par_chunks(row_bytes * SCAN_ROWS_PER_TASK)
         .enumerate()
-        .filter(|(_, row)| bad_row(row))
-        .map(|(i, _)| i as u64)
+        .flat_map_iter(|(block, rows)| {
+            rows.chunks(row_bytes)
+                .enumerate()
+                .filter(|(_, row)| row_is_nonfinite(row, dtype))
+                .map(move |(i, _)| (block * SCAN_ROWS_PER_TASK + i) as u64)
+        })
         .collect()
 }
 
