@@ -297,6 +297,7 @@ impl RowArray {
         let ndim = array.shape().len();
         let store = array.storage();
         let codecs = array.codecs();
+        let (chunk_rows, committed) = (self.chunk_rows, self.committed);
         let options = codec_options();
         // One chunk per task: rayon encodes them in parallel. The encoded bytes
         // (the input itself when uncompressed) go straight to a staged file.
@@ -319,8 +320,10 @@ impl RowArray {
                         &options,
                     )
                     .map_err(|e| err(&e))?;
+                // a chunk with no committed rows is written in place (see DurableStore::stage)
+                let in_place = idx[0] * chunk_rows >= committed;
                 store
-                    .stage(&array.chunk_key(&idx), &encoded)
+                    .stage(&array.chunk_key(&idx), &encoded, in_place)
                     .map_err(|e| err(&e))
             })?;
         Ok(())
