@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -589,6 +590,18 @@ def _create_arrays(
         )
 
 
+_POOL_SIZE = 4
+
+
+def _free_buffer(pool: list[np.ndarray], rows: int) -> np.ndarray | None:
+    """A buffer of ``pool`` with ``rows`` rows that nothing else refers to."""
+    for cand in pool:
+        # referents: `pool`, `cand` and getrefcount's argument
+        if cand.shape[0] == rows and sys.getrefcount(cand) == 3:
+            return cand
+    return None
+
+
 def _iterate(
     stream: Any,
     width: int,
@@ -598,18 +611,28 @@ def _iterate(
     device: torch.device | None,
     pin: bool,
 ) -> Iterator[torch.Tensor]:
+    # Batch buffers are recycled once nothing outside this generator refers to
+    # them (the consumer dropped the batch, or it was converted to another
+    # dtype/device): fresh pages cost a page fault and a zeroing per 4 KiB.
+    pool: list[np.ndarray] = []
     while True:
         n = stream.next_len()
         if n == 0:
             return
-        buf = np.empty((n, width), dtype=carrier)
+        buf = _free_buffer(pool, n)
+        if buf is None:
+            buf = np.empty((n, width), dtype=carrier)
+            if len(pool) < _POOL_SIZE:
+                pool.append(buf)
         stream.next_into(as_bytes(buf))
         t = to_torch(buf, name)
+        del buf
         if pin:
             t = t.pin_memory()
         if device is not None or dtype is not None:
             t = t.to(device=device, dtype=dtype, non_blocking=pin)
         yield t
+        del t
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
