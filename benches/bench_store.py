@@ -95,8 +95,14 @@ def test_write_durable(benchmark: Any, data: dict[str, Any]) -> None:
             s.append(HOOK, x[start : start + 32_768])
         s.close()
 
-    _time(benchmark, "write_store", write, _nbytes(), setup=lambda: shutil.rmtree(out, True))
-    shutil.rmtree(out, True)
+    _time(
+        benchmark,
+        "write_store",
+        write,
+        _nbytes(),
+        setup=lambda: shutil.rmtree(out, ignore_errors=True),
+    )
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def test_write_dd_fsync(benchmark: Any, data: dict[str, Any]) -> None:
