@@ -30,6 +30,7 @@ CHUNK = 8192
 BATCH = 4096
 HOOK = "image.blocks.0.resid_post"
 RESULTS: dict[str, float] = {}
+LOAD: dict[str, float] = {}  # 1-minute load average when each figure was taken
 
 
 ROUNDS = int(os.environ.get("VLMFAST_BENCH_ROUNDS", 3))
@@ -64,6 +65,7 @@ def _time(
 
     benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
     RESULTS[name] = nbytes / min(times) / 1e9
+    LOAD[name] = os.getloadavg()[0]
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,10 @@ def test_report() -> None:
     r = RESULTS
     lines = [f"rows={ROWS} x {D} float16 ({_nbytes() / 1e6:.0f} MB), chunk {CHUNK}, batch {BATCH}"]
     lines += [
-        f"  {k}: {v:.3f} GB/s" if "per_s" not in k else f"  {k}: {v:,.0f}" for k, v in r.items()
+        f"  {k}: {v:.3f} GB/s (load {LOAD.get(k, float('nan')):.2f})"
+        if "per_s" not in k
+        else f"  {k}: {v:,.0f}"
+        for k, v in r.items()
     ]
 
     def ratio(a: str, b: str) -> str:
