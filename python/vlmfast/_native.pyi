@@ -13,9 +13,11 @@ __all__ = [
     "score_sparse_codes",
     "score_sparse_triplets",
     "store_create_array",
+    "store_mark_committed",
     "store_node_exists",
     "store_nonfinite_rows",
     "store_open_array",
+    "store_prepare_commit",
     "store_read_group_attrs",
     "store_write_group",
     "worker_threads",
@@ -100,6 +102,13 @@ def store_node_exists(root: str, path: str) -> bool:
 
 def store_nonfinite_rows(data: npt.NDArray[np.uint8], dtype: str, width: int) -> list[int]:
     """Row indices (in `data`, rows of `width` elements of `dtype`) holding NaN or Inf."""
+
+def store_prepare_commit(arrays: list[StoreArray], rows: list[int]) -> None:
+    """First half of a commit: stages every array's partial chunk and new shape
+    (`rows[i]` rows), then makes all of it durable in one parallel fsync pass."""
+
+def store_mark_committed(arrays: list[StoreArray], rows: list[int]) -> None:
+    """Second half of a commit, after the commit point: `rows[i]` rows of `arrays[i]` are committed."""
 
 def score_sparse_codes(
     indices: npt.NDArray[np.integer[Any]],

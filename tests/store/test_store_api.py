@@ -239,3 +239,36 @@ def test_overwrite_replaces_a_store(tmp_path: Path) -> None:
     t = _make(tmp_path / "s.zarr", overwrite=True)
     assert t.n_rows("text.embed") == 0
     shutil.rmtree(tmp_path / "s.zarr")
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["flushed", "attrs_written"])
+def test_crash_inside_commit_keeps_committed_rows(tmp_path: Path, stage: str) -> None:
+    import zarr
+
+    hook = "text.embed"
+    s = _make(tmp_path / "s.zarr")
+    x = torch.randn(23, 4)
+    s.append(hook, x[:7])  # committed: 7 rows (a partial chunk of 5-row chunks)
+
+    def crash(at: str) -> None:
+        if at == stage:
+            raise _Crash(at)
+
+    s._crash_hook = crash
+    with pytest.raises(_Crash):
+        s.append(hook, x[7:23])  # chunk data and shapes durable, then the crash
+    s.close()
+    survived = 7 if stage == "flushed" else 23
+    r = ActivationStore.open(tmp_path / "s.zarr")
+    assert r.n_rows(hook) == survived
+    assert torch.equal(r.read(hook), x[:survived])
+    a = ActivationStore.open(tmp_path / "s.zarr", mode="a")  # truncates shapes ahead of the commit
+    assert zarr.open_group(tmp_path / "s.zarr", mode="r")[f"acts/{hook}"].shape == (survived, 4)
+    a.append(hook, x[survived:])
+    a.close()
+    assert torch.equal(ActivationStore.open(tmp_path / "s.zarr").read(hook), x)
+    assert not list((tmp_path / "s.zarr").rglob("*.vlmfast-tmp"))

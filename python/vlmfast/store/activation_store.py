@@ -1,10 +1,10 @@
 """``ActivationStore``: a crash-safe zarr v3 store of activation rows (Rust I/O).
 
 Writes go through the native core (``vlmfast._native``): complete chunks are
-encoded and written as rows arrive, each chunk file replaced atomically and
-fsynced; ``commit`` then writes the partial last chunk, makes the new row counts
-the committed ones in the root group attributes (the commit point), and
-persists the array shapes. A crash at any moment leaves the last commit intact;
+encoded and written to temp files as rows arrive; ``commit`` writes the partial last chunks and the new array
+shapes, fsyncs every staged file of every array in one parallel pass and
+renames them into place (each file replaced atomically), then makes the new row
+counts the committed ones in the root group attributes (the commit point). A crash at any moment leaves the last commit intact;
 re-opening with ``mode="a"`` continues from it.
 """
 
@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -393,12 +394,16 @@ class ActivationStore:
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
         """Makes every appended row durable and visible; records ``progress`` in the attrs.
 
-        Order: chunk data on disk (fsynced) -> root attributes with the new
-        counts (atomic rename: the commit point) -> array shapes.
+        Order: every array's chunk data and new shape on disk (one parallel
+        fsync pass over all arrays) -> root attributes with the new counts
+        (atomic rename: the commit point). A crash before the commit point
+        leaves shapes ahead of the committed counts, which :meth:`open` ignores
+        and ``mode="a"`` truncates back.
         """
         self._need_writable()
-        for arr in self._arrays.values():
-            arr.flush()
+        arrays = list(self._arrays.values())
+        rows = [int(a.written) for a in arrays]
+        _native.store_prepare_commit(arrays, rows)
         if self._crash_hook is not None:
             self._crash_hook("flushed")
         attrs = copy.deepcopy(self._attrs)
@@ -412,8 +417,7 @@ class ActivationStore:
         self._attrs = attrs
         if self._crash_hook is not None:
             self._crash_hook("attrs_written")
-        for arr in self._arrays.values():
-            arr.commit(arr.written)
+        _native.store_mark_committed(arrays, rows)
         self._pending = False
 
     # ------------------------------------------------------------------ reading
@@ -586,6 +590,18 @@ def _create_arrays(
         )
 
 
+_POOL_SIZE = 4
+
+
+def _free_buffer(pool: list[np.ndarray], rows: int) -> np.ndarray | None:
+    """A buffer of ``pool`` with ``rows`` rows that nothing else refers to."""
+    for cand in pool:
+        # referents: `pool`, `cand` and getrefcount's argument
+        if cand.shape[0] == rows and sys.getrefcount(cand) == 3:
+            return cand
+    return None
+
+
 def _iterate(
     stream: Any,
     width: int,
@@ -595,18 +611,28 @@ def _iterate(
     device: torch.device | None,
     pin: bool,
 ) -> Iterator[torch.Tensor]:
+    # Batch buffers are recycled once nothing outside this generator refers to
+    # them (the consumer dropped the batch, or it was converted to another
+    # dtype/device): fresh pages cost a page fault and a zeroing per 4 KiB.
+    pool: list[np.ndarray] = []
     while True:
         n = stream.next_len()
         if n == 0:
             return
-        buf = np.empty((n, width), dtype=carrier)
+        buf = _free_buffer(pool, n)
+        if buf is None:
+            buf = np.empty((n, width), dtype=carrier)
+            if len(pool) < _POOL_SIZE:
+                pool.append(buf)
         stream.next_into(as_bytes(buf))
         t = to_torch(buf, name)
+        del buf
         if pin:
             t = t.pin_memory()
         if device is not None or dtype is not None:
             t = t.to(device=device, dtype=dtype, non_blocking=pin)
         yield t
+        del t
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use super::errors::guard;
 use crate::error::{CoreError, CoreResult};
 use crate::store::{
-    group, nonfinite_rows, ArrayLayout, Compression, DurableStore, ElemType, RowArray,
-    ShuffleConfig, ShuffleStream,
+    group, nonfinite_rows, prepare_commit_all, ArrayLayout, Compression, DurableStore, ElemType,
+    RowArray, ShuffleConfig, ShuffleStream,
 };
 
 fn open_store(root: &str) -> CoreResult<Arc<DurableStore>> {
@@ -191,6 +191,49 @@ fn store_open_array(
     })
 }
 
+/// Locks every array of `arrays` (each at most once) and runs `f` on them.
+fn with_all<T>(
+    arrays: &[&PyStoreArray],
+    f: impl FnOnce(&mut [&mut RowArray]) -> CoreResult<T>,
+) -> CoreResult<T> {
+    let mut guards = Vec::with_capacity(arrays.len());
+    for a in arrays {
+        guards.push(a.inner.try_lock().map_err(|_| {
+            CoreError::input("an array is given twice or is in use by another thread")
+        })?);
+    }
+    let mut refs: Vec<&mut RowArray> = guards.iter_mut().map(|g| &mut **g).collect();
+    f(&mut refs)
+}
+
+/// First half of a commit: stages every array's partial chunk and new shape
+/// (`rows[i]` rows), then makes all of it durable in one parallel fsync pass.
+#[pyfunction]
+fn store_prepare_commit(
+    py: Python<'_>,
+    arrays: Vec<PyRef<'_, PyStoreArray>>,
+    rows: Vec<u64>,
+) -> PyResult<()> {
+    let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
+    py.detach(|| guard(|| with_all(&arrays, |a| prepare_commit_all(a, &rows))))
+}
+
+/// Second half of a commit, after the commit point: `rows[i]` rows of `arrays[i]` are committed.
+#[pyfunction]
+fn store_mark_committed(arrays: Vec<PyRef<'_, PyStoreArray>>, rows: Vec<u64>) -> PyResult<()> {
+    let arrays: Vec<&PyStoreArray> = arrays.iter().map(|a| &**a).collect();
+    guard(|| {
+        if rows.len() != arrays.len() {
+            return Err(CoreError::input("one row count per array"));
+        }
+        with_all(&arrays, |a| {
+            a.iter_mut()
+                .zip(&rows)
+                .try_for_each(|(a, &n)| a.mark_committed(n))
+        })
+    })
+}
+
 /// Writes (atomically, durably) the group node `path` with attributes `attrs_json`.
 #[pyfunction]
 fn store_write_group(py: Python<'_>, root: &str, path: &str, attrs_json: &str) -> PyResult<()> {
@@ -317,5 +360,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store_read_group_attrs, m)?)?;
     m.add_function(wrap_pyfunction!(store_node_exists, m)?)?;
     m.add_function(wrap_pyfunction!(store_nonfinite_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(store_prepare_commit, m)?)?;
+    m.add_function(wrap_pyfunction!(store_mark_committed, m)?)?;
     Ok(())
 }

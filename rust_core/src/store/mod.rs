@@ -9,5 +9,7 @@ pub mod shuffle;
 
 pub use dtype::ElemType;
 pub use durable::DurableStore;
-pub use rows::{nonfinite_rows, ArrayLayout, Compression, RowArray};
+pub use rows::{
+    nonfinite_rows, prepare_commit_all, ArrayLayout, ChunkBytes, Compression, RowArray,
+};
 pub use shuffle::{ShuffleConfig, ShuffleStream};

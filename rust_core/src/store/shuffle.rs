@@ -2,9 +2,12 @@
 //!
 //! Per epoch the chunks are permuted (seeded by `(seed, epoch)`); consecutive
 //! chunks of that order form windows of `window_chunks` chunks. A background
-//! thread reads each window (its chunks decode in parallel), permutes the
-//! window's rows (seeded by `(seed, epoch, window)`) and hands it over a
-//! bounded channel (`prefetch` windows ahead). The epoch is the concatenation
+//! thread decodes each window's chunks (in parallel; an uncompressed chunk is
+//! its memory-mapped file, not a copy), draws the permutation of the window's
+//! rows (seeded by `(seed, epoch, window)`) and hands both over a bounded
+//! channel (`prefetch` windows ahead). A batch is gathered row by row from the
+//! decoded chunks straight into the caller's buffer: every byte is copied
+//! once between the page cache and the batch. The epoch is the concatenation
 //! of the shuffled windows; batch `b` is its rows `[b*B, (b+1)*B)`. So the
 //! order depends only on (seed, epoch, chunk layout, window size), every row
 //! appears exactly once per epoch, and a stream can start at any batch without
@@ -16,7 +19,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use super::rows::RowArray;
+use super::rows::{ChunkBytes, RowArray};
 use crate::error::{CoreError, CoreResult};
 
 /// Options of a [`ShuffleStream`].
@@ -99,9 +102,11 @@ pub fn epoch_plan(rows: u64, chunk_rows: u64, cfg: &ShuffleConfig) -> Vec<Vec<(u
         .collect()
 }
 
+/// One decoded window: its chunks and, in stream order, where each row lives.
 struct Window {
-    data: Vec<u8>,
-    rows: usize,
+    chunks: Vec<ChunkBytes>,
+    /// `(chunk in window, row in chunk)` of the window's rows in stream order.
+    order: Vec<(u32, u32)>,
 }
 
 /// A running batch stream over one array (see the module docs).
@@ -115,45 +120,85 @@ pub struct ShuffleStream {
     remaining: u64,
 }
 
+/// Rows gathered per rayon task when a batch is filled.
+const GATHER_ROWS_PER_TASK: usize = 512;
+
 fn read_window(
     array: &RowArray,
     ranges: &[(u64, u64)],
     cfg: &ShuffleConfig,
     window_index: usize,
-    raw: &mut Vec<u8>,
 ) -> CoreResult<Window> {
-    let rb = array.row_bytes();
-    let rows: u64 = ranges.iter().map(|(a, b)| b - a).sum();
-    let rows = rows as usize;
-    // the read buffer is reused across windows (no page faults after the first)
-    raw.resize(rows * rb, 0);
-    let mut pieces: Vec<(&(u64, u64), &mut [u8])> = Vec::with_capacity(ranges.len());
-    let mut rest = raw.as_mut_slice();
-    for r in ranges {
-        let (head, tail) = rest.split_at_mut((r.1 - r.0) as usize * rb);
-        pieces.push((r, head));
-        rest = tail;
+    let chunk_rows = array.chunk_rows();
+    let chunks = ranges
+        .par_iter()
+        .map(|&(a, _)| array.decode_chunk(a / chunk_rows))
+        .collect::<CoreResult<Vec<_>>>()?;
+    // window row w (chunks concatenated in plan order) -> (chunk, row in chunk)
+    let mut rows: Vec<(u32, u32)> = Vec::new();
+    for (k, &(a, b)) in ranges.iter().enumerate() {
+        let k = u32::try_from(k).map_err(|_| CoreError::input("window has too many chunks"))?;
+        let n = u32::try_from(b - a).map_err(|_| CoreError::input("chunk has too many rows"))?;
+        rows.extend((0..n).map(|r| (k, r)));
     }
-    pieces
-        .into_par_iter()
-        .try_for_each(|(r, buf)| array.read_into(r.0, r.1, buf))?;
-    if !cfg.shuffle {
-        return Ok(Window {
-            data: raw.clone(),
-            rows,
-        });
+    let order = if cfg.shuffle {
+        SplitMix64::new(&[cfg.seed, cfg.epoch, 2, window_index as u64])
+            .permutation(rows.len())
+            .into_iter()
+            .map(|p| rows[p as usize])
+            .collect()
+    } else {
+        rows
+    };
+    Ok(Window { chunks, order })
+}
+
+/// Rows ahead of the copy whose source lines are prefetched: the rows of a
+/// window sit at random places in memory, so the loads of the next rows are
+/// started while the current one is copied.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Starts loading `row` into the cache.
+#[inline(always)]
+fn prefetch(row: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(64) {
+        // SAFETY: a prefetch hint on an address inside a live slice; it never faults.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast::<i8>(),
+            );
+        }
     }
-    let perm = SplitMix64::new(&[cfg.seed, cfg.epoch, 2, window_index as u64]).permutation(rows);
-    let mut data = vec![0u8; rows * rb];
-    data.par_chunks_mut(rb * 256)
-        .enumerate()
-        .for_each(|(block, out)| {
-            for (k, dst) in out.chunks_mut(rb).enumerate() {
-                let src = perm[block * 256 + k] as usize * rb;
-                dst.copy_from_slice(&raw[src..src + rb]);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Copies the rows named by `order` from `chunks` into `out` (rows of `rb` bytes).
+fn gather(chunks: &[ChunkBytes], order: &[(u32, u32)], rb: usize, out: &mut [u8]) {
+    let srcs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+    let row = |&(k, r): &(u32, u32)| {
+        let o = r as usize * rb;
+        &srcs[k as usize][o..o + rb]
+    };
+    let copy = |dst: &mut [u8], rows: &[(u32, u32)]| {
+        rows.iter()
+            .take(PREFETCH_AHEAD)
+            .for_each(|r| prefetch(row(r)));
+        for (i, (d, r)) in dst.chunks_exact_mut(rb).zip(rows).enumerate() {
+            if let Some(next) = rows.get(i + PREFETCH_AHEAD) {
+                prefetch(row(next));
             }
-        });
-    Ok(Window { data, rows })
+            d.copy_from_slice(row(r));
+        }
+    };
+    if order.len() <= GATHER_ROWS_PER_TASK {
+        copy(out, order);
+    } else {
+        out.par_chunks_mut(rb * GATHER_ROWS_PER_TASK)
+            .zip(order.par_chunks(GATHER_ROWS_PER_TASK))
+            .for_each(|(d, rows)| copy(d, rows));
+    }
 }
 
 impl ShuffleStream {
@@ -199,9 +244,8 @@ impl ShuffleStream {
         let worker = std::thread::Builder::new()
             .name("vlmfast-shuffle".into())
             .spawn(move || {
-                let mut raw = Vec::new();
                 for (i, ranges) in plan.iter().enumerate().skip(first) {
-                    let w = read_window(&worker_array, ranges, &cfg, i, &mut raw);
+                    let w = read_window(&worker_array, ranges, &cfg, i);
                     let failed = w.is_err();
                     if tx.send(w).is_err() || failed {
                         return;
@@ -235,9 +279,13 @@ impl ShuffleStream {
                 n as usize * self.row_bytes
             )));
         }
+        let rb = self.row_bytes;
         let mut filled = 0usize;
         while filled < out.len() {
-            let exhausted = self.current.as_ref().is_none_or(|w| self.pos >= w.rows);
+            let exhausted = self
+                .current
+                .as_ref()
+                .is_none_or(|w| self.pos >= w.order.len());
             if exhausted {
                 let rx = self
                     .rx
@@ -253,10 +301,14 @@ impl ShuffleStream {
                 continue;
             }
             let w = self.current.as_ref().expect("checked above");
-            let take = (w.rows - self.pos).min((out.len() - filled) / self.row_bytes);
-            let src = &w.data[self.pos * self.row_bytes..(self.pos + take) * self.row_bytes];
-            out[filled..filled + src.len()].copy_from_slice(src);
-            filled += src.len();
+            let take = (w.order.len() - self.pos).min((out.len() - filled) / rb);
+            gather(
+                &w.chunks,
+                &w.order[self.pos..self.pos + take],
+                rb,
+                &mut out[filled..filled + take * rb],
+            );
+            filled += take * rb;
             self.pos += take;
         }
         self.remaining -= n;
