@@ -10,6 +10,13 @@ from vlmfast.data.synthetic import spec
 from vlmfast.data.synthetic.evaluate import format_table
 
 
+def _load(info: dict[str, Any]) -> str:
+    load = info.get("load_average")
+    if not load:
+        return "not recorded"
+    return f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end (1-minute)"
+
+
 def model_card(config: dict[str, Any], info: dict[str, Any], result: dict[str, Any]) -> str:
     """Markdown text of the card."""
     tc = info.get("train_config", {})
@@ -53,17 +60,24 @@ Command (reproducible from the command and the seed; data are a pure function of
 {cmd}
 ```
 
-Symmetric InfoNCE with exact multi-positive targets (a caption is positive for every
-image it is true of) and up to {tc.get("max_negatives")} hard negatives per image (swapped attributes,
-swapped relation first, then wrong color / wrong shape) among that image's text candidates.
+Symmetric InfoNCE in which each image's target is its own caption (other in-batch
+captions true of it, found exactly with `caption_true`, are masked out of its
+denominator rather than counted as targets) plus up to {tc.get("max_negatives")} hard negatives per image (swapped
+attributes, swapped relation first, then wrong color / wrong shape) and, for relation
+captions, the inverse-relation-word negative ("A right of B" for "A left of B").
+Relation-first curriculum: the first {tc.get("arrangement_steps")} steps are arrangement batches (groups of
+{tc.get("arrangement_group")} images holding the same two objects in different cells, each with a true
+relation caption); afterwards the `train` split, with a {tc.get("relation_boost")} chance that a 2-3 object
+image is re-captioned with one of its true relations, and every relation image joined
+by its mirror image (captioned with the inverse relation) in the same batch.
 AdamW (betas 0.9/0.98, weight decay {tc.get("weight_decay")}), {tc.get("warmup")} warm-up steps, cosine decay.
 The training split never contains the held-out (color, shape) pairs
 {sorted(spec.HELDOUT_COLOR_SHAPE)} nor captions with the held-out (relation, subject) pairings
 {sorted(spec.HELDOUT_RELATION_SUBJECT)} (not even as negatives).
 
-Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images in {info.get("minutes", 0):.1f} min wall-clock,
-{info.get("cpu_minutes", float("nan")):.1f} min process CPU time, torch {info.get("torch")}, on a 2-core AMD EPYC VM
-shared with other jobs (`nice`d), no GPU.
+Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images (plus mirror images) in {info.get("minutes", 0):.1f} min wall-clock,
+{info.get("cpu_minutes", float("nan")):.1f} min process CPU time, torch {info.get("torch")}, {tc.get("threads")} torch thread(s), on a 2-core AMD EPYC VM
+shared with other jobs (`nice`d; load average {_load(info)}), no GPU.
 
 ## Held-out evaluation
 

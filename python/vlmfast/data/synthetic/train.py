@@ -1,14 +1,19 @@
 """Contrastive training of the bundled tiny CLIP on the synthetic benchmark.
 
-Each step draws a fresh batch of the ``train`` split (sample indices
-``step*B .. step*B+B-1`` of the training seed: the run is a pure function of
-its config). The loss is CLIP's symmetric InfoNCE with two changes that matter
-for binding:
+Each step draws a fresh batch (the run is a pure function of its config): during
+the relation-first curriculum, arrangement batches (``arrangement_batch``); then
+samples ``step*B .. step*B+B-1`` of the ``train`` split, some re-captioned with
+a true relation (``relation_recaption``) and each relation image joined by its
+mirror image (``mirror_sample``). The loss is CLIP's symmetric InfoNCE with:
 
+- each image's own caption as its target; other in-batch captions true of it
+  (exactly, ``caption_true``) are masked out, neither targets nor negatives;
 - every sample's hard negatives (swapped attributes, swapped relation, wrong
-  color, wrong shape) join the image->text candidates of that image only;
-- targets are exact: a caption counts as positive for every image it is true
-  of (``caption_true``), so "a circle" is not pushed away from a second circle.
+  color, wrong shape; plus the inverse-relation-word negative) among the
+  image->text candidates of that image only.
+
+Nothing the training adds (re-captions, mirrors, arrangements, negatives) holds
+a held-out combination of the compositional split.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -32,9 +38,14 @@ from vlmfast.data.synthetic.captions import (
     heldout_combinations,
     relation_caption,
 )
-from vlmfast.data.synthetic.dataset import SyntheticSample, make_samples, render_batch
-from vlmfast.data.synthetic.scene import Scene
+from vlmfast.data.synthetic.dataset import (
+    SyntheticSample,
+    make_sample,
+    make_samples,
+    render_batch,
+)
 from vlmfast.data.synthetic.model import build_clip, pixels_from_uint8, tiny_config
+from vlmfast.data.synthetic.scene import Scene
 from vlmfast.data.synthetic.tokenizer import WordTokenizer
 
 
@@ -66,18 +77,27 @@ class TrainConfig:
     flipped_negatives: bool = True
     """Add the inverse-relation-word negative ("A right of B" for "A left of B") to
     relation captions' candidates (on top of ``max_negatives``)."""
-    relation_boost: float = 0.0
+    relation_boost: float = 0.5
     """Probability that a 2-3 object training image not captioned with a relation is
     re-captioned with one (a true training relation caption of its scene, with its
     hard negatives): more relation signal per batch, same images, no held-out text."""
     relation_boost_steps: int | None = None
     """Apply ``relation_boost`` only during the first this-many steps (``None``: all)."""
     mirror_relations: bool = True
-    """Add, for each relation-captioned image of a step, its mirror image: the same
+    """After the curriculum, add for each relation-captioned image of a step its mirror image: the same
     objects reflected across the grid's vertical axis (left/right relations) or
     horizontal axis (above/below), captioned with the inverse relation. The pair
     differs only in where things are, so the in-batch contrast (text->image)
     trains the image tower to encode relative position from the first step."""
+    arrangement_steps: int = 300
+    """Relation-first curriculum: the first this-many steps train on arrangement
+    batches (``arrangement_batch``): groups of images holding the same two objects in
+    different cells, each captioned with a relation. Within a group only positions
+    tell captions apart, so the towers must encode relations before they settle on
+    an order-free bag of objects (without it both towers collapse: an image and its
+    mirror embed with cosine 0.9997 and "left of"/"right of" are ignored)."""
+    arrangement_group: int = 8
+    """Images per group in an arrangement batch."""
     stop_after: int | None = None
     """Stop (and save) after this many steps while keeping the ``steps`` schedule:
     replays a run that ``max_minutes`` cut short (its ``steps_done``) exactly."""
@@ -162,7 +182,9 @@ def relation_recaption(rng: np.random.Generator, sample: SyntheticSample) -> Syn
     if cap is None:
         return sample
     negatives = {
-        k: c for k, c in hard_negatives(rng, sample.scene, cap).items() if not heldout_combinations(c)
+        k: c
+        for k, c in hard_negatives(rng, sample.scene, cap).items()
+        if not heldout_combinations(c)
     }
     return replace(sample, caption=cap, negatives=negatives)
 
@@ -193,6 +215,49 @@ def mirror_sample(rng: np.random.Generator, sample: SyntheticSample) -> Syntheti
         k: c for k, c in hard_negatives(rng, scene, mcap).items() if not heldout_combinations(c)
     }
     return replace(sample, scene=scene, caption=mcap, negatives=negatives)
+
+
+def arrangement_batch(seed: int, step: int, batch_size: int, group: int) -> list[SyntheticSample]:
+    """``batch_size`` images in groups of ``group``: each group takes the first two
+    objects (color, shape, size) of one 2-3 object ``train`` sample and places them in
+    ``group`` random cell pairs, each image captioned with one true relation (never a
+    held-out pairing) and given its hard negatives (none with a held-out
+    combination). Deterministic from ``(seed, step)``."""
+    rng = np.random.default_rng([seed, 10, step])
+    out: list[SyntheticSample] = []
+    index = step * batch_size
+    while len(out) < batch_size:
+        base = make_sample(seed, "train", index)
+        index += 1
+        if len(base.scene.objects) < 2:
+            continue
+        a, b = base.scene.objects[:2]
+        for _ in range(min(group, batch_size - len(out))):
+            while True:
+                cells = rng.permutation(spec.GRID * spec.GRID)[:2]
+                objs = []
+                for o, cell in zip((a, b), cells):
+                    row, col = divmod(int(cell), spec.GRID)
+                    objs.append(
+                        replace(
+                            o,
+                            row=row,
+                            col=col,
+                            y0=o.y0 + (row - o.row) * spec.CELL,
+                            x0=o.x0 + (col - o.col) * spec.CELL,
+                        )
+                    )
+                scene = Scene(tuple(objs))
+                cap = relation_caption(rng, scene, banned=spec.HELDOUT_RELATION_SUBJECT)
+                if cap is not None:
+                    break
+            negatives = {
+                k: c
+                for k, c in hard_negatives(rng, scene, cap).items()
+                if not heldout_combinations(c)
+            }
+            out.append(replace(base, scene=scene, caption=cap, negatives=negatives))
+    return out
 
 
 def contrastive_loss(
@@ -259,12 +324,16 @@ def train(
     )
     start = time.time()
     cpu_start = time.process_time()
+    load_start = list(os.getloadavg())
     history: list[dict[str, float]] = []
     step = 0
     for step in range(cfg.steps):
-        samples = make_samples(
-            cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-        )
+        if step < cfg.arrangement_steps:
+            samples = arrangement_batch(cfg.seed, step, cfg.batch_size, cfg.arrangement_group)
+        else:
+            samples = make_samples(
+                cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+            )
         step_rng = np.random.default_rng([cfg.seed, 7, step])
         if cfg.relation_boost > 0 and (
             cfg.relation_boost_steps is None or step < cfg.relation_boost_steps
@@ -274,7 +343,7 @@ def train(
                 relation_recaption(boost_rng, s) if boost_rng.random() < cfg.relation_boost else s
                 for s in samples
             ]
-        if cfg.mirror_relations:
+        if cfg.mirror_relations and step >= cfg.arrangement_steps:
             mirror_rng = np.random.default_rng([cfg.seed, 9, step])
             mirrors = [mirror_sample(mirror_rng, s) for s in samples]
             samples = samples + [m for m in mirrors if m is not None]
@@ -326,6 +395,7 @@ def train(
         "minutes": (time.time() - start) / 60,
         "history": history,
         "torch": torch.__version__,
+        "load_average": {"start": load_start, "end": list(os.getloadavg())},
     }
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if out_dir is not None:
