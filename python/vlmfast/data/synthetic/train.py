@@ -83,13 +83,13 @@ class TrainConfig:
     hard negatives): more relation signal per batch, same images, no held-out text."""
     relation_boost_steps: int | None = None
     """Apply ``relation_boost`` only during the first this-many steps (``None``: all)."""
-    mirror_relations: bool = True
+    mirror_relations: bool = False
     """After the curriculum, add for each relation-captioned image of a step its mirror image: the same
     objects reflected across the grid's vertical axis (left/right relations) or
     horizontal axis (above/below), captioned with the inverse relation. The pair
     differs only in where things are, so the in-batch contrast (text->image)
     trains the image tower to encode relative position from the first step."""
-    arrangement_steps: int = 300
+    arrangement_steps: int = 0
     """Relation-first curriculum: the first this-many steps train on arrangement
     batches (``arrangement_batch``): groups of images holding the same two objects in
     different cells, each captioned with a relation. Within a group only positions
