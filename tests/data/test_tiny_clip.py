@@ -79,6 +79,41 @@ def test_contrastive_loss_matches_clip_loss_without_extras() -> None:
     assert with_neg > got
 
 
+def test_contrastive_loss_targets_each_images_own_caption() -> None:
+    """Another caption true of an image is neither its target nor a negative, so it
+    cannot hide a hard negative that beats the image's own caption (the failure of
+    the first bundled model: relations at chance under a multi-positive target)."""
+    torch.manual_seed(1)
+    img = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    scale = torch.tensor(2.0)
+    pos = torch.eye(3, dtype=torch.bool)
+    pos[0, 1] = True  # caption 1 is also true of image 0
+    base = contrastive_loss(img, txt, txt[:0], torch.zeros(0, dtype=torch.long), pos, scale)
+    # caption 1 scoring very high for image 0 changes nothing on image 0's side ...
+    txt_hi = txt.clone()
+    txt_hi[1] = img[0]
+    moved = contrastive_loss(img, txt_hi, txt[:0], torch.zeros(0, dtype=torch.long), pos, scale)
+    logits = scale.exp() * img @ txt_hi.T
+    ref_t = torch.nn.functional.cross_entropy(
+        logits.T.masked_fill((pos & ~torch.eye(3, dtype=torch.bool)).T, float("-inf")),
+        torch.arange(3),
+    )
+    ref_i = torch.nn.functional.cross_entropy(
+        logits.masked_fill(pos & ~torch.eye(3, dtype=torch.bool), float("-inf")), torch.arange(3)
+    )
+    torch.testing.assert_close(moved, 0.5 * (ref_i + ref_t))
+    assert torch.isfinite(base)
+    # ... and a hard negative equal to image 0 costs about log(2)+ even so
+    neg = img[0:1]
+    own_cap = txt_hi.clone()
+    own_cap[0] = img[0]
+    with_neg = contrastive_loss(img, own_cap, neg, torch.tensor([0]), pos, scale)
+    without = contrastive_loss(img, own_cap, neg[:0], torch.zeros(0, dtype=torch.long), pos, scale)
+    # own term: log 2 / (2 sides * 3 images) = 0.116; a multi-positive target gave 0.068
+    assert float(with_neg - without) > 0.1
+
+
 def test_trimmed_text_encoding_is_exact() -> None:
     model = build_clip()
     tok = WordTokenizer(tiny_config()["text_cfg"]["context_length"])
@@ -225,3 +260,64 @@ def test_load_pair_synthetic_tiny() -> None:
     assert (logits[diag, diag] > logits[diag, diag + n]).float().mean() >= 0.85  # binds
     out = pair.run(images=px, cache=["image.blocks.0.attn.z"])
     assert out.cache["image.blocks.0.attn.z"].shape[:2] == (n, 17)
+
+
+def test_training_extras_are_true_false_and_never_held_out() -> None:
+    """The mirrored images, re-captioned relations and flipped-relation negatives
+    that training adds: exact truth, rendered where the scene says, and no text with
+    a held-out combination (the compositional split stays unseen)."""
+    from vlmfast.data.synthetic.captions import flipped_relation, heldout_combinations
+    from vlmfast.data.synthetic.train import mirror_sample, pick_negatives, relation_recaption
+
+    rng = np.random.default_rng(0)
+    n_mirror = n_recap = 0
+    for s in make_samples(0, "train", range(300)):
+        flip = flipped_relation(s.caption)
+        if s.caption.kind == "relation":
+            assert flip is not None and not caption_true(s.scene, flip)
+        else:
+            assert flip is None
+        for text in pick_negatives(rng, s, 2, flipped=True):
+            cap = parse_caption(text)
+            assert not caption_true(s.scene, cap) and not heldout_combinations(cap)
+        r = relation_recaption(rng, s)
+        if r is not s:
+            n_recap += 1
+            assert r.caption.kind == "relation" and r.scene == s.scene
+            assert caption_true(r.scene, r.caption) and not heldout_combinations(r.caption)
+            assert all(not caption_true(r.scene, c) for c in r.negatives.values())
+            assert not any(heldout_combinations(c) for c in r.negatives.values())
+        m = mirror_sample(rng, r)
+        if m is None:
+            continue
+        n_mirror += 1
+        assert caption_true(m.scene, m.caption) and not caption_true(r.scene, m.caption)
+        assert not caption_true(m.scene, r.caption) and not heldout_combinations(m.caption)
+        assert all(not caption_true(m.scene, c) for c in m.negatives.values())
+        parsed = parse_image(m.image())
+        key = sorted((o.shape, o.color, o.size, o.row, o.col) for o in m.scene.objects)
+        assert sorted((o.shape, o.color, o.size, o.row, o.col) for o in parsed.objects) == key
+    assert n_mirror > 50 and n_recap > 30
+
+
+def test_arrangement_batches_and_optional_recipe_paths(tmp_path: Path) -> None:
+    from vlmfast.data.synthetic.captions import heldout_combinations
+    from vlmfast.data.synthetic.train import arrangement_batch
+
+    batch = arrangement_batch(0, 2, 24, 8)
+    assert len(batch) == 24 and batch == arrangement_batch(0, 2, 24, 8)
+    for g in range(3):  # each group: the same two objects in different cells
+        group = batch[8 * g : 8 * g + 8]
+        kinds = {tuple(sorted((o.color, o.shape) for o in s.scene.objects)) for s in group}
+        assert len(kinds) == 1
+    for s in batch:
+        assert s.caption.kind == "relation" and caption_true(s.scene, s.caption)
+        assert not heldout_combinations(s.caption)
+        assert all(not caption_true(s.scene, c) for c in s.negatives.values())
+        assert not any(heldout_combinations(c) for c in s.negatives.values())
+    cfg = TrainConfig(
+        seed=1, steps=2, batch_size=8, warmup=1, threads=1, arrangement_steps=1,
+        arrangement_group=4, mirror_relations=True,
+    )  # fmt: skip
+    _, state, info = train(cfg, log=lambda _: None)
+    assert info["steps_done"] == 2 and all(torch.isfinite(v).all() for v in state.values())

@@ -186,6 +186,20 @@ def hard_negatives(rng: np.random.Generator, scene: Scene, caption: Caption) -> 
     return out
 
 
+def flipped_relation(caption: Caption) -> Caption | None:
+    """The relation word replaced by its inverse ("A left of B" -> "A right of B").
+
+    False whenever the caption is true (relations are strict), and it says the
+    same as the swapped-relation negative ("B left of A") with different words. A
+    training-only negative (not one of ``NEGATIVE_KINDS``): unlike the swapped
+    arguments, it differs from the true caption by a token, so it teaches the
+    image tower relative positions before the text tower has learned word order.
+    """
+    if caption.kind != "relation" or caption.relation is None:
+        return None
+    return replace(caption, relation=spec.INVERSE_RELATION[caption.relation])
+
+
 def heldout_combinations(caption: Caption) -> list[str]:
     """The held-out combinations a caption's text contains (empty for training-safe text)."""
     found = [

@@ -10,6 +10,57 @@ from vlmfast.data.synthetic import spec
 from vlmfast.data.synthetic.evaluate import format_table
 
 
+def _data_recipe(tc: dict[str, Any]) -> str:
+    parts = []
+    if tc.get("arrangement_steps"):
+        parts.append(
+            f"Relation-first curriculum: the first {tc['arrangement_steps']} steps are arrangement "
+            f"batches (groups of {tc.get('arrangement_group')} images holding the same two objects "
+            "in different cells, each with a true relation caption)."
+        )
+    text = "Data: fresh `train` split samples every step"
+    if tc.get("relation_boost"):
+        text += (
+            f"; a 2-3 object image is re-captioned with one of its true relations with "
+            f"probability {tc['relation_boost']}"
+        )
+    if tc.get("mirror_relations"):
+        text += "; each relation image is joined by its mirror image (inverse relation caption)"
+    parts.append(text + ".")
+    return "\n".join(parts)
+
+
+def _limitations(result: dict[str, Any]) -> str:
+    """What the table says the model has not learned (empty when it has)."""
+    s = result["summary"]
+    notes = []
+    rel = s.get("vs_swapped_relation", 1.0)
+    if rel < 0.75:
+        notes.append(
+            f"Spatial relations are NOT learned: against the swapped-relation negative the model "
+            f"is at {rel:.0%} (chance 50%). Both towers settle on an order-free bag of objects: an "
+            "image and its left-right mirror embed almost identically, and so do a relation "
+            "caption and its argument-swapped or inverse-word variant. Use this model for "
+            "object / attribute-binding circuits, not for relation circuits."
+        )
+    comp = s.get("compositional_color_shape", 1.0)
+    if comp < 0.9:
+        notes.append(
+            f"Held-out (color, shape) pairs: {comp:.0%} against all negatives (the true caption "
+            "holds an unseen pair, the negatives mostly familiar ones)."
+        )
+    if not notes:
+        return ""
+    return "\n## Limitations (read before using it as ground truth)\n\n" + "\n\n".join(notes) + "\n"
+
+
+def _load(info: dict[str, Any]) -> str:
+    load = info.get("load_average")
+    if not load:
+        return "not recorded"
+    return f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end (1-minute)"
+
+
 def model_card(config: dict[str, Any], info: dict[str, Any], result: dict[str, Any]) -> str:
     """Markdown text of the card."""
     tc = info.get("train_config", {})
@@ -53,17 +104,20 @@ Command (reproducible from the command and the seed; data are a pure function of
 {cmd}
 ```
 
-Symmetric InfoNCE with exact multi-positive targets (a caption is positive for every
-image it is true of) and up to {tc.get("max_negatives")} hard negatives per image (swapped attributes,
-swapped relation first, then wrong color / wrong shape) among that image's text candidates.
+Symmetric InfoNCE in which each image's target is its own caption (other in-batch
+captions true of it, found exactly with `caption_true`, are masked out of its
+denominator rather than counted as targets) plus up to {tc.get("max_negatives")} hard negatives per image (swapped
+attributes, swapped relation first, then wrong color / wrong shape) and, for relation
+captions, the inverse-relation-word negative ("A right of B" for "A left of B").
+{_data_recipe(tc)}
 AdamW (betas 0.9/0.98, weight decay {tc.get("weight_decay")}), {tc.get("warmup")} warm-up steps, cosine decay.
 The training split never contains the held-out (color, shape) pairs
 {sorted(spec.HELDOUT_COLOR_SHAPE)} nor captions with the held-out (relation, subject) pairings
 {sorted(spec.HELDOUT_RELATION_SUBJECT)} (not even as negatives).
 
-Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images in {info.get("minutes", 0):.1f} min wall-clock,
-{info.get("cpu_minutes", float("nan")):.1f} min process CPU time, torch {info.get("torch")}, on a 2-core AMD EPYC VM
-shared with other jobs (`nice`d), no GPU.
+Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images{" (plus mirror images)" if tc.get("mirror_relations") else ""} in {info.get("minutes", 0):.1f} min wall-clock,
+{info.get("cpu_minutes", float("nan")):.1f} min process CPU time, torch {info.get("torch")}, {tc.get("threads")} torch thread(s), on a 2-core AMD EPYC VM
+shared with other jobs (`nice`d; load average {_load(info)}), no GPU.
 
 ## Held-out evaluation
 
@@ -74,7 +128,7 @@ shared with other jobs (`nice`d), no GPU.
 ```
 
 Floors (issue 4): {", ".join(f"{k} >= {v:.0%}" for k, v in floors.items())}: {"all met" if passed else "NOT all met (see the table)"}.
-"""
+{_limitations(result)}"""
 
 
 def write_model_card(weights_dir: Path, result: dict[str, Any]) -> Path:

@@ -1,14 +1,19 @@
 """Contrastive training of the bundled tiny CLIP on the synthetic benchmark.
 
-Each step draws a fresh batch of the ``train`` split (sample indices
-``step*B .. step*B+B-1`` of the training seed: the run is a pure function of
-its config). The loss is CLIP's symmetric InfoNCE with two changes that matter
-for binding:
+Each step draws a fresh batch (the run is a pure function of its config): during
+the relation-first curriculum, arrangement batches (``arrangement_batch``); then
+samples ``step*B .. step*B+B-1`` of the ``train`` split, some re-captioned with
+a true relation (``relation_recaption``) and each relation image joined by its
+mirror image (``mirror_sample``). The loss is CLIP's symmetric InfoNCE with:
 
+- each image's own caption as its target; other in-batch captions true of it
+  (exactly, ``caption_true``) are masked out, neither targets nor negatives;
 - every sample's hard negatives (swapped attributes, swapped relation, wrong
-  color, wrong shape) join the image->text candidates of that image only;
-- targets are exact: a caption counts as positive for every image it is true
-  of (``caption_true``), so "a circle" is not pushed away from a second circle.
+  color, wrong shape; plus the inverse-relation-word negative) among the
+  image->text candidates of that image only.
+
+Nothing the training adds (re-captions, mirrors, arrangements, negatives) holds
+a held-out combination of the compositional split.
 """
 
 from __future__ import annotations
@@ -16,17 +21,31 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlmfast.data.synthetic.captions import caption_true
-from vlmfast.data.synthetic.dataset import SyntheticSample, make_samples, render_batch
+from vlmfast.data.synthetic import spec
+from vlmfast.data.synthetic.captions import (
+    caption_true,
+    flipped_relation,
+    hard_negatives,
+    heldout_combinations,
+    relation_caption,
+)
+from vlmfast.data.synthetic.dataset import (
+    SyntheticSample,
+    make_sample,
+    make_samples,
+    render_batch,
+)
 from vlmfast.data.synthetic.model import build_clip, pixels_from_uint8, tiny_config
+from vlmfast.data.synthetic.scene import Scene
 from vlmfast.data.synthetic.tokenizer import WordTokenizer
 
 
@@ -55,6 +74,30 @@ class TrainConfig:
     """torch CPU threads."""
     max_minutes: float = 15.0
     """Stop early (and still save) after this much wall-clock time."""
+    flipped_negatives: bool = True
+    """Add the inverse-relation-word negative ("A right of B" for "A left of B") to
+    relation captions' candidates (on top of ``max_negatives``)."""
+    relation_boost: float = 0.5
+    """Probability that a 2-3 object training image not captioned with a relation is
+    re-captioned with one (a true training relation caption of its scene, with its
+    hard negatives): more relation signal per batch, same images, no held-out text."""
+    relation_boost_steps: int | None = None
+    """Apply ``relation_boost`` only during the first this-many steps (``None``: all)."""
+    mirror_relations: bool = False
+    """After the curriculum, add for each relation-captioned image of a step its mirror image: the same
+    objects reflected across the grid's vertical axis (left/right relations) or
+    horizontal axis (above/below), captioned with the inverse relation. The pair
+    differs only in where things are, so the in-batch contrast (text->image)
+    trains the image tower to encode relative position from the first step."""
+    arrangement_steps: int = 0
+    """Relation-first curriculum: the first this-many steps train on arrangement
+    batches (``arrangement_batch``): groups of images holding the same two objects in
+    different cells, each captioned with a relation. Within a group only positions
+    tell captions apart, so the towers must encode relations before they settle on
+    an order-free bag of objects (without it both towers collapse: an image and its
+    mirror embed with cosine 0.9997 and "left of"/"right of" are ignored)."""
+    arrangement_group: int = 8
+    """Images per group in an arrangement batch."""
     stop_after: int | None = None
     """Stop (and save) after this many steps while keeping the ``steps`` schedule:
     replays a run that ``max_minutes`` cut short (its ``steps_done``) exactly."""
@@ -102,8 +145,15 @@ def encode_text_trimmed(model: Any, tokens: Any) -> Any:
     return out
 
 
-def pick_negatives(rng: np.random.Generator, sample: SyntheticSample, k: int) -> list[str]:
-    """Up to ``k`` negative texts: binding/relation swaps first, then the others at random."""
+def pick_negatives(
+    rng: np.random.Generator, sample: SyntheticSample, k: int, flipped: bool = False
+) -> list[str]:
+    """Up to ``k`` negative texts: binding/relation swaps first, then the others at
+    random; with ``flipped``, plus the inverse-relation-word negative of a relation
+    caption (``captions.flipped_relation``).
+
+    Never a text with a held-out combination (the compositional split stays unseen).
+    """
     first = [
         sample.negatives[n].text
         for n in ("swapped_attributes", "swapped_relation")
@@ -113,32 +163,133 @@ def pick_negatives(rng: np.random.Generator, sample: SyntheticSample, k: int) ->
         sample.negatives[n].text for n in ("wrong_color", "wrong_shape") if n in sample.negatives
     ]
     rest = [rest[i] for i in rng.permutation(len(rest))]
-    return (first + rest)[:k]
+    out = (first + rest)[:k]
+    if flipped:
+        flip = flipped_relation(sample.caption)
+        if flip is not None and not heldout_combinations(flip):
+            out.append(flip.text)
+    return out
+
+
+def relation_recaption(rng: np.random.Generator, sample: SyntheticSample) -> SyntheticSample:
+    """``sample`` with a true relation caption of its scene (and that caption's hard
+    negatives) in place of its caption; unchanged if it has one object or no
+    relation qualifies. Held-out (relation, subject) pairings are never drawn and
+    negatives with a held-out combination are dropped, as in the ``train`` split."""
+    if sample.caption.kind == "relation" or len(sample.scene.objects) < 2:
+        return sample
+    cap = relation_caption(rng, sample.scene, banned=spec.HELDOUT_RELATION_SUBJECT)
+    if cap is None:
+        return sample
+    negatives = {
+        k: c
+        for k, c in hard_negatives(rng, sample.scene, cap).items()
+        if not heldout_combinations(c)
+    }
+    return replace(sample, caption=cap, negatives=negatives)
+
+
+def mirror_sample(rng: np.random.Generator, sample: SyntheticSample) -> SyntheticSample | None:
+    """The mirror image of a relation-captioned sample (see ``TrainConfig.mirror_relations``),
+    or ``None`` if its mirrored caption would hold a held-out pairing."""
+    cap = sample.caption
+    if cap.kind != "relation" or cap.relation is None:
+        return None
+    horizontal = cap.relation in ("left of", "right of")
+    objects = []
+    for o in sample.scene.objects:
+        # objects move to the mirrored cell at the same offset inside it (shapes are
+        # not reflected: each (shape, size) keeps its one pixel pattern)
+        if horizontal:
+            col = spec.GRID - 1 - o.col
+            o = replace(o, col=col, x0=o.x0 + (col - o.col) * spec.CELL)
+        else:
+            row = spec.GRID - 1 - o.row
+            o = replace(o, row=row, y0=o.y0 + (row - o.row) * spec.CELL)
+        objects.append(o)
+    scene = Scene(tuple(objects))
+    mcap = replace(cap, relation=spec.INVERSE_RELATION[cap.relation])
+    if heldout_combinations(mcap):
+        return None
+    negatives = {
+        k: c for k, c in hard_negatives(rng, scene, mcap).items() if not heldout_combinations(c)
+    }
+    return replace(sample, scene=scene, caption=mcap, negatives=negatives)
+
+
+def arrangement_batch(seed: int, step: int, batch_size: int, group: int) -> list[SyntheticSample]:
+    """``batch_size`` images in groups of ``group``: each group takes the first two
+    objects (color, shape, size) of one 2-3 object ``train`` sample and places them in
+    ``group`` random cell pairs, each image captioned with one true relation (never a
+    held-out pairing) and given its hard negatives (none with a held-out
+    combination). Deterministic from ``(seed, step)``."""
+    rng = np.random.default_rng([seed, 10, step])
+    out: list[SyntheticSample] = []
+    index = step * batch_size
+    while len(out) < batch_size:
+        base = make_sample(seed, "train", index)
+        index += 1
+        if len(base.scene.objects) < 2:
+            continue
+        a, b = base.scene.objects[:2]
+        for _ in range(min(group, batch_size - len(out))):
+            while True:
+                cells = rng.permutation(spec.GRID * spec.GRID)[:2]
+                objs = []
+                for o, cell in zip((a, b), cells):
+                    row, col = divmod(int(cell), spec.GRID)
+                    objs.append(
+                        replace(
+                            o,
+                            row=row,
+                            col=col,
+                            y0=o.y0 + (row - o.row) * spec.CELL,
+                            x0=o.x0 + (col - o.col) * spec.CELL,
+                        )
+                    )
+                scene = Scene(tuple(objs))
+                cap = relation_caption(rng, scene, banned=spec.HELDOUT_RELATION_SUBJECT)
+                if cap is not None:
+                    break
+            negatives = {
+                k: c
+                for k, c in hard_negatives(rng, scene, cap).items()
+                if not heldout_combinations(c)
+            }
+            out.append(replace(base, scene=scene, caption=cap, negatives=negatives))
+    return out
 
 
 def contrastive_loss(
     img: Any, txt: Any, neg: Any, neg_owner: Any, pos: Any, logit_scale: Any
 ) -> Any:
-    """Multi-positive symmetric InfoNCE with per-image hard negatives.
+    """Symmetric InfoNCE on each pair's own caption, with per-image hard negatives.
 
     img [B, D], txt [B, D], neg [N, D] (normalised); neg_owner [N] image index of
     each negative; pos [B, B] bool (caption j true of image i).
+
+    The target of image i is its own caption i only. Other in-batch captions that
+    are also true of image i (``pos``) are removed from its denominator (they are
+    not negatives), and likewise other images a caption is true of. The target
+    must not be the *set* of true captions: a multi-positive target lets an image
+    satisfy the loss with an order-free caption ("a red circle and a blue square")
+    scoring far above both a relation caption and its swapped-relation negative,
+    so the hard negative never gets a gradient (the cause of the first bundled
+    model's chance-level relations).
     """
     import torch
 
+    b = img.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=img.device)
+    other_true = pos & ~eye
     scale = logit_scale.exp()
-    it = scale * img @ txt.T  # [B, B]
+    it = (scale * img @ txt.T).masked_fill(other_true, float("-inf"))  # [B, B]
     ineg = scale * img @ neg.T  # [B, N]
-    own = neg_owner[None, :] == torch.arange(img.shape[0])[:, None]
+    own = neg_owner[None, :] == torch.arange(b, device=img.device)[:, None]
     ineg = ineg.masked_fill(~own, float("-inf"))
-    all_logits = torch.cat([it, ineg], dim=1)
-    lse_all = torch.logsumexp(all_logits, dim=1)
-    lse_pos = torch.logsumexp(it.masked_fill(~pos, float("-inf")), dim=1)
-    loss_i = (lse_all - lse_pos).mean()
-    ti = it.T
-    lse_t = torch.logsumexp(ti, dim=1)
-    lse_tpos = torch.logsumexp(ti.masked_fill(~pos.T, float("-inf")), dim=1)
-    loss_t = (lse_t - lse_tpos).mean()
+    target = torch.arange(b, device=img.device)
+    loss_i = torch.nn.functional.cross_entropy(torch.cat([it, ineg], dim=1), target)
+    loss_t = torch.nn.functional.cross_entropy(it.T, target)
     return 0.5 * (loss_i + loss_t)
 
 
@@ -173,17 +324,33 @@ def train(
     )
     start = time.time()
     cpu_start = time.process_time()
+    load_start = list(os.getloadavg())
     history: list[dict[str, float]] = []
     step = 0
     for step in range(cfg.steps):
-        samples = make_samples(
-            cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-        )
-        px = pixels_from_uint8(render_batch(samples, noise_std=cfg.noise_std))
+        if step < cfg.arrangement_steps:
+            samples = arrangement_batch(cfg.seed, step, cfg.batch_size, cfg.arrangement_group)
+        else:
+            samples = make_samples(
+                cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+            )
         step_rng = np.random.default_rng([cfg.seed, 7, step])
+        if cfg.relation_boost > 0 and (
+            cfg.relation_boost_steps is None or step < cfg.relation_boost_steps
+        ):
+            boost_rng = np.random.default_rng([cfg.seed, 8, step])
+            samples = [
+                relation_recaption(boost_rng, s) if boost_rng.random() < cfg.relation_boost else s
+                for s in samples
+            ]
+        if cfg.mirror_relations and step >= cfg.arrangement_steps:
+            mirror_rng = np.random.default_rng([cfg.seed, 9, step])
+            mirrors = [mirror_sample(mirror_rng, s) for s in samples]
+            samples = samples + [m for m in mirrors if m is not None]
+        px = pixels_from_uint8(render_batch(samples, noise_std=cfg.noise_std))
         neg_texts, owner = [], []
         for i, s in enumerate(samples):
-            for text in pick_negatives(step_rng, s, cfg.max_negatives):
+            for text in pick_negatives(step_rng, s, cfg.max_negatives, cfg.flipped_negatives):
                 neg_texts.append(text)
                 owner.append(i)
         tokens = tok([s.caption.text for s in samples] + neg_texts)
@@ -228,6 +395,7 @@ def train(
         "minutes": (time.time() - start) / 60,
         "history": history,
         "torch": torch.__version__,
+        "load_average": {"start": load_start, "end": list(os.getloadavg())},
     }
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if out_dir is not None:
