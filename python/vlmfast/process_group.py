@@ -21,6 +21,8 @@ def _loopback_interface() -> str | None:
 def join_process_group(device: str) -> tuple[int, int]:
     """Joins the torchrun process group (nccl on CUDA, gloo on CPU); (0, 1) without torchrun.
 
+    On CUDA the rank's device is ``LOCAL_RANK``, set before nccl starts.
+
     A single-node CPU run (``MASTER_ADDR`` on loopback) pins gloo to the loopback interface:
     otherwise gloo binds to whatever the host name resolves to, which in containers and
     sandboxes is often an address no peer can reach.
@@ -30,6 +32,10 @@ def join_process_group(device: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    if device == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         if (

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +186,6 @@ def _train(args: argparse.Namespace, device: str, rank: int, world: int) -> int:
     from vlmfast.sae.data import store_batches
     from vlmfast.store import ActivationStore
 
-    if device == "cuda" and world > 1:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     store = ActivationStore.open(args.store)
     d_in, runs, steps, dead_tokens, warmup = _plan(args, store)
     out = Path(args.out)

@@ -396,8 +396,6 @@ def _distributed(cfg: CacheConfig) -> tuple[int, int, bool]:
         return 0, 1, False
     from vlmfast.process_group import join_process_group
 
-    if cfg.device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     rank, world = join_process_group(cfg.device)
     return rank, world, True
 

@@ -47,16 +47,6 @@ impl PyStoreArray {
         py.detach(|| guard(|| self.lock()?.append(bytes)))
     }
 
-    /// Writes the partial last chunk, so every appended row is on disk.
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| guard(|| self.lock()?.flush()))
-    }
-
-    /// Flushes and persists the shape with `rows` committed rows.
-    fn commit(&self, py: Python<'_>, rows: u64) -> PyResult<()> {
-        py.detach(|| guard(|| self.lock()?.commit(rows)))
-    }
-
     /// Writes rows at a chunk-aligned start (multi-rank caching).
     fn write_at(
         &self,

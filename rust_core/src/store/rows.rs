@@ -406,24 +406,11 @@ impl RowArray {
         Ok(())
     }
 
-    /// Writes the partial last chunk (zero-padded) so every appended row is on disk.
-    pub fn flush(&mut self) -> CoreResult<()> {
-        self.stage_tail()?;
-        self.array.storage().sync_pending()
-    }
-
-    /// Flushes, then makes `rows` (≤ written) the committed row count and persists the shape.
+    /// Commits `rows` (≤ written) rows of this array alone: [`prepare_commit_all`]
+    /// then [`RowArray::mark_committed`], with no commit point of its own.
     pub fn commit(&mut self, rows: u64) -> CoreResult<()> {
-        if rows > self.written {
-            return Err(CoreError::input(format!(
-                "{}: cannot commit {rows} rows, only {} written",
-                self.name, self.written
-            )));
-        }
-        self.flush()?;
-        self.persist_shape(rows)?;
-        self.committed = rows;
-        Ok(())
+        prepare_commit_all(&mut [&mut *self], &[rows])?;
+        self.mark_committed(rows)
     }
 
     /// Records `rows` as committed after [`prepare_commit_all`] and the commit point.
