@@ -215,6 +215,53 @@ def test_zarr_python_reads_every_array(tmp_path: Path, compression: str) -> None
     np.testing.assert_array_equal(g["labels/sample"][:], [0, 1])
 
 
+def test_zarr_python_reads_bfloat16_after_register(tmp_path: Path) -> None:
+    """A fresh interpreter with zarr-python and the one-line registration, values
+    bit-identical, and no torch imported on the way."""
+    import subprocess
+    import sys
+
+    s = ActivationStore.create(
+        tmp_path / "s.zarr", {"image.embed": 3}, dtype="bfloat16", chunk_rows=4
+    )
+    x = torch.randn(10, 3).bfloat16()
+    x[1, 2] = float("inf")
+    s.append("image.embed", x[:1])
+    s.append("image.embed", x[2:], skip_nonfinite=True)
+    want = torch.cat([x[:1], x[2:]]).view(torch.int16).numpy()
+    np.save(tmp_path / "want.npy", want)
+    script = (
+        "import sys, zarr, numpy as np\n"
+        "from vlmfast.store.zarr_bfloat16 import register\n"
+        "register()\n"
+        f"g = zarr.open_group({str(tmp_path / 's.zarr')!r}, mode='r')\n"
+        "a = g['acts/image.embed']\n"
+        "assert str(a.dtype) == 'bfloat16', a.dtype\n"
+        f"want = np.load({str(tmp_path / 'want.npy')!r})\n"
+        "np.testing.assert_array_equal(a[:].view(np.int16), want)\n"
+        "np.testing.assert_array_equal(a[3:7].view(np.int16), want[3:7])\n"
+        "assert 'torch' not in sys.modules, 'reading a bf16 store imported torch'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_zarr_python_reads_bfloat16_in_a_vlmfast_process(tmp_path: Path) -> None:
+    import zarr
+
+    from vlmfast.store.zarr_bfloat16 import BFloat16
+
+    s = ActivationStore.create(
+        tmp_path / "s.zarr", {"text.embed": 5}, dtype="bfloat16", chunk_rows=3
+    )
+    x = torch.randn(7, 5).bfloat16()
+    s.append("text.embed", x)
+    got = zarr.open_group(tmp_path / "s.zarr", mode="r")["acts/text.embed"][:]
+    np.testing.assert_array_equal(got.view(np.int16), x.view(torch.int16).numpy())
+    assert BFloat16().to_json(zarr_format=3) == "bfloat16"
+
+
 def test_sharded_store_is_readable_by_zarr_python(tmp_path: Path) -> None:
     import zarr
 

@@ -66,6 +66,11 @@ class ActivationStore:
         self._crash_hook: Callable[[str], None] | None = None  # tests: crash at a commit stage
         if writable:
             self._lock()
+        if attrs.get("dtype") == "bfloat16":
+            # so that zarr-python in this process reads the store's bf16 arrays too
+            from vlmfast.store.zarr_bfloat16 import register
+
+            register()
         committed = attrs["committed_rows"]
         for hook in attrs["hooks"]:
             n = int(committed[hook])
