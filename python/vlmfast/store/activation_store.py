@@ -427,9 +427,14 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_array(
+    def read_raw(
         self, name: str, carrier: np.dtype[Any], width: int | None, start: int, stop: int
     ) -> np.ndarray:
+        """Rows ``[start, stop)`` of the store's array ``name`` (e.g.
+        ``acts/<hook>``, ``index/<hook>/sample``, ``labels/concepts``) as a numpy
+        array of ``carrier`` (bf16 as uint16): the layer under :meth:`read`,
+        :meth:`index` and :attr:`labels`, for copying arrays between stores.
+        The rows must be committed."""
         shape = (stop - start,) if width is None else (stop - start, width)
         out = np.empty(shape, dtype=carrier)
         self._arrays[name].read_into(start, stop, as_bytes(out) if out.size else out.view(np.uint8))
@@ -448,14 +453,14 @@ class ActivationStore:
 
         start, stop = self._range(hook, start, stop)
         name = self._attrs["dtype"]
-        arr = self._read_array(acts_array(hook), NUMPY_CARRIER[name], self.width(hook), start, stop)
+        arr = self.read_raw(acts_array(hook), NUMPY_CARRIER[name], self.width(hook), start, stop)
         return to_torch(arr, name)
 
     def index(self, hook: str, start: int = 0, stop: int | None = None) -> StoreIndex:
         """Sample id, position and modality of the committed rows of ``hook``."""
         start, stop = self._range(hook, start, stop)
         cols = {
-            f: self._read_array(index_array(hook, f), np.dtype(t), None, start, stop)
+            f: self.read_raw(index_array(hook, f), np.dtype(t), None, start, stop)
             for f, t in INDEX_FIELDS.items()
         }
         return StoreIndex(**cols)
@@ -468,8 +473,8 @@ class ActivationStore:
             return None
         n = int(self._attrs["committed_label_rows"])
         c = max(len(concepts["names"]), 1)
-        mat = self._read_array(LABELS_ARRAY, np.dtype(np.bool_), c, 0, n)
-        ids = self._read_array(LABELS_SAMPLE_ARRAY, np.dtype(np.int64), None, 0, n)
+        mat = self.read_raw(LABELS_ARRAY, np.dtype(np.bool_), c, 0, n)
+        ids = self.read_raw(LABELS_SAMPLE_ARRAY, np.dtype(np.int64), None, 0, n)
         return Labels(
             mat[:, : len(concepts["names"])], ids, list(concepts["names"]), list(concepts["kinds"])
         )

@@ -22,9 +22,10 @@ rows may be skipped; a record may lack an image or a caption). So:
    ``StoreArray.write_at`` (disjoint whole chunks at known offsets, fsynced, no
    shared state).
 3. **Commit** (rank 0, after every rank reported its ranges): checks that the
-   ranges tile every array, writes the root attributes with the committed row
-   counts, labels and ``progress`` (the commit point), persists the array shapes
-   (``commit_written``) and deletes the parts.
+   ranges tile every array, then commits exactly like ``ActivationStore.commit``:
+   the array shapes made durable, the root attributes with the committed row
+   counts, labels and ``progress`` written (the commit point), and the parts
+   deleted.
 
 A SIGKILL at any moment loses nothing committed: before the commit point the
 final store shows no rows and the parts are intact (a re-run resumes the
@@ -315,11 +316,11 @@ def _read_rows(
     if group == LABELS_GROUP:
         labels_width = max(len(store.attrs["concepts"]["names"]), 1)
         return [
-            store._read_array(LABELS_ARRAY, np.dtype(np.bool_), labels_width, a, b),
-            store._read_array(LABELS_SAMPLE_ARRAY, np.dtype(np.int64), None, a, b),
+            store.read_raw(LABELS_ARRAY, np.dtype(np.bool_), labels_width, a, b),
+            store.read_raw(LABELS_SAMPLE_ARRAY, np.dtype(np.int64), None, a, b),
         ]
     idx = store.index(group, a, b)
-    acts = store._read_array(acts_array(group), NUMPY_CARRIER[dtype], width, a, b)
+    acts = store.read_raw(acts_array(group), NUMPY_CARRIER[dtype], width, a, b)
     return [acts, *(np.ascontiguousarray(getattr(idx, f)) for f in INDEX_FIELDS)]
 
 
@@ -382,6 +383,13 @@ def commit_final(
                 pos = b
             if pos != n:
                 raise StoreError(f"merge of {name}: rows {pos}:{n} were written by no rank")
+    names = [n for g in plan.segments for n in _array_names(g)]
+    rows = [plan.totals[g] for g in plan.segments for _ in _array_names(g)]
+    for name, n in zip(names, rows):
+        arrays[name].adopt_written(n)
+    # the same commit as ActivationStore.commit: chunks and shapes durable, then the
+    # commit point (the root attributes), then the arrays' committed counts
+    _native.store_prepare_commit([arrays[n] for n in names], rows)
     attrs = read_attrs(out)
     for h in plan.hooks:
         attrs["committed_rows"][h] = plan.totals[h]
@@ -390,7 +398,5 @@ def commit_final(
     attrs["progress"] = {"samples_done": plan.samples_done, "finished": True}
     _native.store_write_group(str(out), "/", json.dumps(attrs))  # the commit point
     crash("committed")
-    for group in plan.segments:
-        for name in _array_names(group):
-            arrays[name].commit_written(plan.totals[group])
+    _native.store_mark_committed([arrays[n] for n in names], rows)
     shutil.rmtree(parts_dir(out), ignore_errors=True)

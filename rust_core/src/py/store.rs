@@ -59,9 +59,9 @@ impl PyStoreArray {
         py.detach(|| guard(|| self.lock()?.write_at(start, bytes, end_of_array)))
     }
 
-    /// Commits `rows` rows written by `write_at` (after every rank finished).
-    fn commit_written(&self, py: Python<'_>, rows: u64) -> PyResult<()> {
-        py.detach(|| guard(|| self.lock()?.commit_written(rows)))
+    /// Takes `rows` rows as written after `write_at`s by every rank (commits nothing).
+    fn adopt_written(&self, py: Python<'_>, rows: u64) -> PyResult<()> {
+        py.detach(|| guard(|| self.lock()?.adopt_written(rows)))
     }
 
     /// Decodes committed rows `[start, stop)` into `out` (a C-contiguous uint8 view).

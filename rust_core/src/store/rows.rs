@@ -471,14 +471,21 @@ impl RowArray {
         self.array.storage().sync_pending()
     }
 
-    /// Marks `rows` as committed after a multi-rank write (all ranks done).
-    pub fn commit_written(&mut self, rows: u64) -> CoreResult<()> {
-        self.written = self.written.max(rows);
+    /// Takes `rows` as written after a multi-rank write (every rank done): the
+    /// rows other ranks wrote with [`RowArray::write_at`] become part of this
+    /// array's append state. It commits nothing: commit with
+    /// [`prepare_commit_all`], the commit point, then [`RowArray::mark_committed`].
+    pub fn adopt_written(&mut self, rows: u64) -> CoreResult<()> {
+        if rows < self.committed {
+            return Err(CoreError::input(format!(
+                "{}: cannot adopt {rows} written rows below the {} committed",
+                self.name, self.committed
+            )));
+        }
+        self.written = rows;
         self.tail.clear();
         self.tail_dirty = false;
         self.tail_start = rows - rows % self.chunk_rows;
-        self.persist_shape(rows)?;
-        self.committed = rows;
         self.grow_to(rows)
     }
 
@@ -825,7 +832,12 @@ mod tests {
             a.write_at(0, &rows_bytes(0, 3), false).is_err(),
             "ends inside a chunk"
         );
-        a.commit_written(11).unwrap();
+        a.adopt_written(11).unwrap();
+        assert!(
+            a.read_into(0, 1, &mut [0u8; 12]).is_err(),
+            "nothing committed yet"
+        );
+        a.commit(11).unwrap();
         let mut out = vec![0u8; 11 * 12];
         a.read_into(0, 11, &mut out).unwrap();
         assert_eq!(out, rows_bytes(0, 11));
