@@ -34,11 +34,20 @@ def register(subparsers: Any) -> None:
 
     tr = sub.add_parser("train", help="train the tiny CLIP contrastively on the benchmark")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--steps", type=int, default=1400)
+    tr.add_argument("--steps", type=int, default=1800)
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--max-minutes", type=float, default=15.0)
+    tr.add_argument(
+        "--position-init-scale",
+        type=float,
+        default=20.0,
+        help="image position-embedding init multiplier (1 = open_clip's)",
+    )
+    tr.add_argument(
+        "--aux-weight", type=float, default=0.5, help="auxiliary probe loss weight (0 = off)"
+    )
     tr.add_argument(
         "--stop-after",
         type=int,
@@ -91,6 +100,8 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_minutes=args.max_minutes,
         stop_after=args.stop_after,
+        position_init_scale=args.position_init_scale,
+        aux_weight=args.aux_weight,
     )
     train(cfg, out_dir=args.out, eval_every=args.eval_every, log=lambda s: print(s, flush=True))
     print(f"saved to {args.out}")
