@@ -67,6 +67,18 @@ def _time(
     LOAD[name] = os.getloadavg()[0]
 
 
+def _evict(path: Any) -> None:
+    """Drops a file's clean pages from the page cache (after an fsync)."""
+    if not path.is_file():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("bench")
@@ -79,6 +91,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store = ActivationStore.create(root / "s.zarr", {HOOK: D}, dtype="float16", chunk_rows=CHUNK)
     store.append(HOOK, x)
     store.close()
+    # Both sides start from the page cache as a reader finds it (pages read from
+    # disk), not as the writer left it: the store writes chunks with direct I/O
+    # (no cached pages), numpy's tofile buffered ones, and mapped pages that a
+    # write created read ~1.8x faster here than pages read in from disk.
+    for path in [raw, *(root / "s.zarr").rglob("*")]:
+        _evict(path)
     return {"root": root, "x": x, "raw": raw, "store": ActivationStore.open(root / "s.zarr")}
 
 
@@ -86,37 +104,59 @@ def _nbytes() -> float:
     return ROWS * D * 2.0
 
 
-def test_write_durable(benchmark: Any, data: dict[str, Any]) -> None:
-    x, root = data["x"], data["root"]
-    out = root / "w.zarr"
-
-    def write() -> None:
-        s = ActivationStore.create(out, {HOOK: D}, dtype="float16", chunk_rows=CHUNK)
-        for start in range(0, ROWS, 32_768):  # appends of 32,768 rows, a durable commit each
-            s.append(HOOK, x[start : start + 32_768])
-        s.close()
-
-    _time(
-        benchmark,
-        "write_store",
-        write,
-        _nbytes(),
-        setup=lambda: shutil.rmtree(out, ignore_errors=True),
-    )
-    shutil.rmtree(out, ignore_errors=True)
+WRITE_ROUNDS = int(os.environ.get("VLMFAST_BENCH_WRITE_ROUNDS", 5))
+COMMIT_EVERY = {"write_store": 32_768, "write_store_cadence": 262_144}
+"""Rows per durable commit: every append (32,768 rows, 50 MB: the stress case), and
+every 8 appends (400 MB; ``vlmfast cache`` commits every 10 s, i.e. at most this
+often once it writes >= 40 MB/s)."""
+RATIOS: dict[str, list[float]] = {}
 
 
-def test_write_dd_fsync(benchmark: Any, data: dict[str, Any]) -> None:
-    raw, root = data["raw"], data["root"]
-    out = root / "dd.bin"
+def test_write_durable_vs_dd(benchmark: Any, data: dict[str, Any]) -> None:
+    """dd and the store's writes interleaved round by round (dd, store, store at the
+    cache's cadence, repeated): this VM's write speed drifts 2-5x within minutes, so
+    each round's ratio compares runs seconds apart. Best of the rounds goes into
+    RESULTS; every round's ratio into RATIOS (the report prints their median)."""
+    x, raw, root = data["x"], data["raw"], data["root"]
+    out, dd_out = root / "w.zarr", root / "dd.bin"
 
     def dd() -> None:
         subprocess.run(
-            ["dd", f"if={raw}", f"of={out}", "bs=4M", "conv=fsync", "status=none"], check=True
+            ["dd", f"if={raw}", f"of={dd_out}", "bs=4M", "conv=fsync", "status=none"], check=True
         )
 
-    _time(benchmark, "write_dd", dd, _nbytes(), setup=lambda: out.unlink(missing_ok=True))
-    out.unlink(missing_ok=True)
+    def store(every: int) -> None:
+        s = ActivationStore.create(out, {HOOK: D}, dtype="float16", chunk_rows=CHUNK)
+        for start in range(0, ROWS, 32_768):  # appends of 32,768 rows
+            stop = min(start + 32_768, ROWS)
+            s.append(HOOK, x[start:stop], commit=stop % every == 0 or stop == ROWS)
+        s.close()
+
+    def clean() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        dd_out.unlink(missing_ok=True)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        clean()  # reuse just-freed page-cache memory (see _time)
+        t0 = time.perf_counter()
+        fn()
+        return _nbytes() / (time.perf_counter() - t0) / 1e9
+
+    def rounds() -> None:
+        timed(dd)  # warm-up
+        timed(lambda: store(COMMIT_EVERY["write_store"]))
+        for _ in range(WRITE_ROUNDS):
+            speeds = {"write_dd": timed(dd)}
+            for name, every in COMMIT_EVERY.items():
+                speeds[name] = timed(lambda every=every: store(every))
+            for name, v in speeds.items():
+                RESULTS[name] = max(RESULTS.get(name, 0.0), v)
+                LOAD[name] = os.getloadavg()[0]
+                if name != "write_dd":
+                    RATIOS.setdefault(name, []).append(v / speeds["write_dd"])
+        clean()
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
 
 
 def test_read_sequential_store(benchmark: Any, data: dict[str, Any]) -> None:
@@ -196,6 +236,12 @@ def test_report() -> None:
         f"shuffled stream vs sequential read: {ratio('stream_store', 'read_store')} (>= 0.6x)",
         f"shuffled stream vs zarr-python same work: {ratio('stream_store', 'stream_zarr_python')} (>= 1.5x)",
         f"shuffled stream vs zarr-python oindex: {ratio('stream_store', 'oindex_zarr_python')} (>= 10x)",
-        f"durable write vs dd conv=fsync: {ratio('write_store', 'write_dd')} (>= 0.8x)",
+        f"durable write vs dd conv=fsync, best vs best: {ratio('write_store', 'write_dd')}"
+        f" (>= 0.8x); at the cache's cadence: {ratio('write_store_cadence', 'write_dd')}",
     ]
+    for name, values in RATIOS.items():
+        lines.append(
+            f"{name} / dd per round: median {float(np.median(values)):.2f}x, "
+            f"range {min(values):.2f}-{max(values):.2f}x over {len(values)} rounds"
+        )
     print("\n" + "\n".join(lines))

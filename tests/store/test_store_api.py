@@ -319,3 +319,29 @@ def test_crash_inside_commit_keeps_committed_rows(tmp_path: Path, stage: str) ->
     a.close()
     assert torch.equal(ActivationStore.open(tmp_path / "s.zarr").read(hook), x)
     assert not list((tmp_path / "s.zarr").rglob("*.vlmfast-tmp"))
+
+
+def test_direct_io_and_buffered_writes_leave_identical_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of >= 1 MiB are written with O_DIRECT where the filesystem allows it;
+    VLMFAST_STORE_DIRECT=0 writes them buffered. The files must be the same bytes,
+    including the zero-padded partial chunk rewritten through a temp file."""
+    x = torch.randn(2 * 512 + 300, 1024)  # 512-row chunks of 2 MiB
+    stores = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("VLMFAST_STORE_DIRECT", mode)
+        path = tmp_path / f"s{mode}.zarr"
+        s = ActivationStore.create(path, {"image.embed": 1024}, dtype="float32", chunk_rows=512)
+        s.append("image.embed", x[:700])  # a committed partial chunk ...
+        s.append("image.embed", x[700:])  # ... replaced through a temp file
+        s.close()
+        stores[mode] = path
+        torch.testing.assert_close(ActivationStore.open(path).read("image.embed"), x)
+    direct, buffered = (sorted(p.rglob("*")) for p in stores.values())
+    assert [p.relative_to(stores["1"]) for p in direct] == [
+        p.relative_to(stores["0"]) for p in buffered
+    ]
+    for a, b in zip(direct, buffered):
+        if a.is_file() and a.name not in ("zarr.json", ".vlmfast.lock"):
+            assert a.read_bytes() == b.read_bytes(), a

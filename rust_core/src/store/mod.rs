@@ -1,6 +1,7 @@
 //! The activation store: zarr v3 arrays of activation rows written and read
 //! with the `zarrs` crate, crash-safe commits, and a shuffled batch stream.
 
+pub mod direct;
 pub mod dtype;
 pub mod durable;
 pub mod group;

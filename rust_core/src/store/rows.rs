@@ -32,6 +32,10 @@ use crate::error::{CoreError, CoreResult};
 /// Chunks encoded together (in parallel) before they are written.
 const ENCODE_GROUP_CHUNKS: usize = 16;
 
+/// Chunk files written at once with direct I/O (4 in flight measured 1.7 GB/s on
+/// the benchmark VM against 1.2 GB/s for one).
+const DIRECT_WRITERS: usize = 4;
+
 /// How chunks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -303,9 +307,10 @@ impl RowArray {
         let (chunk_rows, committed) = (self.chunk_rows, self.committed);
         let options = codec_options();
         // rayon encodes the chunks in parallel (for an uncompressed chunk the
-        // encoded bytes are the input itself); the files are then written one
-        // after the other: parallel writers into the page cache were measured
-        // 1.5x slower on the benchmark VM (filesystem contention).
+        // encoded bytes are the input itself); the files are then written by
+        // DIRECT_WRITERS threads with direct I/O, or one after the other when
+        // buffered (parallel writers into the page cache were measured 1.5x
+        // slower on the benchmark VM: filesystem contention).
         let err = |i: usize, e: &dyn std::fmt::Display| {
             CoreError::store(format!(
                 "array {name}: writing chunk {}: {e}",
@@ -338,14 +343,39 @@ impl RowArray {
                         .map_err(|e| err(i, &e))
                 })
                 .collect::<CoreResult<Vec<_>>>()?;
-            for (j, bytes) in encoded.iter().enumerate() {
+            let stage = |j: usize| -> CoreResult<()> {
                 let i = base + j;
                 let idx = chunk_index(i);
                 // a chunk with no committed rows is written in place (see DurableStore::stage)
                 let in_place = idx[0] * chunk_rows >= committed;
                 store
-                    .stage(&array.chunk_key(&idx), bytes, in_place)
-                    .map_err(|e| err(i, &e))?;
+                    .stage(&array.chunk_key(&idx), &encoded[j], in_place)
+                    .map_err(|e| err(i, &e))
+            };
+            if store.writes_direct() && encoded.len() > 1 {
+                // direct I/O: several files in flight keep the disk busy (I/O-bound
+                // threads, so more of them than cores)
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let writers = DIRECT_WRITERS.min(encoded.len());
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..writers)
+                        .map(|_| {
+                            scope.spawn(|| loop {
+                                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if j >= encoded.len() {
+                                    return Ok(());
+                                }
+                                stage(j)?;
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().try_for_each(|h| {
+                        h.join()
+                            .map_err(|_| CoreError::Internal("chunk writer panicked".into()))?
+                    })
+                })?;
+            } else {
+                (0..encoded.len()).try_for_each(stage)?;
             }
         }
         Ok(())
