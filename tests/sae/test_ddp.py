@@ -26,8 +26,19 @@ def _make_trainer() -> SAETrainer:
 
 
 def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import os
+
+    from vlmfast.process_group import _loopback_interface, leave_process_group
+
     torch.set_num_threads(1)
+    # as in join_process_group: gloo on loopback (the host name may resolve to an
+    # address the peer cannot use), and a barrier before teardown (a rank that
+    # tore the group down while the other still worked was seen to abort)
+    loopback = _loopback_interface()
+    if loopback is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ok = False
     try:
         trainer = _make_trainer()
         half = B // world
@@ -41,8 +52,9 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
                 },
                 out_file,
             )
+        ok = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(ok)
 
 
 @pytest.mark.slow
