@@ -82,6 +82,12 @@ pub struct AlignedPool {
     free: Mutex<Vec<AlignedBuf>>,
 }
 
+impl std::fmt::Debug for AlignedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlignedPool")
+    }
+}
+
 impl AlignedPool {
     fn take(&self, len: usize) -> Option<AlignedBuf> {
         let mut free = self.free.lock().ok()?;
@@ -160,10 +166,7 @@ fn write_direct(path: &Path, bytes: &[u8], pool: &AlignedPool) -> std::io::Resul
     match result {
         Ok(()) => Ok(true),
         // refused mid-way (e.g. a device with a larger block size): start over buffered
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            drop(file);
-            Ok(false)
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -15,8 +15,9 @@
 //! chunk. Large chunk files are written with direct I/O by several threads
 //! (`store::direct`), so a commit's sync finds little dirty data. (Starting
 //! each file's writeback early, with `sync_file_range` in the writer or
-//! `fdatasync` on a background thread, was measured slower on the benchmark VM.) Because a key holding committed data is only ever replaced by
-//! rename, never rewritten in place, readers (who read committed rows only) may
+//! `fdatasync` on a background thread, was measured slower on the benchmark
+//! VM.) Because a key holding committed data is only ever replaced by rename,
+//! never rewritten in place, readers (who read committed rows only) may
 //! map chunk files into memory ([`DurableStore::map_key`]). Reads, listing and
 //! erasing are delegated to `FilesystemStore`.
 
@@ -172,12 +173,6 @@ pub struct DurableStore {
     /// Chunk files are written with direct I/O (see `store::direct`) while set.
     direct: AtomicBool,
     pool: AlignedPool,
-}
-
-impl std::fmt::Debug for AlignedPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AlignedPool")
-    }
 }
 
 impl DurableStore {

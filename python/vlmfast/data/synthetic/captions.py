@@ -186,6 +186,16 @@ def hard_negatives(rng: np.random.Generator, scene: Scene, caption: Caption) -> 
     return out
 
 
+def training_negatives(
+    rng: np.random.Generator, scene: Scene, caption: Caption
+) -> dict[str, Caption]:
+    """``hard_negatives`` without the ones holding a held-out combination (what the
+    ``train``/``test`` splits and the training's re-captions use)."""
+    return {
+        k: c for k, c in hard_negatives(rng, scene, caption).items() if not heldout_combinations(c)
+    }
+
+
 def flipped_relation(caption: Caption) -> Caption | None:
     """The relation word replaced by its inverse ("A left of B" -> "A right of B").
 

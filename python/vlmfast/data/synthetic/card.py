@@ -11,23 +11,13 @@ from vlmfast.data.synthetic.evaluate import format_table
 
 
 def _data_recipe(tc: dict[str, Any]) -> str:
-    parts = []
-    if tc.get("arrangement_steps"):
-        parts.append(
-            f"Relation-first curriculum: the first {tc['arrangement_steps']} steps are arrangement "
-            f"batches (groups of {tc.get('arrangement_group')} images holding the same two objects "
-            "in different cells, each with a true relation caption)."
-        )
     text = "Data: fresh `train` split samples every step"
     if tc.get("relation_boost"):
         text += (
             f"; a 2-3 object image is re-captioned with one of its true relations with "
             f"probability {tc['relation_boost']}"
         )
-    if tc.get("mirror_relations"):
-        text += "; each relation image is joined by its mirror image (inverse relation caption)"
-    parts.append(text + ".")
-    return "\n".join(parts)
+    return text + "."
 
 
 def _symmetry_breaking(tc: dict[str, Any]) -> str:
@@ -41,9 +31,8 @@ def _symmetry_breaking(tc: dict[str, Any]) -> str:
         )
     weight = tc.get("aux_weight", 0.0)
     if weight:
-        until = tc.get("aux_steps")
         parts.append(
-            f"Auxiliary probe losses (weight {weight:g}{f', first {until} steps' if until else ''}; "
+            f"Auxiliary probe losses (weight {weight:g}; "
             "`AuxProbes`, linear heads discarded after training): every grid cell's color and "
             "shape and every color's and shape's (row, column) read off the image embedding, each "
             "caption's mentions and relation word off the text embedding. Ablations on a "
@@ -142,7 +131,7 @@ The training split never contains the held-out (color, shape) pairs
 {sorted(spec.HELDOUT_COLOR_SHAPE)} nor captions with the held-out (relation, subject) pairings
 {sorted(spec.HELDOUT_RELATION_SUBJECT)} (not even as negatives).
 
-Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images{" (plus mirror images)" if tc.get("mirror_relations") else ""} in {info.get("minutes", 0):.1f} min wall-clock,
+Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images in {info.get("minutes", 0):.1f} min wall-clock,
 {info.get("cpu_minutes", float("nan")):.1f} min process CPU time, torch {info.get("torch")}, {tc.get("threads")} torch thread(s), on a 2-core AMD EPYC VM
 (load average {_load(info)}), no GPU.
 

@@ -28,6 +28,7 @@ from vlmfast.data.synthetic.captions import (
     heldout_combinations,
     object_caption,
     relation_caption,
+    training_negatives,
 )
 from vlmfast.data.synthetic.render import render_scene
 from vlmfast.data.synthetic.scene import Scene, sample_rng, sample_scene
@@ -116,11 +117,7 @@ def make_sample(seed: int, split: str, index: int) -> SyntheticSample:
         negatives = hard_negatives(rng, scene, caption)
     else:
         scene, caption = _iid(rng)
-        negatives = {
-            k: c
-            for k, c in hard_negatives(rng, scene, caption).items()
-            if not heldout_combinations(c)
-        }
+        negatives = training_negatives(rng, scene, caption)
     return SyntheticSample(index, split, seed, scene, caption, negatives)
 
 

@@ -1,10 +1,8 @@
 """Contrastive training of the bundled tiny CLIP on the synthetic benchmark.
 
-Each step draws a fresh batch (the run is a pure function of its config): during
-the relation-first curriculum, arrangement batches (``arrangement_batch``); then
+Each step draws a fresh batch (the run is a pure function of its config):
 samples ``step*B .. step*B+B-1`` of the ``train`` split, some re-captioned with
-a true relation (``relation_recaption``) and each relation image joined by its
-mirror image (``mirror_sample``). The loss is CLIP's symmetric InfoNCE with:
+a true relation (``relation_recaption``). The loss is CLIP's symmetric InfoNCE with:
 
 - each image's own caption as its target; other in-batch captions true of it
   (exactly, ``caption_true``) are masked out, neither targets nor negatives;
@@ -12,7 +10,7 @@ mirror image (``mirror_sample``). The loss is CLIP's symmetric InfoNCE with:
   color, wrong shape; plus the inverse-relation-word negative) among the
   image->text candidates of that image only.
 
-Nothing the training adds (re-captions, mirrors, arrangements, negatives) holds
+Nothing the training adds (re-captions, negatives) holds
 a held-out combination of the compositional split.
 """
 
@@ -34,18 +32,16 @@ from vlmfast.data.synthetic import spec
 from vlmfast.data.synthetic.captions import (
     caption_true,
     flipped_relation,
-    hard_negatives,
     heldout_combinations,
     relation_caption,
+    training_negatives,
 )
 from vlmfast.data.synthetic.dataset import (
     SyntheticSample,
-    make_sample,
     make_samples,
     render_batch,
 )
 from vlmfast.data.synthetic.model import build_clip, pixels_from_uint8, tiny_config
-from vlmfast.data.synthetic.scene import Scene
 from vlmfast.data.synthetic.tokenizer import WordTokenizer
 
 
@@ -81,23 +77,6 @@ class TrainConfig:
     """Probability that a 2-3 object training image not captioned with a relation is
     re-captioned with one (a true training relation caption of its scene, with its
     hard negatives): more relation signal per batch, same images, no held-out text."""
-    relation_boost_steps: int | None = None
-    """Apply ``relation_boost`` only during the first this-many steps (``None``: all)."""
-    mirror_relations: bool = False
-    """After the curriculum, add for each relation-captioned image of a step its mirror image: the same
-    objects reflected across the grid's vertical axis (left/right relations) or
-    horizontal axis (above/below), captioned with the inverse relation. The pair
-    differs only in where things are, so the in-batch contrast (text->image)
-    trains the image tower to encode relative position from the first step."""
-    arrangement_steps: int = 0
-    """Relation-first curriculum: the first this-many steps train on arrangement
-    batches (``arrangement_batch``): groups of images holding the same two objects in
-    different cells, each captioned with a relation. Within a group only positions
-    tell captions apart, so the towers must encode relations before they settle on
-    an order-free bag of objects (without it both towers collapse: an image and its
-    mirror embed with cosine 0.9997 and "left of"/"right of" are ignored)."""
-    arrangement_group: int = 8
-    """Images per group in an arrangement batch."""
     position_init_scale: float = 20.0
     """Multiplies the image tower's position embedding at initialisation. open_clip
     draws it at ``width**-0.5`` per element (norm ~1 per token) while a patch's
@@ -106,12 +85,11 @@ class TrainConfig:
     embeddings learns it in ~100 (so does the relation-aware contrastive loss)."""
     aux_weight: float = 0.5
     """Weight of the auxiliary probe losses (``AuxProbes``): linear read-outs of
-    every grid cell's color and shape from the image embedding and of each
-    caption's mentions and relation from the text embedding. They break the
+    every grid cell's color and shape and of every color's and shape's (row,
+    column) from the image embedding, and of each caption's mentions and relation
+    from the text embedding. They break the
     symmetry that keeps both towers from encoding relations at initialisation;
     the probes are not part of the saved model."""
-    aux_steps: int | None = None
-    """Apply the auxiliary probes only during the first this-many steps (``None``: all)."""
     stop_after: int | None = None
     """Stop (and save) after this many steps while keeping the ``steps`` schedule:
     replays a run that ``max_minutes`` cut short (its ``steps_done``) exactly."""
@@ -195,90 +173,14 @@ def relation_recaption(rng: np.random.Generator, sample: SyntheticSample) -> Syn
     cap = relation_caption(rng, sample.scene, banned=spec.HELDOUT_RELATION_SUBJECT)
     if cap is None:
         return sample
-    negatives = {
-        k: c
-        for k, c in hard_negatives(rng, sample.scene, cap).items()
-        if not heldout_combinations(c)
-    }
-    return replace(sample, caption=cap, negatives=negatives)
-
-
-def mirror_sample(rng: np.random.Generator, sample: SyntheticSample) -> SyntheticSample | None:
-    """The mirror image of a relation-captioned sample (see ``TrainConfig.mirror_relations``),
-    or ``None`` if its mirrored caption would hold a held-out pairing."""
-    cap = sample.caption
-    if cap.kind != "relation" or cap.relation is None:
-        return None
-    horizontal = cap.relation in ("left of", "right of")
-    objects = []
-    for o in sample.scene.objects:
-        # objects move to the mirrored cell at the same offset inside it (shapes are
-        # not reflected: each (shape, size) keeps its one pixel pattern)
-        if horizontal:
-            col = spec.GRID - 1 - o.col
-            o = replace(o, col=col, x0=o.x0 + (col - o.col) * spec.CELL)
-        else:
-            row = spec.GRID - 1 - o.row
-            o = replace(o, row=row, y0=o.y0 + (row - o.row) * spec.CELL)
-        objects.append(o)
-    scene = Scene(tuple(objects))
-    mcap = replace(cap, relation=spec.INVERSE_RELATION[cap.relation])
-    if heldout_combinations(mcap):
-        return None
-    negatives = {
-        k: c for k, c in hard_negatives(rng, scene, mcap).items() if not heldout_combinations(c)
-    }
-    return replace(sample, scene=scene, caption=mcap, negatives=negatives)
-
-
-def arrangement_batch(seed: int, step: int, batch_size: int, group: int) -> list[SyntheticSample]:
-    """``batch_size`` images in groups of ``group``: each group takes the first two
-    objects (color, shape, size) of one 2-3 object ``train`` sample and places them in
-    ``group`` random cell pairs, each image captioned with one true relation (never a
-    held-out pairing) and given its hard negatives (none with a held-out
-    combination). Deterministic from ``(seed, step)``."""
-    rng = np.random.default_rng([seed, 10, step])
-    out: list[SyntheticSample] = []
-    index = step * batch_size
-    while len(out) < batch_size:
-        base = make_sample(seed, "train", index)
-        index += 1
-        if len(base.scene.objects) < 2:
-            continue
-        a, b = base.scene.objects[:2]
-        for _ in range(min(group, batch_size - len(out))):
-            while True:
-                cells = rng.permutation(spec.GRID * spec.GRID)[:2]
-                objs = []
-                for o, cell in zip((a, b), cells):
-                    row, col = divmod(int(cell), spec.GRID)
-                    objs.append(
-                        replace(
-                            o,
-                            row=row,
-                            col=col,
-                            y0=o.y0 + (row - o.row) * spec.CELL,
-                            x0=o.x0 + (col - o.col) * spec.CELL,
-                        )
-                    )
-                scene = Scene(tuple(objs))
-                cap = relation_caption(rng, scene, banned=spec.HELDOUT_RELATION_SUBJECT)
-                if cap is not None:
-                    break
-            negatives = {
-                k: c
-                for k, c in hard_negatives(rng, scene, cap).items()
-                if not heldout_combinations(c)
-            }
-            out.append(replace(base, scene=scene, caption=cap, negatives=negatives))
-    return out
+    return replace(sample, caption=cap, negatives=training_negatives(rng, sample.scene, cap))
 
 
 class AuxProbes:
     """Linear read-outs used as auxiliary losses (see ``TrainConfig.aux_weight``).
 
     Image: for each of the ``GRID**2`` cells, its object's color and shape (or
-    "empty"). Text: the color and shape of each of the first two mentions (or
+    "empty"), and for each color and shape its (row, column) where present. Text: the color and shape of each of the first two mentions (or
     "unsaid"/"absent") and the relation word (or none): a text embedding that
     solves it must encode which object is the relation's subject.
     """
@@ -337,10 +239,9 @@ class AuxProbes:
         for i, s in enumerate(samples):
             cap = s.caption
             for m, mention in enumerate(cap.mentions[:2]):
-                out[i, 2 * m] = 1 + (spec.COLORS.index(mention.color) if mention.color else -1) + 1
-                out[i, 2 * m + 1] = (
-                    1 + (spec.SHAPES.index(mention.shape) if mention.shape else -1) + 1
-                )
+                # 0: no such mention, 1: mentioned without it, 2 + index: named
+                out[i, 2 * m] = 2 + spec.COLORS.index(mention.color) if mention.color else 1
+                out[i, 2 * m + 1] = 2 + spec.SHAPES.index(mention.shape) if mention.shape else 1
             if cap.relation is not None:
                 out[i, 4] = 1 + spec.RELATIONS.index(cap.relation)
         return out
@@ -477,25 +378,16 @@ def train(
     history: list[dict[str, float]] = []
     step = 0
     for step in range(cfg.steps):
-        if step < cfg.arrangement_steps:
-            samples = arrangement_batch(cfg.seed, step, cfg.batch_size, cfg.arrangement_group)
-        else:
-            samples = make_samples(
-                cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-            )
+        samples = make_samples(
+            cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        )
         step_rng = np.random.default_rng([cfg.seed, 7, step])
-        if cfg.relation_boost > 0 and (
-            cfg.relation_boost_steps is None or step < cfg.relation_boost_steps
-        ):
+        if cfg.relation_boost > 0:
             boost_rng = np.random.default_rng([cfg.seed, 8, step])
             samples = [
                 relation_recaption(boost_rng, s) if boost_rng.random() < cfg.relation_boost else s
                 for s in samples
             ]
-        if cfg.mirror_relations and step >= cfg.arrangement_steps:
-            mirror_rng = np.random.default_rng([cfg.seed, 9, step])
-            mirrors = [mirror_sample(mirror_rng, s) for s in samples]
-            samples = samples + [m for m in mirrors if m is not None]
         px = pixels_from_uint8(render_batch(samples, noise_std=cfg.noise_std))
         neg_texts, owner = [], []
         for i, s in enumerate(samples):
@@ -506,9 +398,8 @@ def train(
         pos = torch.from_numpy(_positives(samples))
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
-        active = probes if cfg.aux_steps is None or step < cfg.aux_steps else None
         loss = _step_loss(
-            model, px, tokens, torch.tensor(owner), pos, samples, active, cfg.aux_weight
+            model, px, tokens, torch.tensor(owner), pos, samples, probes, cfg.aux_weight
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
