@@ -83,8 +83,9 @@ def store_create_array(
     compression: str = "none",
     level: int = 3,
     inner_rows: int | None = None,
+    dims: list[str] | None = None,
 ) -> StoreArray:
-    """Creates an empty array `name` in the store at `root`."""
+    """Creates an empty array `name` in the store at `root` (`dims`: its zarr dimension names)."""
 
 def store_open_array(root: str, name: str, committed: int, writable: bool) -> StoreArray:
     """Opens array `name` with `committed` rows; `writable` prepares appends."""

@@ -215,6 +215,56 @@ def test_zarr_python_reads_every_array(tmp_path: Path, compression: str) -> None
     np.testing.assert_array_equal(g["labels/sample"][:], [0, 1])
 
 
+def test_xarray_and_dask_read_the_store(tmp_path: Path) -> None:
+    """The README's xarray/dask recipe: hooks of different row counts and widths
+    open as one Dataset, a hook's index shares its row dimension, dask reads lazily."""
+    import dask.array as da
+    import xarray as xr
+
+    path = tmp_path / "s.zarr"
+    s = ActivationStore.create(
+        path,
+        {"image.embed": 3, "text.blocks.0.resid_post": 5},
+        dtype="float16",
+        chunk_rows=4,
+        compression="zstd",
+        concepts=(["red", "cube"], ["color", "object"]),
+    )
+    x, t = torch.randn(10, 3).half(), torch.randn(7, 5).half()
+    s.append_many(
+        {"image.embed": x, "text.blocks.0.resid_post": t},
+        index={"image.embed": {"sample": np.arange(10)}},
+        labels=np.array([[True, False], [False, True]]),
+        label_samples=[3, 4],
+    )
+    acts = xr.open_zarr(path, group="acts", consolidated=False)
+    assert dict(acts.sizes) == {
+        "image.embed.row": 10,
+        "image.embed.dim": 3,
+        "text.blocks.0.resid_post.row": 7,
+        "text.blocks.0.resid_post.dim": 5,
+    }
+    np.testing.assert_array_equal(acts["image.embed"].values, x.numpy())
+    np.testing.assert_array_equal(acts["text.blocks.0.resid_post"].values, t.numpy())
+    index = xr.open_zarr(path, group="index/image.embed", consolidated=False)
+    both = xr.merge([acts["image.embed"], index])
+    np.testing.assert_array_equal(both["sample"].values, np.arange(10))
+    assert both["image.embed"].dims == ("image.embed.row", "image.embed.dim")
+    labels = xr.open_zarr(path, group="labels", consolidated=False)
+    np.testing.assert_array_equal(labels["concepts"].values, [[True, False], [False, True]])
+    np.testing.assert_array_equal(labels["sample"].values, [3, 4])
+    lazy = da.from_zarr(str(path), component="acts/image.embed")
+    assert lazy.chunks == ((4, 4, 2), (3,))
+    np.testing.assert_array_equal(lazy[2:9].compute(), x[2:9].numpy())
+
+
+def test_dimension_names_must_match_the_array(tmp_path: Path) -> None:
+    from vlmfast import _native
+
+    with pytest.raises(InputError, match=r"acts/x: 1 dimension names for a 2-d array"):
+        _native.store_create_array(str(tmp_path), "acts/x", "float32", 3, 4, dims=["a"])
+
+
 def test_zarr_python_reads_bfloat16_after_register(tmp_path: Path) -> None:
     """A fresh interpreter with zarr-python and the one-line registration, values
     bit-identical, and no torch imported on the way."""

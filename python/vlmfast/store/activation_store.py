@@ -30,14 +30,17 @@ from vlmfast.store.layout import (
     FORMAT_VERSION,
     INDEX_FIELDS,
     LABELS_ARRAY,
+    LABELS_DIMS,
     LABELS_SAMPLE_ARRAY,
     MODALITIES,
     MODALITY_CODES,
     Labels,
     StoreIndex,
     acts_array,
+    acts_dims,
     hook_modality,
     index_array,
+    index_dims,
 )
 
 _LOCK_FILE = ".vlmfast.lock"
@@ -586,17 +589,31 @@ def _create_arrays(
             compression,
             compression_level,
             shard_inner_rows,
+            dims=acts_dims(hook),
         )
         for field, fdtype in INDEX_FIELDS.items():
             _native.store_create_array(
-                root, index_array(hook, field), fdtype, None, int(chunk_rows), compression
+                root,
+                index_array(hook, field),
+                fdtype,
+                None,
+                int(chunk_rows),
+                compression,
+                dims=index_dims(hook),
             )
     if concepts is not None:
+        width = max(len(concepts[0]), 1)
         _native.store_create_array(
-            root, LABELS_ARRAY, "bool", max(len(concepts[0]), 1), int(chunk_rows), compression
+            root, LABELS_ARRAY, "bool", width, int(chunk_rows), compression, dims=LABELS_DIMS
         )
         _native.store_create_array(
-            root, LABELS_SAMPLE_ARRAY, "int64", None, int(chunk_rows), compression
+            root,
+            LABELS_SAMPLE_ARRAY,
+            "int64",
+            None,
+            int(chunk_rows),
+            compression,
+            dims=LABELS_DIMS[:1],
         )
 
 

@@ -41,6 +41,25 @@ def index_array(hook: str, field: str) -> str:
     return f"index/{hook}/{field}"
 
 
+def acts_dims(hook: str) -> list[str]:
+    """zarr ``dimension_names`` of ``acts/<hook>``: ``<hook>.row``, ``<hook>.dim``.
+
+    Per hook, because hooks differ in row count and width: with one shared
+    ``row``/``dim``, ``xarray.open_zarr(store, group="acts")`` refuses the group
+    ("conflicting sizes for dimension"). A hook's index arrays share its row dimension.
+    """
+    return [f"{hook}.row", f"{hook}.dim"]
+
+
+def index_dims(hook: str) -> list[str]:
+    """zarr ``dimension_names`` of ``index/<hook>/<field>`` (the rows of ``acts/<hook>``)."""
+    return [f"{hook}.row"]
+
+
+LABELS_DIMS = ["label.row", "concept"]
+"""zarr ``dimension_names`` of ``labels/concepts`` (``labels/sample``: the first)."""
+
+
 def hook_modality(hook: str) -> str:
     """``image``, ``text`` or ``joint`` from a hook name's tower prefix."""
     tower = hook.split(".", 1)[0]

@@ -122,9 +122,9 @@ impl PyStoreArray {
     }
 }
 
-/// Creates an empty array `name` in the store at `root`.
+/// Creates an empty array `name` in the store at `root` (`dims`: its zarr dimension names).
 #[pyfunction]
-#[pyo3(signature = (root, name, dtype, width, chunk_rows, compression="none", level=3, inner_rows=None))]
+#[pyo3(signature = (root, name, dtype, width, chunk_rows, compression="none", level=3, inner_rows=None, dims=None))]
 #[allow(clippy::too_many_arguments)]
 fn store_create_array(
     py: Python<'_>,
@@ -136,6 +136,7 @@ fn store_create_array(
     compression: &str,
     level: i32,
     inner_rows: Option<u64>,
+    dims: Option<Vec<String>>,
 ) -> PyResult<PyStoreArray> {
     let array = py.detach(|| {
         guard(|| {
@@ -154,6 +155,7 @@ fn store_create_array(
                 chunk_rows,
                 compression,
                 inner_rows,
+                dims,
             };
             RowArray::create(open_store(root)?, name, layout)
         })

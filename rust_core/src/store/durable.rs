@@ -83,6 +83,39 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
+/// Maps `file` read-only with every page mapped now (one call instead of a
+/// page fault per 64 KiB).
+///
+/// On Linux the mapping is first advised `MADV_HUGEPAGE`, then populated with
+/// `MADV_POPULATE_READ`: pages the populate reads in from disk then land in
+/// 2 MiB page-cache folios mapped by one page-table entry each (ext4 and xfs
+/// support such folios, and `mmap` aligns file mappings to 2 MiB), and later
+/// mappings of those cached pages get the same. The shuffled stream's random
+/// row reads then miss the TLB far less often: measured on the benchmark VM,
+/// the stream ran 0.57x the sequential read with 4 KiB mappings of pages read
+/// in by a plain populate. Pages cached as small folios (e.g. by a buffered
+/// writer) are mapped as before. Kernels without `MADV_POPULATE_READ`
+/// (before 5.14) fall back to `MAP_POPULATE`.
+///
+/// # Safety
+/// As for [`Mmap::map`]: the file must not be truncated or written in place
+/// while mapped.
+unsafe fn map_huge_populated(file: &File) -> std::io::Result<Mmap> {
+    #[cfg(target_os = "linux")]
+    {
+        use memmap2::Advice;
+        // SAFETY: the caller's guarantee.
+        let map = unsafe { MmapOptions::new().map(file)? };
+        // Only a hint: a kernel without file THP ignores or refuses it.
+        let _ = map.advise(Advice::HugePage);
+        if map.advise(Advice::PopulateRead).is_ok() {
+            return Ok(map);
+        }
+    }
+    // SAFETY: the caller's guarantee.
+    unsafe { MmapOptions::new().populate().map(file) }
+}
+
 /// Makes staged writes durable and visible: their bytes and new folder entries
 /// made durable (one `syncfs` per filesystem for many files, else an `fsync`
 /// per file and folder, in parallel), then the temp files renamed into place
@@ -267,9 +300,8 @@ impl DurableStore {
         }
         // SAFETY: a file holding committed rows is never truncated or written in
         // place (writers replace such keys by rename; see the module docs), and
-        // readers map only chunks holding committed rows. `populate` maps
-        // every page now: one call instead of a page fault per 64 KiB.
-        let map = unsafe { MmapOptions::new().populate().map(&file)? };
+        // readers map only chunks holding committed rows.
+        let map = unsafe { map_huge_populated(&file)? };
         Ok(Some(MappedFile::Map(map)))
     }
 
@@ -469,6 +501,33 @@ pub(crate) mod tests {
         store.stage(&empty, b"", true).unwrap();
         store.sync_pending().unwrap();
         assert!(store.map_key(&empty).unwrap().unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn large_mappings_match_the_file_cached_or_read_in() {
+        let dir = tempdir();
+        let store = DurableStore::new(&dir).unwrap();
+        // 5 MiB + 3 bytes: two whole 2 MiB pages and a ragged tail
+        let bytes: Vec<u8> = (0..(5u32 << 20) + 3)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let key = StoreKey::new("x/c/0/0").unwrap();
+        store.stage(&key, &bytes, true).unwrap();
+        store.sync_pending().unwrap();
+        assert_eq!(&store.map_key(&key).unwrap().unwrap()[..], &bytes[..]);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // drop the cached pages: the next map reads them in (as huge folios where supported)
+            let f = File::open(dir.join("x/c/0/0")).unwrap();
+            // SAFETY: a valid open descriptor; advice only.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+        let first = store.map_key(&key).unwrap().unwrap();
+        let second = store.map_key(&key).unwrap().unwrap();
+        assert_eq!(&first[..], &bytes[..]);
+        assert_eq!(&second[..], &bytes[..]);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -46,7 +46,7 @@ pub enum Compression {
 }
 
 /// Layout of a new array.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ArrayLayout {
     /// Element type.
     pub dtype: ElemType,
@@ -58,6 +58,8 @@ pub struct ArrayLayout {
     pub compression: Compression,
     /// With sharding: rows per inner chunk (must divide `chunk_rows`).
     pub inner_rows: Option<u64>,
+    /// zarr `dimension_names` (one per dimension); `None` writes `row` (and `dim`).
+    pub dims: Option<Vec<String>>,
 }
 
 /// An open store array (see the module docs).
@@ -117,7 +119,7 @@ impl RowArray {
             None => (vec![0], vec![layout.chunk_rows]),
         };
         let mut builder = ArrayBuilder::new(
-            shape,
+            shape.clone(),
             chunk.clone(),
             layout.dtype.data_type(),
             FillValue::new(vec![0u8; elem]),
@@ -136,11 +138,19 @@ impl RowArray {
         if let Compression::Zstd(level) = layout.compression {
             builder.bytes_to_bytes_codecs(vec![Arc::new(ZstdCodec::new(level, false))]);
         }
-        if layout.width.is_some() {
-            builder.dimension_names(["row", "dim"].into());
-        } else {
-            builder.dimension_names(["row"].into());
+        let dims: Vec<String> = match (layout.dims, layout.width) {
+            (Some(d), _) => d,
+            (None, Some(_)) => vec!["row".into(), "dim".into()],
+            (None, None) => vec!["row".into()],
+        };
+        if dims.len() != shape.len() {
+            return Err(CoreError::input(format!(
+                "{name}: {} dimension names for a {}-d array",
+                dims.len(),
+                shape.len()
+            )));
         }
+        builder.dimension_names(Some(dims.into_iter().map(Some).collect::<Vec<_>>()));
         let path = format!("/{name}");
         let array = builder
             .build(store, &path)
@@ -781,6 +791,7 @@ mod tests {
             chunk_rows,
             compression,
             inner_rows: inner,
+            dims: None,
         }
     }
 

@@ -374,6 +374,7 @@ mod tests {
             chunk_rows: 7,
             compression: Compression::None,
             inner_rows: None,
+            dims: Some(vec!["x.row".into()]),
         };
         let mut a = RowArray::create(store, "index/x/sample", layout).unwrap();
         let n = 100i64;
