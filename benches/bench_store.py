@@ -93,8 +93,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store.close()
     # Both sides start from the page cache as a reader finds it (pages read from
     # disk), not as the writer left it: the store writes chunks with direct I/O
-    # (no cached pages), numpy's tofile buffered ones, and mapped pages that a
-    # write created read ~1.8x faster here than pages read in from disk.
+    # (no cached pages), numpy's tofile buffered ones (which the kernel may keep
+    # in 2 MiB folios: mapped, those read faster than 4 KiB pages).
     for path in [raw, *(root / "s.zarr").rglob("*")]:
         _evict(path)
     return {"root": root, "x": x, "raw": raw, "store": ActivationStore.open(root / "s.zarr")}
