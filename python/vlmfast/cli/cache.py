@@ -39,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="store dtype"
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many records")
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="threads decoding images ahead of the forward (default: one per CPU, at most 8; "
+        "0: none); the store does not depend on it",
+    )
     p.add_argument("--chunk-rows", type=int, default=8192)
     p.add_argument("--compression", default="none", choices=["none", "zstd"])
     p.add_argument(
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         limit=args.limit,
+        decode_workers=args.decode_workers,
         overwrite=args.overwrite,
         skip_nonfinite=args.skip_nonfinite,
         chunk_rows=args.chunk_rows,

@@ -17,6 +17,8 @@ from vlmfast.models.hooks import HookContext, is_glob, resolve_hooks
 from vlmfast.models.towers import ImageTower, TextTower, Tower
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from PIL.Image import Image
 
     from vlmfast.models.interventions import Intervention
@@ -129,8 +131,12 @@ class HookedPair(nn.Module):
         return list(self._hook_points)
 
     # ---- inputs ------------------------------------------------------------------------
-    def preprocess(self, images: Image | Sequence[Image]) -> Tensor:
-        """PIL images -> pixel tensor [B, 3, H, W] on the model's device and dtype."""
+    def preprocess(self, images: Image | Sequence[Image], pool: Executor | None = None) -> Tensor:
+        """PIL images -> pixel tensor [B, 3, H, W] on the model's device and dtype.
+
+        ``pool``: transform the images on these threads (PIL and torch release the
+        GIL while they resize and normalise); the tensor is the same either way.
+        """
         if self._preprocess is None:
             raise ModelLoadError(
                 f"model {self.spec or self.config.name!r} has no image preprocessing: pass "
@@ -140,7 +146,10 @@ class HookedPair(nn.Module):
             images = [images]
         if len(images) == 0:
             raise InputError("preprocess got no images")
-        px = torch.stack([self._preprocess(img) for img in images])
+        if pool is not None and len(images) > 1:
+            px = torch.stack(list(pool.map(self._preprocess, images)))
+        else:
+            px = torch.stack([self._preprocess(img) for img in images])
         return px.to(device=self.device, dtype=self.dtype)
 
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:

@@ -22,7 +22,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlmfast.data.sources.pending import default_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store._convert import TORCH_DTYPE, dtype_name
 from vlmfast.store.activation_store import ActivationStore, read_attrs
@@ -62,6 +63,9 @@ class CacheConfig:
     """Store dtype: float32 | float16 | bfloat16 (the model runs in float32 on CPU)."""
     limit: int | None = None
     """At most this many source records."""
+    decode_workers: int | None = None
+    """Threads decoding images ahead of the forward (default: one per CPU, <= 8; 0: in
+    the forward's thread). The store is the same whatever the number."""
     overwrite: bool = False
     """Replace an existing store that was made with other settings."""
     skip_nonfinite: bool = False
@@ -148,26 +152,63 @@ class _Crash:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def forward_rows(
-    pair: Any, batch: Sequence[Any], hooks: list[str], positions: str, store_dtype: torch.dtype
-) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """One forward of both towers; rows and index per store hook."""
-    with_img = [r for r in batch if r.image is not None]
-    with_txt = [r for r in batch if r.caption is not None]
-    model_hooks = [h for h in hooks if h != JOINT_HOOK]
-    want = list(model_hooks)
+@dataclass
+class BatchInputs:
+    """A batch's model inputs: pixels of its records with an image, tokens of those with a caption."""
+
+    pixels: torch.Tensor | None
+    tokens: torch.Tensor | None
+
+
+def _tower_hooks(hooks: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(hooks to cache, image hooks, text hooks); ``joint.embed`` needs both embeddings."""
+    want = [h for h in hooks if h != JOINT_HOOK]
     if JOINT_HOOK in hooks:
         want += [h for h in ("image.embed", "text.embed") if h not in want]
-    img_hooks = [h for h in want if h.startswith("image.")]
-    txt_hooks = [h for h in want if h.startswith("text.")]
+    return (
+        want,
+        [h for h in want if h.startswith("image.")],
+        [h for h in want if h.startswith("text.")],
+    )
+
+
+def prepare_inputs(
+    pair: Any, batch: Sequence[Any], hooks: list[str], pool: Executor | None = None
+) -> BatchInputs:
+    """Preprocesses the images (on ``pool``'s threads when given) and tokenizes the captions."""
+    _, img_hooks, txt_hooks = _tower_hooks(hooks)
+    images = [r.image for r in batch if r.image is not None]
+    texts = [r.caption for r in batch if r.caption is not None]
+    return BatchInputs(
+        pair.preprocess(images, pool=pool) if images and img_hooks else None,
+        pair.tokenize(texts) if texts and txt_hooks else None,
+    )
+
+
+def forward_rows(
+    pair: Any,
+    batch: Sequence[Any],
+    hooks: list[str],
+    positions: str,
+    store_dtype: torch.dtype,
+    inputs: BatchInputs | None = None,
+) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """One forward of both towers; rows and index per store hook.
+
+    ``inputs``: the batch's ``prepare_inputs`` when it was prepared ahead.
+    """
+    with_img = [r for r in batch if r.image is not None]
+    with_txt = [r for r in batch if r.caption is not None]
+    want, img_hooks, txt_hooks = _tower_hooks(hooks)
+    if inputs is None:
+        inputs = prepare_inputs(pair, batch, hooks)
     cache: dict[str, torch.Tensor] = {}
     lengths = None
     with torch.inference_mode():
-        if with_img and img_hooks:
-            px = pair.preprocess([r.image for r in with_img])
-            cache.update(pair.run(images=px, cache=img_hooks).cache)
-        if with_txt and txt_hooks:
-            tok = pair.tokenize([r.caption for r in with_txt])
+        if inputs.pixels is not None:
+            cache.update(pair.run(images=inputs.pixels, cache=img_hooks).cache)
+        if inputs.tokens is not None:
+            tok = inputs.tokens
             cache.update(pair.run(texts=tok, cache=txt_hooks).cache)
             t = tok.shape[1]
             pool = pair.config.text.pool
@@ -271,7 +312,7 @@ def setup_cache(cfg: CacheConfig) -> CacheSetup:
     )
     pair.eval()
     hooks = _resolve(cfg.hooks, pair.hook_points())
-    src = open_source(cfg.data, limit=cfg.limit)
+    src = open_source(cfg.data, limit=cfg.limit, decode_workers=cfg.decode_workers)
     ident = _identity(cfg, hooks, weights_hash(pair), src.fingerprint())
     return CacheSetup(pair, hooks, src, ident, store_dtype)
 
@@ -287,19 +328,61 @@ def iter_forward(
 
     Reads the source in its fixed order from record ``skip`` (a multiple of the
     batch size), cuts it into batches and runs the forward on the batches
-    ``select`` picks (all by default); the others are read but not run.
+    ``select`` picks (all by default); the others are read but not run. With
+    more than one decode worker, the next selected batch is preprocessed and
+    tokenized on background threads while the forward runs on this one (the
+    source decodes images ahead on its own pool); the rows are the same.
     """
     records = iter(setup.source)
     for _ in range(skip):  # the source order is fixed: skip what the store holds
         next(records, None)
-    consumed = skip
     first = skip // cfg.batch_size
-    for g, batch in enumerate(_batches(records, cfg.batch_size), start=first):
-        consumed += len(batch)
+    batches = enumerate(_batches(records, cfg.batch_size), start=first)
+    workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
+    if workers <= 1:
+        yield from _forward_batches(setup, cfg, batches, skip, select, None, None)
+        return
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="vlmfast-preprocess") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="vlmfast-prepare") as ahead,
+    ):
+        yield from _forward_batches(setup, cfg, batches, skip, select, pool, ahead)
+
+
+def _forward_batches(
+    setup: CacheSetup,
+    cfg: CacheConfig,
+    batches: Iterator[tuple[int, list[Any]]],
+    consumed: int,
+    select: Callable[[int], bool] | None,
+    pool: ThreadPoolExecutor | None,
+    ahead: ThreadPoolExecutor | None,
+) -> Iterator[tuple[int, list[Any], dict[str, Any] | None, int]]:
+    """``iter_forward``'s loop; with ``ahead``, one selected batch is prepared in advance."""
+
+    def start(item: tuple[int, list[Any]] | None) -> tuple[int, list[Any], bool, Any] | None:
+        """(batch number, records, selected, its inputs being prepared or None)."""
+        if item is None:
+            return None
+        g, batch = item
         if select is not None and not select(g):
+            return g, batch, False, None
+        if ahead is None:
+            return g, batch, True, None
+        return g, batch, True, ahead.submit(prepare_inputs, setup.pair, batch, setup.hooks, pool)
+
+    nxt = start(next(batches, None))
+    while nxt is not None:
+        g, batch, selected, prep = nxt
+        nxt = start(next(batches, None))  # read (and start preparing) the next batch first
+        consumed += len(batch)
+        if not selected:
             yield g, batch, None, consumed
             continue
-        rows = forward_rows(setup.pair, batch, setup.hooks, cfg.positions, setup.store_dtype)
+        inputs = None if prep is None else prep.result()
+        rows = forward_rows(
+            setup.pair, batch, setup.hooks, cfg.positions, setup.store_dtype, inputs
+        )
         yield g, batch, rows, consumed
 
 

@@ -1,12 +1,16 @@
 """``PairSource``: a re-iterable, deterministic stream of ``PairRecord`` with
 sampling, limit, a concept filter, a fingerprint and a bad-record report.
 
-A concrete source supplies ``_records(report)``: every good record in its fixed
-order, numbered 0, 1, 2, ... (``sample_id``), counting bad ones in ``report``.
-The base class then applies, in this order: the ``require`` filter (caption
-must mention a concept of each required kind), ``sample`` (keep each record
-with probability ``sample``, decided by a hash of ``(seed, sample_id)``: the
-same records every run, independent of ``limit``), and ``limit``.
+A concrete source supplies ``_records(report)``: every record in its fixed
+order, numbered 0, 1, 2, ... (``sample_id``, bad records included), reporting
+bad ones in ``report``; a record may be a ``PendingRecord`` whose image is
+decoded later. The base class then applies, in this order: ``sample`` (keep
+each record with probability ``sample``, decided by a hash of ``(seed,
+sample_id)``: the same records every run, independent of ``limit``), the
+``require`` filter (caption must mention a concept of each required kind),
+the decode of pending images on a thread pool (``sources.pending``: same
+records and report as one thread; a record whose image is bad is dropped and
+reported), and ``limit``. Records filtered out are never decoded.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vlmfast.data.records import BadRecordReport, PairRecord
+from vlmfast.data.sources.pending import PendingRecord, decode_in_order, default_decode_workers
 from vlmfast.errors import InputError
 
 if TYPE_CHECKING:
@@ -67,6 +72,7 @@ class PairSource:
         sample: float | None = None,
         seed: int = 0,
         require: str | Sequence[str] | None = None,
+        decode_workers: int | None = None,
     ) -> None:
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise InputError(f"limit must be a non-negative int, got {limit!r}")
@@ -77,11 +83,18 @@ class PairSource:
         self.sample = None if sample is None else float(sample)
         self.seed = int(seed)
         self.require = parse_require(require)
+        if decode_workers is not None and (
+            not isinstance(decode_workers, int) or decode_workers < 0
+        ):
+            raise InputError(f"decode_workers must be an int >= 0, got {decode_workers!r}")
+        self.decode_workers = decode_workers
+        """Threads decoding images ahead of the reader (``None``: one per CPU, <= 8; 0 or
+        1: decode in the reading thread). Records and report are the same either way."""
         self.report = BadRecordReport()
         self._labeler: ConceptLabeler | None = None
 
     # -- to implement -------------------------------------------------------
-    def _records(self, report: BadRecordReport) -> Iterator[PairRecord]:
+    def _records(self, report: BadRecordReport) -> Iterator[PairRecord | PendingRecord]:
         raise NotImplementedError
 
     def _content_key(self) -> dict[str, Any]:
@@ -101,10 +114,18 @@ class PairSource:
     def __iter__(self) -> Iterator[PairRecord]:
         report = BadRecordReport()
         self.report = report
-        wanted: list[set[str]] = [set(REQUIRE_KINDS[r]) for r in self.require]
-        n_out = 0
         if self.limit == 0:
             return
+        workers = default_decode_workers() if self.decode_workers is None else self.decode_workers
+        for n_out, rec in enumerate(decode_in_order(self._selected, report, workers), start=1):
+            report.n_ok += 1
+            yield rec
+            if self.limit is not None and n_out >= self.limit:
+                return
+
+    def _selected(self, report: BadRecordReport) -> Iterator[PairRecord | PendingRecord]:
+        """The source's records that ``sample`` and ``require`` keep, images maybe not decoded."""
+        wanted: list[set[str]] = [set(REQUIRE_KINDS[r]) for r in self.require]
         for rec in self._records(report):
             if self.sample is not None and not keep_sampled(self.seed, rec.sample_id, self.sample):
                 continue
@@ -112,11 +133,7 @@ class PairSource:
                 kinds = self.labeler.kinds_in(rec.caption or "")
                 if not all(kinds & w for w in wanted):
                     continue
-            report.n_ok += 1
             yield rec
-            n_out += 1
-            if self.limit is not None and n_out >= self.limit:
-                return
 
     def fingerprint(self) -> str:
         """Hex sha256 of the data's identity and the selection (sample, seed, limit, require)."""

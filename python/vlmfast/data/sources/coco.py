@@ -17,13 +17,15 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vlmfast.data.records import BadRecordReport, PairRecord
+from vlmfast.data.records import BadRecordReport
 from vlmfast.data.sources.base import PairSource
 from vlmfast.data.sources.folder import _file_digest
 from vlmfast.data.sources.images import decode_image
+from vlmfast.data.sources.pending import LoadOnce, PendingRecord
 from vlmfast.errors import InputError
 
 
@@ -86,7 +88,7 @@ class CocoSource(PairSource):
                 found[int(ann["image_id"])].add(name)
         return {k: sorted(v) for k, v in found.items()}
 
-    def _records(self, report: BadRecordReport) -> Iterator[PairRecord]:
+    def _records(self, report: BadRecordReport) -> Iterator[PendingRecord]:
         data = _load_json(self.captions_path, "captions")
         objects = self._objects_by_image()
         files = {int(im["id"]): im.get("file_name", "") for im in data["images"]}
@@ -102,20 +104,13 @@ class CocoSource(PairSource):
                 sample_id += 1
                 report.add("empty_caption", f"image_id {image_id}", "no caption annotation")
                 continue
-            image = None
-            reason = detail = ""
-            loaded = False
+            # the captions of one image share one decode
+            load = LoadOnce(partial(decode_image, self.images_dir / files[image_id]))
             for k, (cap_id, caption) in enumerate(entries):
                 sample_id += 1
                 where = f"image_id {image_id} caption_id {cap_id}"
                 if not caption.strip():
                     report.add("empty_caption", where)
-                    continue
-                if not loaded:
-                    image, reason, detail = decode_image(self.images_dir / files[image_id])
-                    loaded = True
-                if image is None:
-                    report.add(reason, f"{where} ({files[image_id]})", detail)
                     continue
                 meta: dict[str, Any] = {
                     "image_id": image_id,
@@ -125,7 +120,9 @@ class CocoSource(PairSource):
                 }
                 if self.instances_path is not None:
                     meta["objects"] = objects.get(image_id, [])
-                yield PairRecord(sample_id, image, caption.strip(), meta)
+                yield PendingRecord(
+                    sample_id, load, caption.strip(), meta, where=f"{where} ({files[image_id]})"
+                )
 
     def _content_key(self) -> dict[str, Any]:
         return {

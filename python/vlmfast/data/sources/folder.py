@@ -14,12 +14,14 @@ import csv
 import hashlib
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vlmfast.data.records import BadRecordReport, PairRecord
+from vlmfast.data.records import BadRecordReport
 from vlmfast.data.sources.base import PairSource
 from vlmfast.data.sources.images import IMAGE_EXTENSIONS, decode_image
+from vlmfast.data.sources.pending import PendingRecord
 from vlmfast.errors import InputError
 
 IMAGE_KEYS = ("image", "file", "file_name", "filename", "path", "image_path")
@@ -93,7 +95,7 @@ class FolderSource(PairSource):
             caption = txt.read_text(encoding="utf-8", errors="replace") if txt.is_file() else ""
             yield k, {"image": str(img.relative_to(self.root)), "caption": caption}
 
-    def _records(self, report: BadRecordReport) -> Iterator[PairRecord]:
+    def _records(self, report: BadRecordReport) -> Iterator[PendingRecord]:
         rows = self._rows(report) if self.captions_file is not None else self._sidecar_rows()
         where_file = self.captions_file.name if self.captions_file is not None else "sidecar"
         for sample_id, (line_no, row) in enumerate(rows):
@@ -110,13 +112,15 @@ class FolderSource(PairSource):
             if not caption:
                 report.add("empty_caption", f"{where} ({rel})")
                 continue
-            image, reason, detail = decode_image(self.root / str(rel))
-            if image is None:
-                report.add(reason, f"{where} ({rel})", detail)
-                continue
             meta = {k: v for k, v in row.items() if k not in (ikey, ckey)}
             meta["file"] = str(rel)
-            yield PairRecord(sample_id, image, caption, meta)
+            yield PendingRecord(
+                sample_id,
+                partial(decode_image, self.root / str(rel)),
+                caption,
+                meta,
+                where=f"{where} ({rel})",
+            )
 
     def _content_key(self) -> dict[str, Any]:
         if self.captions_file is not None:

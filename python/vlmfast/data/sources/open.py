@@ -33,14 +33,23 @@ def open_source(
     sample: float | None = None,
     seed: int = 0,
     require: str | Sequence[str] | None = None,
+    decode_workers: int | None = None,
 ) -> PairSource:
     """A ``PairSource`` for ``spec`` (see the module doc for the forms).
 
     ``limit``: at most this many records; ``sample``: keep each record with this
     probability (deterministic per ``seed`` and sample id); ``require``: kinds
-    (``object``, ``attribute``, ``relation``, ...) the caption must all mention.
+    (``object``, ``attribute``, ``relation``, ...) the caption must all mention;
+    ``decode_workers``: threads decoding images ahead of the reader (default: one
+    per CPU, at most 8; 0 decodes in the reading thread; the records are the same).
     """
-    kw: dict[str, Any] = {"limit": limit, "sample": sample, "seed": seed, "require": require}
+    kw: dict[str, Any] = {
+        "limit": limit,
+        "sample": sample,
+        "seed": seed,
+        "require": require,
+        "decode_workers": decode_workers,
+    }
     if isinstance(spec, Path):
         spec = str(spec)
     if not isinstance(spec, str):

@@ -9,14 +9,16 @@ present in the image), not caption guesses.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from vlmfast.data.records import BadRecordReport, PairRecord
 from vlmfast.data.sources.base import PairSource
+from vlmfast.data.sources.pending import PendingRecord
 from vlmfast.data.synthetic import spec as sspec
-from vlmfast.data.synthetic.dataset import make_sample
+from vlmfast.data.synthetic.dataset import SyntheticSample, make_sample
 from vlmfast.errors import InputError
 
 if TYPE_CHECKING:
@@ -67,6 +69,10 @@ def synthetic_concepts() -> tuple[list[str], list[str]]:
     return names, kinds
 
 
+def _render(sample: SyntheticSample, texture: bool, noise: float) -> tuple[Image.Image, str, str]:
+    return Image.fromarray(sample.image(texture=texture, noise_std=noise)), "", ""
+
+
 class SyntheticSource(PairSource):
     """Rendered benchmark samples ``start .. start+n-1`` of a split and seed."""
 
@@ -89,12 +95,12 @@ class SyntheticSource(PairSource):
             )
         return self._labeler
 
-    def _records(self, report: BadRecordReport) -> Iterator[PairRecord]:
+    def _records(self, report: BadRecordReport) -> Iterator[PendingRecord]:
         p = self.params
         for k in range(p["start"], p["start"] + p["n"]):
             s = make_sample(p["seed"], p["split"], k)
-            img = Image.fromarray(s.image(texture=bool(p["texture"]), noise_std=p["noise"]))
-            yield PairRecord(k, img, s.caption.text, s.meta())
+            render = partial(_render, s, bool(p["texture"]), p["noise"])
+            yield PendingRecord(k, render, s.caption.text, s.meta(), where=f"sample {k}")
 
     def _content_key(self) -> dict[str, Any]:
         return {"benchmark_version": sspec.BENCHMARK_VERSION, **self.params}

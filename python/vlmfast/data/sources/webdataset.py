@@ -16,12 +16,14 @@ import json
 import re
 import tarfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vlmfast.data.records import BadRecordReport, PairRecord
+from vlmfast.data.records import BadRecordReport
 from vlmfast.data.sources.base import PairSource
 from vlmfast.data.sources.images import decode_image
+from vlmfast.data.sources.pending import PendingRecord
 from vlmfast.errors import InputError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -110,7 +112,7 @@ class WebDatasetSource(PairSource):
         if current is not None:
             yield current, parts
 
-    def _records(self, report: BadRecordReport) -> Iterator[PairRecord]:
+    def _records(self, report: BadRecordReport) -> Iterator[PendingRecord]:
         sample_id = -1
         for shard in self.shards:
             for key, parts in self._shard_samples(shard, report):
@@ -129,10 +131,6 @@ class WebDatasetSource(PairSource):
                     if "__bad__" not in parts:
                         report.add("empty_caption", where)
                     continue
-                image, reason, detail = decode_image(parts[img_ext])
-                if image is None:
-                    report.add(reason, where, detail)
-                    continue
                 meta: dict[str, Any] = {"key": key, "shard": shard.name}
                 if "json" in parts:
                     try:
@@ -141,7 +139,9 @@ class WebDatasetSource(PairSource):
                             meta.update({k: v for k, v in extra.items() if k not in meta})
                     except ValueError:
                         pass  # the sample itself is fine; its optional metadata is not
-                yield PairRecord(sample_id, image, caption, meta)
+                yield PendingRecord(
+                    sample_id, partial(decode_image, parts[img_ext]), caption, meta, where=where
+                )
 
     def _content_key(self) -> dict[str, Any]:
         names = [(s.name, s.stat().st_size if s.is_file() else None) for s in self.shards]
