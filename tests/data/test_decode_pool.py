@@ -149,3 +149,33 @@ def test_bad_decode_workers() -> None:
 
     with pytest.raises(InputError, match="decode_workers"):
         open_source("synthetic:n=3", decode_workers=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_records_after_skips_without_decoding(
+    messy: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed job continues after a sample id: same records as the full pass from
+    there, the limit counts what came before, and nothing before it is decoded."""
+    from vlmfast.data.sources import folder as folder_mod
+    from vlmfast.data.sources.images import decode_image
+
+    full = list(open_source(str(messy), decode_workers=0))
+    assert len(full) > 8
+    decoded: list[str] = []
+
+    def counting(path: Path) -> tuple[Image.Image | None, str, str]:
+        decoded.append(path.name)
+        return decode_image(path)
+
+    monkeypatch.setattr(folder_mod, "decode_image", counting)
+    src = open_source(str(messy), decode_workers=workers)
+    k = 5
+    rest = list(src.records_after(full[k - 1].sample_id, counted=k))
+    assert [r.sample_id for r in rest] == [r.sample_id for r in full[k:]]
+    first_decoded = min(int(name.split(".")[0].replace("missing", "")) for name in decoded)
+    assert first_decoded > full[k - 1].sample_id, "nothing at or before the point is decoded"
+    limited = open_source(str(messy), decode_workers=workers, limit=k + 2)
+    got = list(limited.records_after(full[k - 1].sample_id, counted=k))
+    assert [r.sample_id for r in got] == [r.sample_id for r in full[k : k + 2]]
+    assert list(limited.records_after(full[k - 1].sample_id, counted=k + 2)) == []

@@ -120,7 +120,7 @@ def test_cache_both_towers_with_index_and_labels(reference: Path) -> None:
     labels = s.labels
     assert labels is not None and labels.matrix.shape[0] == 40 and labels.matrix.any()
     assert s.attrs["model"]["weights_hash"] and s.attrs["dataset"]["hash"]
-    assert s.attrs["progress"] == {"samples_done": 40, "finished": True}
+    assert s.attrs["progress"] == {"samples_done": 40, "last_sample": 39, "finished": True}
     assert s.dtype == torch.float16
 
 

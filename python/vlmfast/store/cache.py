@@ -323,19 +323,25 @@ def iter_forward(
     *,
     skip: int = 0,
     select: Callable[[int], bool] | None = None,
+    after: int | None = None,
 ) -> Iterator[tuple[int, list[Any], dict[str, Any] | None, int]]:
     """``(batch number, records, rows per hook or None, records consumed after it)``.
 
     Reads the source in its fixed order from record ``skip`` (a multiple of the
     batch size), cuts it into batches and runs the forward on the batches
-    ``select`` picks (all by default); the others are read but not run. With
+    ``select`` picks (all by default); the others are read but not run. ``after``:
+    the sample id of record ``skip - 1`` when known (a resume), so the records
+    before it are passed over without decoding their images. With
     more than one decode worker, the next selected batch is preprocessed and
     tokenized on background threads while the forward runs on this one (the
     source decodes images ahead on its own pool); the rows are the same.
     """
-    records = iter(setup.source)
-    for _ in range(skip):  # the source order is fixed: skip what the store holds
-        next(records, None)
+    if after is not None:
+        records = iter(setup.source.records_after(after, counted=skip))
+    else:
+        records = iter(setup.source)
+        for _ in range(skip):  # the source order is fixed: skip what the store holds
+            next(records, None)
     first = skip // cfg.batch_size
     batches = enumerate(_batches(records, cfg.batch_size), start=first)
     workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
@@ -419,11 +425,18 @@ def cache_loop(
     in_flight = 0
     failed: list[BaseException] = []
     consumed = done
+    # the sample id of the last record done: a resume passes over the records up
+    # to it without decoding them (stores cached before it was kept lack it)
+    after = store.attrs["progress"].get("last_sample") if store is not None and done else None
+    last_sample = after
     local = 0
     labels_of = setup.source.labels
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmfast-cache-writer") as pool:
-        for _g, batch, rows, consumed in iter_forward(setup, cfg, skip=done, select=select):
+        for _g, batch, rows, consumed in iter_forward(
+            setup, cfg, skip=done, select=select, after=after
+        ):
             bar.update(len(batch))
+            last_sample = batch[-1].sample_id
             if rows is None:
                 continue
             labels = labels_of(batch)
@@ -446,7 +459,7 @@ def cache_loop(
                 rows,
                 labels,
                 batch,
-                consumed,
+                {"samples_done": consumed, "last_sample": last_sample},
                 commit,
                 cfg.skip_nonfinite,
                 crash,
@@ -465,7 +478,7 @@ def cache_loop(
             write.result()
     bar.close()
     if store is not None:
-        store.commit({"samples_done": consumed, "finished": True})
+        store.commit({"samples_done": consumed, "last_sample": last_sample, "finished": True})
     return store, consumed
 
 
@@ -584,7 +597,7 @@ def _write(
     rows: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
     labels: Any,
     batch: Sequence[Any],
-    consumed: int,
+    progress: dict[str, Any],
     commit: bool,
     skip_nonfinite: bool,
     crash: _Crash,
@@ -609,5 +622,5 @@ def _write(
     )
     crash("appended")
     if commit:
-        store.commit({"samples_done": consumed})
+        store.commit(progress)
         crash("committed")

@@ -220,6 +220,8 @@ class MergePlan:
     """NaN/Inf rows skipped per hook, summed over the parts."""
     samples_done: int
     """Source records read (every rank reads them all)."""
+    last_sample: int | None
+    """Sample id of the last record read."""
 
 
 def _part_ids(store: ActivationStore, hooks: list[str]) -> dict[str, np.ndarray]:
@@ -279,8 +281,10 @@ def make_plan(out: Path, world: int) -> MergePlan:
         segments[group], totals[group] = segs, pos
     skipped = {h: sum(int(s.attrs["skipped_nonfinite"][h]) for s in stores) for h in hooks}
     done = max(int(s.attrs["progress"]["samples_done"]) for s in stores)
+    lasts = [s.attrs["progress"].get("last_sample") for s in stores]
+    last = max((int(x) for x in lasts if x is not None), default=None)
     widths = {h: int(first["hooks"][h]["width"]) for h in hooks}
-    return MergePlan(paths, hooks, widths, segments, totals, first, skipped, done)
+    return MergePlan(paths, hooks, widths, segments, totals, first, skipped, done, last)
 
 
 def _create_final(cfg: CacheConfig, plan: MergePlan) -> None:
@@ -395,7 +399,11 @@ def commit_final(
         attrs["committed_rows"][h] = plan.totals[h]
     attrs["committed_label_rows"] = plan.totals.get(LABELS_GROUP, 0)
     attrs["skipped_nonfinite"] = dict(plan.skipped)
-    attrs["progress"] = {"samples_done": plan.samples_done, "finished": True}
+    attrs["progress"] = {
+        "samples_done": plan.samples_done,
+        "last_sample": plan.last_sample,
+        "finished": True,
+    }
     _native.store_write_group(str(out), "/", json.dumps(attrs))  # the commit point
     crash("committed")
     _native.store_mark_committed([arrays[n] for n in names], rows)

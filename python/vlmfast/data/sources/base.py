@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -112,21 +113,36 @@ class PairSource:
         return self._labeler
 
     def __iter__(self) -> Iterator[PairRecord]:
+        return self.records_after(-1)
+
+    def records_after(self, sample_id: int, counted: int = 0) -> Iterator[PairRecord]:
+        """The records whose ``sample_id`` is above ``sample_id``, where ``counted``
+        records before them count toward ``limit``: how a resumed job continues
+        without decoding what it already has (ids increase along the source order;
+        records before the point are read but never decoded). ``report`` then
+        holds this pass's bad records: past the point, and before it only those
+        found without decoding (empty captions, bad lines)."""
         report = BadRecordReport()
         self.report = report
-        if self.limit == 0:
+        if self.limit is not None and counted >= self.limit:
             return
         workers = default_decode_workers() if self.decode_workers is None else self.decode_workers
-        for n_out, rec in enumerate(decode_in_order(self._selected, report, workers), start=1):
+        selected = partial(self._selected, after=sample_id)
+        for n_out, rec in enumerate(decode_in_order(selected, report, workers), start=counted + 1):
             report.n_ok += 1
             yield rec
             if self.limit is not None and n_out >= self.limit:
                 return
 
-    def _selected(self, report: BadRecordReport) -> Iterator[PairRecord | PendingRecord]:
-        """The source's records that ``sample`` and ``require`` keep, images maybe not decoded."""
+    def _selected(
+        self, report: BadRecordReport, after: int = -1
+    ) -> Iterator[PairRecord | PendingRecord]:
+        """The source's records past id ``after`` that ``sample`` and ``require`` keep,
+        images maybe not decoded."""
         wanted: list[set[str]] = [set(REQUIRE_KINDS[r]) for r in self.require]
         for rec in self._records(report):
+            if rec.sample_id <= after:
+                continue
             if self.sample is not None and not keep_sampled(self.seed, rec.sample_id, self.sample):
                 continue
             if wanted:
