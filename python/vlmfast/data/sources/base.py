@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import partial
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from vlmfast.data.records import BadRecordReport, PairRecord
