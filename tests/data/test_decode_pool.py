@@ -179,3 +179,21 @@ def test_records_after_skips_without_decoding(
     got = list(limited.records_after(full[k - 1].sample_id, counted=k))
     assert [r.sample_id for r in got] == [r.sample_id for r in full[k : k + 2]]
     assert list(limited.records_after(full[k - 1].sample_id, counted=k + 2)) == []
+
+
+def test_default_workers_share_the_host_among_torchrun_ranks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from vlmfast.data.sources.pending import MAX_DEFAULT_WORKERS, default_decode_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(32)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_decode_workers() == MAX_DEFAULT_WORKERS
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_decode_workers() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert default_decode_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "junk")
+    assert default_decode_workers() == MAX_DEFAULT_WORKERS

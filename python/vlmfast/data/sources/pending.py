@@ -35,12 +35,18 @@ WINDOW_PER_WORKER = 4
 
 
 def default_decode_workers() -> int:
-    """Threads that decode images when a source is not told: the CPUs this process may use (<= 8)."""
+    """Threads that decode images when a source is not told: the CPUs this process may
+    use, shared among the processes ``torchrun`` started on this host (its
+    ``LOCAL_WORLD_SIZE``), at most 8."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         n = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, n))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(MAX_DEFAULT_WORKERS, n // local))
 
 
 @dataclass
