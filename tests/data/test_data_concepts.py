@@ -49,7 +49,7 @@ def test_bundled_vocabularies() -> None:
         "behind",
     ]
     assert len(vocab.names) == len(set(vocab.names))
-    assert set(BUNDLED) == {"imagenet_r200", "colors", "sizes", "materials", "relations"}
+    assert set(BUNDLED) == {"imagenet_r200", "colors", "sizes", "materials", "relations", "coco80"}
 
 
 # Hand-checked: caption -> exact concept set (names in vocabulary order irrelevant).

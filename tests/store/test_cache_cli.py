@@ -183,3 +183,39 @@ def test_resume_after_external_sigkill(model_dir: Path, reference: Path, tmp_pat
     proc.wait()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _assert_same_store(reference, out)
+
+
+def test_cache_with_coco_concepts_from_a_folder(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--concepts coco` labels "dog"/"person" (ImageNet-R names neither); another
+    vocabulary against the store is a different dataset."""
+    import json
+
+    from PIL import Image
+
+    from vlmfast.cli import main
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    caps = ["A dog on a red couch", "two men riding horses", "a plate of oranges"]
+    for i in range(len(caps)):
+        Image.new("RGB", (40, 30), (40 * i, 90, 200)).save(data / f"{i}.jpg")
+    (data / "captions.jsonl").write_text(
+        "\n".join(json.dumps({"image": f"{i}.jpg", "caption": c}) for i, c in enumerate(caps))
+    )
+    out = tmp_path / "s.zarr"
+    argv = ["cache", "--model", f"synthetic:{model_dir}", "--data", str(data)]
+    argv += ["--hooks", "joint.embed", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--concepts", "coco", "--decode-workers", "2"]) == 0
+    labels = ActivationStore.open(out).labels
+    assert labels is not None
+    got = [{n for n, v in zip(labels.names, row) if v} for row in labels.matrix]
+    assert got == [
+        {"dog", "on", "red", "couch"},
+        {"person", "horse"},
+        {"orange fruit"},
+    ]
+    capsys.readouterr()
+    assert main([*argv, "--concepts", "default"]) == 1
+    assert "different dataset" in capsys.readouterr().err

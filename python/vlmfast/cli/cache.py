@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many records")
     p.add_argument(
+        "--concepts",
+        default=None,
+        help="label vocabularies: coco (COCO's 80 categories + attributes + relations), "
+        "default (ImageNet-R 200 + attributes + relations), or bundled names / .json files, "
+        "comma-separated",
+    )
+    p.add_argument(
         "--decode-workers",
         type=int,
         default=None,
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         limit=args.limit,
         decode_workers=args.decode_workers,
+        concepts=args.concepts,
         overwrite=args.overwrite,
         skip_nonfinite=args.skip_nonfinite,
         chunk_rows=args.chunk_rows,

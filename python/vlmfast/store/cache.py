@@ -63,6 +63,9 @@ class CacheConfig:
     """Store dtype: float32 | float16 | bfloat16 (the model runs in float32 on CPU)."""
     limit: int | None = None
     """At most this many source records."""
+    concepts: str | list[str] | None = None
+    """Concept vocabularies of the labels (``"coco"``, bundled names, JSON paths; default:
+    ImageNet-R 200 + attributes + relations). Part of the dataset's fingerprint."""
     decode_workers: int | None = None
     """Threads decoding images ahead of the forward (default: one per CPU, <= 8; 0: in
     the forward's thread). The store is the same whatever the number."""
@@ -312,7 +315,9 @@ def setup_cache(cfg: CacheConfig) -> CacheSetup:
     )
     pair.eval()
     hooks = _resolve(cfg.hooks, pair.hook_points())
-    src = open_source(cfg.data, limit=cfg.limit, decode_workers=cfg.decode_workers)
+    src = open_source(
+        cfg.data, limit=cfg.limit, decode_workers=cfg.decode_workers, concepts=cfg.concepts
+    )
     ident = _identity(cfg, hooks, weights_hash(pair), src.fingerprint())
     return CacheSetup(pair, hooks, src, ident, store_dtype)
 

@@ -160,7 +160,7 @@ class ConceptLabeler:
                 if toks:
                     self._index.setdefault(toks[0], []).append((toks, ci))
             if concept.kind == "object":
-                for form in (concept.name, *concept.terms):
+                for form in (concept.name, *concept.terms, *concept.aliases):
                     self._object_names.setdefault(form.lower(), ci)
         for entries in self._index.values():
             entries.sort(key=lambda e: -len(e[0]))  # longest first

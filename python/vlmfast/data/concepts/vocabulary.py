@@ -1,8 +1,10 @@
 """Concept vocabularies: bundled JSON data files or your own.
 
 A vocabulary file is ``{"name", "kind", "description", "concepts": [{"name", "terms",
-["wnid"], ["plurals"]}]}``. Bundled: ``imagenet_r200`` (the 200 ImageNet-R classes,
-kind ``object``), ``colors``, ``sizes``, ``materials``, ``relations``.
+["wnid"], ["plurals"], ["aliases"]}]}``. Bundled: ``imagenet_r200`` (the 200 ImageNet-R classes,
+kind ``object``), ``coco80`` (the 80 COCO categories, kind ``object``), ``colors``,
+``sizes``, ``materials``, ``relations``. ``DEFAULT`` uses ImageNet-R; ``COCO`` swaps in
+the COCO categories.
 """
 
 from __future__ import annotations
@@ -15,8 +17,19 @@ from typing import Any
 
 from vlmfast.errors import InputError
 
-BUNDLED: tuple[str, ...] = ("imagenet_r200", "colors", "sizes", "materials", "relations")
-DEFAULT: tuple[str, ...] = BUNDLED
+BUNDLED: tuple[str, ...] = (
+    "imagenet_r200",
+    "colors",
+    "sizes",
+    "materials",
+    "relations",
+    "coco80",
+)
+DEFAULT: tuple[str, ...] = ("imagenet_r200", "colors", "sizes", "materials", "relations")
+"""The paper's concept set: 200 ImageNet classes plus attributes and relations."""
+COCO: tuple[str, ...] = ("coco80", "colors", "sizes", "materials", "relations")
+"""For COCO-style captions: the 80 COCO categories (dog, person, car, ...) instead of
+ImageNet-R's fine-grained classes, which name no "dog" or "person"."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,9 @@ class Concept:
     """WordNet id for ImageNet classes."""
     plurals: tuple[str, ...] | None = None
     """Explicit plural phrases; ``None`` = generated from ``terms``."""
+    aliases: tuple[str, ...] = ()
+    """Names that identify the concept in object annotations (e.g. COCO instances) but
+    are not matched in captions (COCO's "orange" fruit: in captions "orange" is a colour)."""
 
 
 @dataclass
@@ -76,6 +92,7 @@ class Vocabulary:
                         terms=terms,
                         wnid=item.get("wnid"),
                         plurals=tuple(plurals) if plurals is not None else None,
+                        aliases=tuple(a.lower() for a in item.get("aliases", ())),
                     )
                 )
         except (KeyError, TypeError) as err:

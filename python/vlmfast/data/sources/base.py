@@ -54,6 +54,32 @@ def parse_require(require: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(items)
 
 
+def parse_concepts(concepts: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``"coco"`` / ``"default"`` (the preset sets), ``"coco80,colors"`` or a list of bundled
+    vocabulary names and JSON paths -> validated tuple; ``None`` stays ``None``."""
+    from vlmfast.data.concepts.vocabulary import BUNDLED, COCO, DEFAULT
+
+    if concepts is None:
+        return None
+    items = [c.strip() for c in (concepts.split(",") if isinstance(concepts, str) else concepts)]
+    out: list[str] = []
+    for item in (c for c in items if c):
+        if item in ("default", "imagenet"):
+            out.extend(DEFAULT)
+        elif item == "coco":
+            out.extend(COCO)
+        elif item in BUNDLED or item.endswith(".json"):
+            out.append(item)
+        else:
+            raise InputError(
+                f"concepts: {item!r} is neither a bundled vocabulary {BUNDLED}, a preset "
+                "(default, coco) nor a .json vocabulary file"
+            )
+    if not out:
+        raise InputError("concepts: empty; name vocabularies or leave it unset for the default")
+    return tuple(out)
+
+
 def keep_sampled(seed: int, sample_id: int, fraction: float) -> bool:
     """Deterministic Bernoulli(fraction) per (seed, sample_id)."""
     h = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
@@ -74,6 +100,7 @@ class PairSource:
         seed: int = 0,
         require: str | Sequence[str] | None = None,
         decode_workers: int | None = None,
+        concepts: str | Sequence[str] | None = None,
     ) -> None:
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise InputError(f"limit must be a non-negative int, got {limit!r}")
@@ -93,6 +120,8 @@ class PairSource:
         1: decode in the reading thread). Records and report are the same either way."""
         self.report = BadRecordReport()
         self._labeler: ConceptLabeler | None = None
+        self.concepts = parse_concepts(concepts)
+        """Vocabularies of ``labeler`` (bundled names or JSON paths); ``None``: the default."""
 
     # -- to implement -------------------------------------------------------
     def _records(self, report: BadRecordReport) -> Iterator[PairRecord | PendingRecord]:
@@ -105,11 +134,16 @@ class PairSource:
     # -- public -------------------------------------------------------------
     @property
     def labeler(self) -> ConceptLabeler:
-        """The caption labeler used by ``require`` and ``labels`` (default vocabulary)."""
+        """The caption labeler used by ``require`` and ``labels`` (``concepts``, or the
+        default vocabularies)."""
         if self._labeler is None:
             from vlmfast.data.concepts.labeler import ConceptLabeler
+            from vlmfast.data.concepts.vocabulary import load_vocabulary
 
-            self._labeler = ConceptLabeler.default()
+            if self.concepts is None:
+                self._labeler = ConceptLabeler.default()
+            else:
+                self._labeler = ConceptLabeler(load_vocabulary(self.concepts))
         return self._labeler
 
     def __iter__(self) -> Iterator[PairRecord]:
@@ -161,6 +195,8 @@ class PairSource:
             "seed": self.seed if self.sample is not None else None,
             "require": list(self.require),
         }
+        if self.concepts is not None:  # absent for the default: older fingerprints stay valid
+            key["concepts"] = list(self.concepts)
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
     def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:

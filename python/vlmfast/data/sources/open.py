@@ -34,6 +34,7 @@ def open_source(
     seed: int = 0,
     require: str | Sequence[str] | None = None,
     decode_workers: int | None = None,
+    concepts: str | Sequence[str] | None = None,
 ) -> PairSource:
     """A ``PairSource`` for ``spec`` (see the module doc for the forms).
 
@@ -41,7 +42,10 @@ def open_source(
     probability (deterministic per ``seed`` and sample id); ``require``: kinds
     (``object``, ``attribute``, ``relation``, ...) the caption must all mention;
     ``decode_workers``: threads decoding images ahead of the reader (default: one
-    per CPU, at most 8; 0 decodes in the reading thread; the records are the same).
+    per CPU, at most 8; 0 decodes in the reading thread; the records are the same);
+    ``concepts``: the labeler's vocabularies (``"coco"`` for COCO's 80 categories plus
+    attributes and relations, bundled names or JSON paths; default: ImageNet-R 200 + attributes
+    + relations).
     """
     kw: dict[str, Any] = {
         "limit": limit,
@@ -49,6 +53,7 @@ def open_source(
         "seed": seed,
         "require": require,
         "decode_workers": decode_workers,
+        "concepts": concepts,
     }
     if isinstance(spec, Path):
         spec = str(spec)

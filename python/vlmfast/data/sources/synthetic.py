@@ -80,6 +80,11 @@ class SyntheticSource(PairSource):
 
     def __init__(self, params: str, **kw: Any) -> None:
         super().__init__(f"synthetic:{params}", **kw)
+        if self.concepts is not None:
+            raise InputError(
+                "synthetic source: concepts cannot be chosen; its labels are the benchmark's "
+                "exact ground truth"
+            )
         self.params = parse_synthetic_spec(params)
 
     @property
