@@ -166,3 +166,72 @@ def test_torchrun_standalone_and_external_sigkill(
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-4000:]
     _assert_same_store(reference, out)
+
+
+def _messy_folder(root: Path) -> Path:
+    """41 rows: good images, missing files, truncated ones and empty captions."""
+    import json
+
+    from PIL import Image
+
+    root.mkdir()
+    lines = []
+    for i in range(41):
+        name = f"{i}.png"
+        if i % 6 == 1:
+            lines.append({"image": f"missing{i}.png", "caption": f"a red cube {i}"})
+            continue
+        Image.new("RGB", (24, 24), (5 * i, 100, 200)).save(root / name)
+        if i % 6 == 3:
+            (root / name).write_bytes((root / name).read_bytes()[:40])
+        cap = "" if i % 6 == 4 else f"a blue dog number {i}"
+        lines.append({"image": name, "caption": cap})
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return root
+
+
+def test_two_ranks_scan_bad_records_and_match_one_process(model_dir: Path, tmp_path: Path) -> None:
+    """With bad records, batch boundaries depend on which images decode: the ranks'
+    shared scan must reproduce one process's store exactly."""
+    data = _messy_folder(tmp_path / "pairs")
+    one = tmp_path / "one.zarr"
+    run_cache(_cfg(model_dir, one, data=str(data)), log=lambda _: None)
+    out = tmp_path / "m.zarr"
+    argv = _argv(model_dir, out)
+    argv[argv.index("--data") + 1] = str(data)
+    _run_killed(argv, 1, "0:appended")  # the scan is saved before any part is written
+    assert (parts_dir(out) / "scan-of-00002.json").exists()
+    _run_ok(argv)  # resumes with the saved scan
+    _assert_same_store(one, out)
+    assert ActivationStore.open(out).attrs == ActivationStore.open(one).attrs
+
+
+def test_known_records_decode_only_selected_batches(tmp_path: Path) -> None:
+    from vlmfast.data import open_source
+    from vlmfast.data.sources import folder as folder_mod
+    from vlmfast.data.sources.images import decode_image
+    from vlmfast.store.cache_scan import known_records, scan_share
+
+    data = _messy_folder(tmp_path / "pairs")
+    serial = open_source(data, decode_workers=0)
+    full = list(serial)
+    src = open_source(data, decode_workers=2)
+    bad = {**scan_share(src, 0, 2, 2), **scan_share(src, 1, 2, 2)}
+    decoded: list[int] = []
+
+    def counting(path: Path):  # type: ignore[no-untyped-def]
+        decoded.append(int(path.stem.replace("missing", "")))
+        return decode_image(path)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(folder_mod, "decode_image", counting)
+    try:
+        got = list(known_records(src, bad, lambda g: g % 2 == 1, 4, -1, 0))
+    finally:
+        mp.undo()
+    assert [r.sample_id for r in got] == [r.sample_id for r in full]
+    mine = [r.sample_id for k, r in enumerate(full) if (k // 4) % 2 == 1]
+    assert sorted(decoded) == mine, "only the selected batches' images are decoded"
+    assert all((r.image is None) == ((k // 4) % 2 == 0) for k, r in enumerate(got))
+    assert src.report.counts == serial.report.counts  # bad records reported from the scan
+    assert set(serial.report.counts) == {"missing_file", "corrupt_image", "empty_caption"}

@@ -299,6 +299,10 @@ class CacheSetup:
     """Model, dataset, hooks, positions and dtype: what a resumed store must match."""
     store_dtype: torch.dtype
     """torch dtype of the stored rows."""
+    records: Callable[[int, int], Iterator[Any]] | None = None
+    """``records(after, counted)``: the records past sample id ``after`` (``counted`` before
+    it) when a multi-rank run knows the bad ones (``cache_scan.known_records``); None:
+    ``source.records_after``."""
 
 
 def setup_cache(cfg: CacheConfig) -> CacheSetup:
@@ -341,10 +345,11 @@ def iter_forward(
     tokenized on background threads while the forward runs on this one (the
     source decodes images ahead on its own pool); the rows are the same.
     """
+    read = setup.source.records_after if setup.records is None else setup.records
     if after is not None:
-        records = iter(setup.source.records_after(after, counted=skip))
+        records = iter(read(after, skip))
     else:
-        records = iter(setup.source)
+        records = iter(read(-1, 0))
         for _ in range(skip):  # the source order is fixed: skip what the store holds
             next(records, None)
     first = skip // cfg.batch_size

@@ -11,8 +11,9 @@ rows may be skipped; a record may lack an image or a caption). So:
    ``g % W == r`` and appends them to its own store
    ``OUT.parts/rank<r>-of-<W>.zarr``: an ordinary crash-safe, resumable store
    (one writer, durable commits), so a killed rank resumes from its own last
-   commit. Every rank reads the whole source (the batch boundaries depend on
-   which records are good), but runs and writes only its share.
+   commit. The batch boundaries depend on which records are good, so the ranks
+   first split a validity scan of the source (``cache_scan``); each rank then
+   reads the whole source but decodes, runs and writes only its share.
 2. **Merge** (after a barrier). Every rank computes the same plan from the parts'
    index arrays: sample ids increase along the source order, so the final row
    order is the parts' rows ordered by the runs of consecutive sample ids each
@@ -43,13 +44,15 @@ import itertools
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vlmfast import _native
+from vlmfast.data.sources.pending import default_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store._convert import NUMPY_CARRIER, as_bytes
 from vlmfast.store.activation_store import ActivationStore, read_attrs
@@ -59,6 +62,14 @@ from vlmfast.store.cache import (
     _Crash,
     cache_loop,
     setup_cache,
+)
+from vlmfast.store.cache_scan import (
+    BadRecords,
+    known_records,
+    load_scan,
+    save_scan,
+    scan_path,
+    scan_share,
 )
 from vlmfast.store.layout import (
     INDEX_FIELDS,
@@ -115,9 +126,7 @@ def _prepare_out(cfg: CacheConfig, ident: dict[str, Any], world: int) -> str:
                 "torchrun to resume it, or pass --overwrite"
             )
     if parts.exists():
-        other = sorted(
-            p.name for p in parts.iterdir() if not p.name.endswith(f"-of-{world:05d}.zarr")
-        )
+        other = sorted(p.name for p in parts.iterdir() if f"-of-{world:05d}." not in p.name)
         if other:
             raise StoreError(
                 f"{parts} holds parts of a run with another number of ranks ({other[0]}): "
@@ -163,6 +172,13 @@ def run_ranks(cfg: CacheConfig, rank: int, world: int, log: Callable[[str], None
     if decision == "done":
         log(f"{cfg.out}: already complete")
         return
+    select = partial(_of_rank, rank=rank, world=world)
+    if cfg.limit is None:  # see cache_scan: decode only this rank's batches
+        bad = _shared_scan(cfg, setup, rank, world)
+        setup = replace(
+            setup,
+            records=partial(known_records, setup.source, bad, select, cfg.batch_size),
+        )
     path = part_path(cfg.out, rank, world)
     want = {"rank": rank, "world": world, "batch_size": cfg.batch_size}
     store, done, finished = _open_part(cfg, setup.identity, path, want)
@@ -175,7 +191,7 @@ def run_ranks(cfg: CacheConfig, rank: int, world: int, log: Callable[[str], None
             path,
             store,
             done,
-            select=lambda g: g % world == rank,
+            select=select,
             user_attrs=want,
             show_progress=rank == 0,
         )
@@ -198,6 +214,35 @@ def run_ranks(cfg: CacheConfig, rank: int, world: int, log: Callable[[str], None
             f"{cfg.out}: {plan.samples_done} samples from {world} ranks, hooks {', '.join(plan.hooks)}"
         )
     dist.barrier()  # the store is committed
+
+
+def _of_rank(batch: int, *, rank: int, world: int) -> bool:
+    """Whether ``rank`` of ``world`` runs batch ``batch``."""
+    return batch % world == rank
+
+
+def _shared_scan(cfg: CacheConfig, setup: Any, rank: int, world: int) -> BadRecords:
+    """The bad records of the source: loaded from ``OUT.parts``, or scanned by all ranks
+    (each its share) and saved there by rank 0 (see ``cache_scan``)."""
+    import torch.distributed as dist
+
+    path = scan_path(parts_dir(cfg.out), world)
+    fingerprint = setup.identity["dataset"]["hash"]
+    saved = load_scan(path, fingerprint) if rank == 0 else None
+    if _broadcast(saved is not None):
+        found = load_scan(path, fingerprint)
+        if found is None:
+            raise StoreError(f"{path} could not be read on rank {rank}")
+        return found
+    workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
+    mine = scan_share(setup.source, rank, world, workers)
+    shares: list[Any] = [None] * world
+    dist.all_gather_object(shares, mine)
+    bad: BadRecords = {k: v for share in shares for k, v in share.items()}
+    if rank == 0:
+        save_scan(path, fingerprint, bad)
+    dist.barrier()  # saved before any part is written
+    return bad
 
 
 @dataclass
