@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from vlmfast.store.activation_store import ActivationStore, read_attrs
     from vlmfast.store.layout import FORMAT_VERSION, Labels, StoreIndex
 
-# Imported lazily (PEP 562): zarr-python loads ``vlmfast.store.zarr_bfloat16``
-# through an entry point, which must not pull in torch.
+# Imported lazily (PEP 562): ``from vlmfast.store.zarr_bfloat16 import register``
+# is how a zarr-python reader without vlmfast's other parts reads bf16 stores, and
+# importing this package must then not pull in torch.
 _LAZY_ATTRS: dict[str, str] = {
     "ActivationStore": "vlmfast.store.activation_store",
     "read_attrs": "vlmfast.store.activation_store",

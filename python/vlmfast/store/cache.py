@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlmfast.data.sources.pending import default_decode_workers
+from vlmfast.data.sources.pending import resolve_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store._convert import TORCH_DTYPE, dtype_name
 from vlmfast.store.activation_store import ActivationStore, read_attrs
@@ -354,7 +354,7 @@ def iter_forward(
             next(records, None)
     first = skip // cfg.batch_size
     batches = enumerate(_batches(records, cfg.batch_size), start=first)
-    workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
+    workers = resolve_decode_workers(cfg.decode_workers)
     if workers <= 1:
         yield from _forward_batches(setup, cfg, batches, skip, select, None, None)
         return

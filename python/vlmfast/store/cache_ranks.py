@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from vlmfast import _native
-from vlmfast.data.sources.pending import default_decode_workers
+from vlmfast.data.sources.pending import resolve_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store._convert import NUMPY_CARRIER, as_bytes
 from vlmfast.store.activation_store import ActivationStore, read_attrs
@@ -234,7 +234,7 @@ def _shared_scan(cfg: CacheConfig, setup: Any, rank: int, world: int) -> BadReco
         if found is None:
             raise StoreError(f"{path} could not be read on rank {rank}")
         return found
-    workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
+    workers = resolve_decode_workers(cfg.decode_workers)
     mine = scan_share(setup.source, rank, world, workers)
     shares: list[Any] = [None] * world
     dist.all_gather_object(shares, mine)

@@ -17,19 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from vlmfast.data.records import BadRecordReport, PairRecord
-from vlmfast.data.sources.pending import (
-    WINDOW_PER_WORKER,
-    PendingRecord,
-    decode_in_order,
-    default_decode_workers,
-)
+from vlmfast.data.sources.pending import PendingRecord, map_ahead
 
 BadRecords = dict[int, tuple[str, str, str]]
 """sample id -> (reason, where, detail) of a record whose image is bad."""
@@ -42,28 +35,16 @@ def scan_path(parts: Path, world: int) -> Path:
 
 def scan_share(source: Any, rank: int, world: int, workers: int) -> BadRecords:
     """Decodes this rank's share of the candidate records; returns the bad ones."""
+    mine = (
+        rec
+        for j, rec in enumerate(source.candidates(BadRecordReport()))
+        if j % world == rank and isinstance(rec, PendingRecord)
+    )
     bad: BadRecords = {}
-    workers = max(1, workers)
-    window = WINDOW_PER_WORKER * workers
-    ahead: deque[tuple[PendingRecord, Future[Any]]] = deque()
-
-    def settle(rec: PendingRecord, fut: Future[Any]) -> None:
+    for rec, fut in map_ahead(lambda r: r.load(), mine, workers, "vlmfast-scan"):
         image, reason, detail = fut.result()
         if image is None:
             bad[rec.sample_id] = (reason, rec.where, detail)
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="vlmfast-scan") as pool:
-        mine = (
-            rec
-            for j, rec in enumerate(source._selected(BadRecordReport()))
-            if j % world == rank and isinstance(rec, PendingRecord)
-        )
-        for rec in mine:
-            ahead.append((rec, pool.submit(rec.load)))
-            if len(ahead) >= window:
-                settle(*ahead.popleft())
-        while ahead:
-            settle(*ahead.popleft())
     return bad
 
 
@@ -109,12 +90,10 @@ def known_records(
     Records of other batches come without an image (``image=None``; they are
     counted, never run). Bad records are reported from ``bad`` without decoding.
     """
-    report = BadRecordReport()
-    source.report = report
 
     def records(rep: BadRecordReport) -> Iterator[PairRecord | PendingRecord]:
         k = counted
-        for rec in source._selected(rep, after=after):
+        for rec in source.candidates(rep, after=after):
             if rec.sample_id in bad:
                 rep.add(*bad[rec.sample_id])
                 continue
@@ -124,7 +103,4 @@ def known_records(
             else:
                 yield PairRecord(rec.sample_id, None, rec.caption, rec.meta)
 
-    workers = default_decode_workers() if source.decode_workers is None else source.decode_workers
-    for rec in decode_in_order(records, report, workers):
-        report.n_ok += 1
-        yield rec
+    return source.decoded(records, counted)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from vlmfast.data.records import BadRecordReport, PairRecord
-from vlmfast.data.sources.pending import PendingRecord, decode_in_order, default_decode_workers
+from vlmfast.data.sources.pending import PendingRecord, decode_in_order, resolve_decode_workers
 from vlmfast.errors import InputError
 
 if TYPE_CHECKING:
@@ -156,23 +156,32 @@ class PairSource:
         records before the point are read but never decoded). ``report`` then
         holds this pass's bad records: past the point, and before it only those
         found without decoding (empty captions, bad lines)."""
+        return self.decoded(partial(self.candidates, after=sample_id), counted)
+
+    def decoded(
+        self,
+        records: Callable[[BadRecordReport], Iterator[PairRecord | PendingRecord]],
+        counted: int = 0,
+    ) -> Iterator[PairRecord]:
+        """``records(report)`` (e.g. ``candidates``) with pending images decoded on this
+        source's ``decode_workers``, into a fresh ``report``, up to ``limit`` (``counted``
+        records already handed out count toward it)."""
         report = BadRecordReport()
         self.report = report
         if self.limit is not None and counted >= self.limit:
             return
-        workers = default_decode_workers() if self.decode_workers is None else self.decode_workers
-        selected = partial(self._selected, after=sample_id)
-        for n_out, rec in enumerate(decode_in_order(selected, report, workers), start=counted + 1):
+        workers = resolve_decode_workers(self.decode_workers)
+        for n_out, rec in enumerate(decode_in_order(records, report, workers), start=counted + 1):
             report.n_ok += 1
             yield rec
             if self.limit is not None and n_out >= self.limit:
                 return
 
-    def _selected(
+    def candidates(
         self, report: BadRecordReport, after: int = -1
     ) -> Iterator[PairRecord | PendingRecord]:
         """The source's records past id ``after`` that ``sample`` and ``require`` keep,
-        images maybe not decoded."""
+        images not necessarily decoded (bad images not yet found)."""
         wanted: list[set[str]] = [set(REQUIRE_KINDS[r]) for r in self.require]
         for rec in self._records(report):
             if rec.sample_id <= after:

@@ -16,15 +16,19 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vlmfast.data.records import BadRecordReport, PairRecord
 
 if TYPE_CHECKING:
     from PIL import Image
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 ImageLoad = Callable[[], "tuple[Image.Image | None, str, str]"]
 """Decodes an image: ``(image, "", "")`` or ``(None, reason, detail)``."""
@@ -32,6 +36,11 @@ ImageLoad = Callable[[], "tuple[Image.Image | None, str, str]"]
 MAX_DEFAULT_WORKERS = 8
 WINDOW_PER_WORKER = 4
 """Records decoded ahead of the consumer per worker thread (bounds memory)."""
+
+
+def resolve_decode_workers(workers: int | None) -> int:
+    """``workers``, or ``default_decode_workers()`` when it is None."""
+    return default_decode_workers() if workers is None else workers
 
 
 def default_decode_workers() -> int:
@@ -102,6 +111,32 @@ class DeferredReport(BadRecordReport):
         return held
 
 
+def map_ahead(
+    fn: Callable[[T], R], items: Iterator[T], workers: int, name: str = "vlmfast-decode"
+) -> Generator[tuple[T, Future[R]], None, None]:
+    """``(item, future of fn(item))`` in the order of ``items``, with up to
+    ``WINDOW_PER_WORKER * workers`` items read and submitted ahead of the consumer
+    (bounded memory). When the consumer stops, queued calls are cancelled and the
+    threads joined."""
+    window = WINDOW_PER_WORKER * max(1, workers)
+    ahead: deque[tuple[T, Future[R]]] = deque()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix=name) as pool:
+        try:
+            for item in items:
+                ahead.append((item, pool.submit(fn, item)))
+                if len(ahead) >= window:
+                    yield ahead.popleft()
+            while ahead:
+                yield ahead.popleft()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _load(entry: tuple[Any, PairRecord | PendingRecord | None]) -> Any:
+    rec = entry[1]
+    return rec.load() if isinstance(rec, PendingRecord) else None
+
+
 def decode_in_order(
     records: Callable[[BadRecordReport], Iterator[PairRecord | PendingRecord]],
     report: BadRecordReport,
@@ -110,11 +145,11 @@ def decode_in_order(
     """The records of ``records(report)`` with every pending image decoded, in order.
 
     A record whose image is bad is reported and dropped. ``workers`` <= 1
-    decodes in the calling thread. Otherwise up to ``WINDOW_PER_WORKER *
-    workers`` records are read and decoded ahead of the consumer; what the
-    source reports while reading ahead is held and added to ``report`` only
-    when the consumer gets that far, so a consumer that stops early (a
-    ``limit``) sees exactly the report of a one-thread pass.
+    decodes in the calling thread. Otherwise records are read and decoded ahead
+    of the consumer (``map_ahead``); what the source reports while reading
+    ahead is held and added to ``report`` only when the consumer gets that far,
+    so a consumer that stops early (a ``limit``) sees exactly the report of a
+    one-thread pass.
     """
     if workers <= 1:
         for rec in records(report):
@@ -123,41 +158,24 @@ def decode_in_order(
                 yield done
         return
     held = DeferredReport()
-    source = records(held)
-    window = WINDOW_PER_WORKER * workers
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmfast-decode")
-    # (reports made before the record, the record, its decode) in source order;
-    # the last entry of an exhausted source has no record
-    ahead: deque[
-        tuple[list[tuple[str, str, str]], PairRecord | PendingRecord | None, Future[Any] | None]
-    ] = deque()
-    try:
-        exhausted = False
-        while True:
-            while not exhausted and len(ahead) < window:
-                nxt = next(source, None)
-                if nxt is None:
-                    exhausted = True
-                    ahead.append((held.take(), None, None))
-                    break
-                fut = pool.submit(nxt.load) if isinstance(nxt, PendingRecord) else None
-                ahead.append((held.take(), nxt, fut))
-            if not ahead:
-                return
-            before, entry, fut = ahead.popleft()
+
+    def entries() -> Iterator[tuple[list[tuple[str, str, str]], PairRecord | PendingRecord | None]]:
+        """(reports made before the record, the record); a last entry without a record."""
+        for rec in records(held):
+            yield held.take(), rec
+        yield held.take(), None
+
+    with closing(map_ahead(_load, entries(), workers)) as ahead:  # threads joined on any exit
+        for (before, entry), fut in ahead:
             for reason, where, detail in before:
                 report.add(reason, where, detail)
             if entry is None:
                 continue
-            if fut is None:
-                assert isinstance(entry, PairRecord)
+            if not isinstance(entry, PendingRecord):
                 yield entry
                 continue
-            assert isinstance(entry, PendingRecord)
             image, reason, detail = fut.result()
             if image is None:
                 report.add(reason, entry.where, detail)
                 continue
             yield PairRecord(entry.sample_id, image, entry.caption, entry.meta)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
