@@ -13,20 +13,34 @@ export PYO3_PYTHON := $(abspath $(PY))
 # Triton kernels run in the interpreter on machines without a GPU.
 TRITON_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
 
-.PHONY: help env native demo test test-fast test-rust test-py lint fmt bench bench-rust clean
+.PHONY: help env lock native demo test test-fast test-rust test-py lint fmt bench bench-rust clean
 
 help:
 	@echo "make demo   - set up .venv if needed, run the end-to-end demo on the bundled model"
 	@echo "make test   - set up .venv if needed, run cargo test and pytest"
 	@echo "make lint   - ruff, mypy, cargo fmt --check, clippy -D warnings"
 	@echo "make fmt    - format Python and Rust sources"
+	@echo "make lock   - re-resolve requirements.lock from pyproject.toml (an upgrade: its own commit)"
 	@echo "make bench  - run the benchmarks in benches/ (figures go into README tables)"
 
-$(DEPS_STAMP): pyproject.toml
+# Every Python dependency comes from the committed lock (requirements.lock), never
+# from whatever the registry serves today; `make lock` re-resolves it on purpose.
+UV_VERSION := 0.13.9
+LOCK := requirements.lock
+
+$(UV):
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade uv
-	$(UV) pip install -q --python $(PY) -r pyproject.toml --extra dev
+	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(DEPS_STAMP): $(LOCK) | $(UV)
+	$(UV) pip sync -q --python $(PY) $(LOCK)
 	touch $(DEPS_STAMP)
+
+# Universal resolution (Linux x86_64, CPython 3.11-3.12: see [tool.uv] in pyproject.toml),
+# one version per package across those Pythons. An upgrade is its own commit, suite run on it.
+lock: | $(UV)
+	$(UV) pip compile -q pyproject.toml --extra dev --extra report --universal \
+		--fork-strategy fewest --generate-hashes -o $(LOCK)
 
 env: $(DEPS_STAMP)
 

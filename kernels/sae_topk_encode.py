@@ -12,6 +12,15 @@ top ``KP`` by the bitonic rule ``max(best_desc, flip(tile_top_desc))`` followed 
 A tile that cannot beat any row's current threshold is skipped. With ``HAS_AUX`` the same
 pre-activations also feed a second running top ``KPA`` restricted to dead latents (AuxK).
 The N x n_latents pre-activation matrix never exists.
+
+Ties need identical columns to get bit-identical pre-activations. On a GPU ``tl.dot``
+computes every output element the same way wherever it sits in the tile; Triton's CPU
+interpreter runs ``tl.dot`` as ``numpy.matmul``, whose OpenBLAS micro-kernels round
+differently by column position on some cores (``OPENBLAS_CORETYPE=Haswell`` or ``Zen``:
+column 30 of a 64-wide tile came out 1 ulp above columns 3 and 7 holding the same
+weights, so the tie went to 30). With ``SUM_DOT`` (set by the wrapper under the
+interpreter) the tile product is a broadcast multiply and a sum over d_in, evaluated
+identically for every column, so the documented order holds whatever BLAS core is used.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ def topk_encode_kernel(
     KPA: tl.constexpr,
     HAS_AUX: tl.constexpr,
     IEEE: tl.constexpr,
+    SUM_DOT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -93,7 +103,9 @@ def topk_encode_kernel(
                 mask=col_ok[None, :] & k_ok[:, None],
                 other=0.0,
             )
-            if IEEE:
+            if SUM_DOT:
+                acc += tl.sum(xt[:, :, None] * wt[None, :, :], axis=1)
+            elif IEEE:
                 acc += tl.dot(xt, wt, input_precision="ieee")
             else:
                 acc += tl.dot(xt, wt)

@@ -105,6 +105,59 @@ def test_ties_resolve_to_lowest_index():
         assert t.indices[0, : min(k, 3)].tolist() == [3, 7, 30][: min(k, 3)]
 
 
+def test_ties_across_tiles_resolve_to_lowest_index():
+    """Copies of one latent in different 64-wide latent tiles (the running merge's path)."""
+    d, f = 24, 300
+    g = torch.Generator().manual_seed(5)
+    w = torch.nn.functional.normalize(torch.randn(f, d, generator=g), dim=1)
+    copies = [3, 70, 71, 150, 299]
+    for c in copies[1:]:
+        w[c] = w[3]
+    x = (w[3] * 4).repeat(5, 1) + 0.0
+    from vlmfast import ops
+
+    for k in (1, 2, 5, 8):
+        t = ops.topk_encode(x, w, torch.zeros(f), torch.zeros(d), k, backend="triton")
+        r = ops.topk_encode(x, w, torch.zeros(f), torch.zeros(d), k, backend="reference")
+        assert torch.equal(t.indices, r.indices)
+        assert t.indices[0, : min(k, 5)].tolist() == copies[: min(k, 5)]
+
+
+_TIES_UNDER_BLAS_CORE = """
+import torch
+from vlmfast import ops
+for seed in range(40):
+    torch.manual_seed(seed)
+    w = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)  # unit rows: w[3] wins
+    w[7] = w[3]; w[30] = w[3]
+    x = (w[3] * 5).repeat(6, 1)
+    t = ops.topk_encode(x, w, torch.zeros(40), torch.zeros(8), 3, backend="triton")
+    assert t.indices[:, :3].tolist() == [[3, 7, 30]] * 6, (seed, t.indices[0].tolist())
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only: numpy's BLAS core")
+@pytest.mark.parametrize("core", ["Haswell", "Zen", "SkylakeX"])
+def test_ties_hold_under_every_openblas_core(core):
+    """numpy.matmul rounds by column position on some OpenBLAS cores (the cause of the
+    tie-order failure first blamed on triton 3.9); the kernel must not depend on it."""
+    import os
+    import subprocess
+    import sys
+
+    cpu = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if core in ("Haswell", "Zen") and " avx2" not in cpu:
+        pytest.skip("the CPU has no AVX2 for this OpenBLAS core")
+    if core == "SkylakeX" and " avx512f" not in cpu:
+        pytest.skip("the CPU has no AVX-512 for this OpenBLAS core")
+    env = dict(os.environ, OPENBLAS_CORETYPE=core, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _TIES_UNDER_BLAS_CORE], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_large_k_and_deterministic_scatter():
     from vlmfast.ops import triton_ops

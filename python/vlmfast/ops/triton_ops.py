@@ -9,6 +9,7 @@ import triton
 
 from vlmfast._kernels import sae_sparse, sae_topk_encode
 from vlmfast.errors import InputError
+from vlmfast.ops.dispatch import interpret_mode
 from vlmfast.ops.reference import EncodeOutput
 
 
@@ -166,6 +167,7 @@ def topk_select(
             KPA=kpa,
             HAS_AUX=has_aux,
             IEEE=ieee and xc.dtype == torch.float32,
+            SUM_DOT=interpret_mode(),
         )
     if not has_aux:
         return values, idx, None, None
