@@ -145,8 +145,10 @@ def test_ties_hold_under_every_openblas_core(core):
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
-    cpu = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    info = Path("/proc/cpuinfo")
+    cpu = info.read_text() if info.exists() else ""
     if core in ("Haswell", "Zen") and " avx2" not in cpu:
         pytest.skip("the CPU has no AVX2 for this OpenBLAS core")
     if core == "SkylakeX" and " avx512f" not in cpu:
