@@ -48,3 +48,11 @@ def test_paired_shapes_and_tower_and_metric_shape() -> None:
     check_metric_output(torch.zeros(3), 3)
     with pytest.raises(ShapeError, match=r"\(shape \(3,\)\), got \(3, 2\)"):
         check_metric_output(torch.zeros(3, 2), 3)
+
+
+def test_load_pair_returns_eval_mode() -> None:
+    import vlmfast as vf
+
+    pair = vf.load_pair("synthetic:tiny")
+    assert pair.training is False
+    check_eval_mode(pair)

@@ -51,8 +51,15 @@ def load_pair(
     ``spec``: ``open_clip:<arch>``, ``hf:<hub id or local dir>`` or ``synthetic:tiny``.
     ``pretrained`` (open_clip only): ``None`` for random weights, an open_clip tag such as
     ``"openai"`` (downloaded or read from the cache as open_clip does), or the path of a
-    local checkpoint file.
+    local checkpoint file. The pair is returned in eval mode (``pair.training`` False),
+    which the causal tools require.
     """
+    return _load_pair(spec, pretrained, device, dtype).eval()
+
+
+def _load_pair(
+    spec: str, pretrained: str | None, device: str | torch.device, dtype: torch.dtype
+) -> HookedPair:
     if not isinstance(spec, str) or ":" not in spec:
         raise ModelLoadError(
             f"model spec must look like 'open_clip:ViT-B-32', 'hf:<id or dir>' or "
