@@ -6,7 +6,9 @@ part of it), not a raw dot product.
 
 A metric maps a similarity tensor ``[..., n_img, n_txt]`` to ``[...]`` (one number per
 patched variant; the leading dims are the variants stacked by the sweep). Each metric
-says which similarity it reads: ``"logits"`` (``scale*cos + bias``) or ``"cosine"``.
+says which similarity it reads: ``"logits"`` (``scale*cos + bias``) or ``"cosine"``;
+``"dot"`` (``scale * img . txt + bias``, unnormalised) is not a CLIP score: it exists
+for linear analyses and tests (attribution is exact on a linear pair only under it).
 Images and texts are paired by index: caption ``i`` describes image ``i``.
 """
 
@@ -111,8 +113,8 @@ def resolve_metric(metric: str | Metric) -> Metric:
 def metric_space(metric: Metric) -> str:
     """Which similarity the metric reads (``"logits"`` unless it says ``space="cosine"``)."""
     space = getattr(metric, "space", "logits")
-    if space not in ("logits", "cosine"):
-        raise InputError(f"metric.space must be 'logits' or 'cosine', got {space!r}")
+    if space not in ("logits", "cosine", "dot"):
+        raise InputError(f"metric.space must be 'logits', 'cosine' or 'dot', got {space!r}")
     return str(space)
 
 
@@ -123,7 +125,13 @@ def similarity(
     logit_bias: torch.Tensor | None,
     space: str,
 ) -> torch.Tensor:
-    """``[..., n_img, n_txt]`` cosine or ``scale*cos + bias`` (scale = exp(logit_scale))."""
+    """``[..., n_img, n_txt]`` cosine or ``scale*cos + bias`` (scale = exp(logit_scale)).
+
+    ``space="dot"``: ``scale * img . txt + bias`` on the unnormalised embeddings.
+    """
+    if space == "dot":
+        out = (image_embeds @ text_embeds.transpose(-1, -2)) * logit_scale.exp()
+        return out + logit_bias if logit_bias is not None else out
     img = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
     txt = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
     cos = img @ txt.transpose(-1, -2)
