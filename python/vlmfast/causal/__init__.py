@@ -8,15 +8,19 @@ grid = vf.causal.patch_heads(pair, px, tok, source={"images": px_src}, metric="s
 from __future__ import annotations
 
 from vlmfast.causal.components import ComponentSpec, component_spec
+from vlmfast.causal.direct_effects import DirectEffects, DirectEffectsBoth, direct_effects
 from vlmfast.causal.metrics import Alignment, LogitDiff, MatchedScore, resolve_metric, similarity
 from vlmfast.causal.patching import patch_heads, patch_sweep
 
 __all__ = [
     "Alignment",
     "ComponentSpec",
+    "DirectEffects",
+    "DirectEffectsBoth",
     "LogitDiff",
     "MatchedScore",
     "component_spec",
+    "direct_effects",
     "patch_heads",
     "patch_sweep",
     "resolve_metric",
