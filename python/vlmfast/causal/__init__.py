@@ -11,6 +11,7 @@ from vlmfast.causal.components import ComponentSpec, component_spec
 from vlmfast.causal.direct_effects import DirectEffects, DirectEffectsBoth, direct_effects
 from vlmfast.causal.metrics import Alignment, LogitDiff, MatchedScore, resolve_metric, similarity
 from vlmfast.causal.patching import patch_heads, patch_sweep
+from vlmfast.causal.tracing import TraceResult, trace
 
 __all__ = [
     "Alignment",
@@ -19,10 +20,12 @@ __all__ = [
     "DirectEffectsBoth",
     "LogitDiff",
     "MatchedScore",
+    "TraceResult",
     "component_spec",
     "direct_effects",
     "patch_heads",
     "patch_sweep",
     "resolve_metric",
     "similarity",
+    "trace",
 ]
