@@ -7,25 +7,56 @@ grid = vf.causal.patch_heads(pair, px, tok, source={"images": px_src}, metric="s
 
 from __future__ import annotations
 
+from vlmfast.causal.attribution import attribute, exact_effects
+from vlmfast.causal.attribution_result import AttributionResult
 from vlmfast.causal.components import ComponentSpec, component_spec
+from vlmfast.causal.concept_intervention import (
+    InterventionResult,
+    SteeringSweep,
+    concept_intervention,
+    steering_sweep,
+)
 from vlmfast.causal.direct_effects import DirectEffects, DirectEffectsBoth, direct_effects
+from vlmfast.causal.evalset import EvalSet
 from vlmfast.causal.metrics import Alignment, LogitDiff, MatchedScore, resolve_metric, similarity
 from vlmfast.causal.patching import patch_heads, patch_sweep
 from vlmfast.causal.tracing import TraceResult, trace
+from vlmfast.causal.units import (
+    Unit,
+    UnitLayout,
+    UnitSet,
+    load_scores,
+    top_units,
+    unit_activations,
+)
 
 __all__ = [
     "Alignment",
+    "AttributionResult",
     "ComponentSpec",
     "DirectEffects",
     "DirectEffectsBoth",
+    "EvalSet",
+    "InterventionResult",
     "LogitDiff",
     "MatchedScore",
+    "SteeringSweep",
     "TraceResult",
+    "Unit",
+    "UnitLayout",
+    "UnitSet",
+    "attribute",
     "component_spec",
+    "concept_intervention",
     "direct_effects",
+    "exact_effects",
+    "load_scores",
     "patch_heads",
     "patch_sweep",
     "resolve_metric",
     "similarity",
+    "steering_sweep",
+    "top_units",
     "trace",
+    "unit_activations",
 ]
