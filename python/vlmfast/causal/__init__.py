@@ -7,6 +7,8 @@ grid = vf.causal.patch_heads(pair, px, tok, source={"images": px_src}, metric="s
 
 from __future__ import annotations
 
+from vlmfast.causal.attribution import attribute, exact_effects
+from vlmfast.causal.attribution_result import AttributionResult
 from vlmfast.causal.components import ComponentSpec, component_spec
 from vlmfast.causal.concept_intervention import (
     InterventionResult,
@@ -30,6 +32,7 @@ from vlmfast.causal.units import (
 
 __all__ = [
     "Alignment",
+    "AttributionResult",
     "ComponentSpec",
     "DirectEffects",
     "DirectEffectsBoth",
@@ -42,9 +45,11 @@ __all__ = [
     "Unit",
     "UnitLayout",
     "UnitSet",
+    "attribute",
     "component_spec",
     "concept_intervention",
     "direct_effects",
+    "exact_effects",
     "load_scores",
     "patch_heads",
     "patch_sweep",
