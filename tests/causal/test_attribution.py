@@ -239,3 +239,31 @@ def test_b32_shapes() -> None:
     assert att.scores["text", "neurons"].shape == (12, 2048)
     assert all(torch.isfinite(v).all() for v in att.scores.values())
     assert all(abs(g) < float("inf") for g in att.completeness_gap.values())
+
+
+@pytest.mark.parametrize(("causal", "temp"), [(False, 1.0), (True, 1.0), (False, 40.0)])
+def test_qk_fix_matches_one_patch_at_a_time(causal: bool, temp: float) -> None:
+    """The closed-form per-key softmax equals recomputing it with each key patched alone;
+    temp=40 saturates the attention (the case plain AtP gets wrong)."""
+    from vlmfast.causal._atp_star import qk_fixed_position_scores
+
+    gen = torch.Generator().manual_seed(1)
+    b, t, h, d = 2, 5, 3, 4
+    qb, kb, vb, qs, ks, vs, gv = (torch.randn(b, t, h, d, generator=gen) for _ in range(7))
+    qb, qs = qb * temp, qs * temp
+    gp = torch.randn(b, h, t, t, generator=gen)
+    got = qk_fixed_position_scores(qb, kb, vb, qs, ks, vs, gp, gv, causal)
+
+    def pattern(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        logits = torch.einsum("bthe,bshe->bhts", q.double(), k.double()) / d**0.5
+        if causal:
+            logits = logits.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        return logits.softmax(-1)
+
+    base = pattern(qb, kb)
+    want = ((vs - vb) * gv).double().sum(dim=(0, 2, 3))
+    for p in range(t):
+        q1, k1 = qb.clone(), kb.clone()
+        q1[:, p], k1[:, p] = qs[:, p], ks[:, p]
+        want[p] += ((pattern(q1, kb) - base) * gp).sum() + ((pattern(qb, k1) - base) * gp).sum()
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)

@@ -17,8 +17,10 @@ replaces the attention path by three parts computed with the base run's gradient
       A'[t, j] = A[t, j] * (1 - A'[t, s]) / (1 - A[t, s])          (j != s)
       (A'[t] - A[t]) . g[t] = A'[t, s] g[t, s] + (1 - A'[t, s]) G[t, s] - S[t]
 
-  with ``S[t] = A[t] . g[t]`` and ``G[t, s] = (S[t] - A[t, s] g[t, s]) / (1 - A[t, s])``
-  (the pattern-weighted mean of ``g`` over the other keys).
+  with ``S[t] = A[t] . g[t]`` and ``G[t, s]`` the pattern-weighted mean of ``g`` over the
+  other keys. The sums over the other keys come from prefix/suffix sums shifted by the
+  largest other logit (``_others``), never as ``1 - A[t, s]``, which cancels to 0 exactly
+  when attention saturates.
 
 The linearisation through the softmax is what fails when attention is saturated; here
 no derivative of the softmax is taken. What remains approximate is everything downstream
@@ -45,6 +47,41 @@ def _logits(q: Tensor, k: Tensor, causal: bool) -> Tensor:
         future = torch.ones(t_q, t_k, dtype=torch.bool, device=out.device).triu(1)
         out = out.masked_fill(future, float("-inf"))
     return out
+
+
+def _exclusive_sum(x: Tensor) -> Tensor:
+    """``out[..., s] = sum_{j != s} x[..., j]`` from prefix and suffix sums (no subtraction,
+    so no cancellation when ``x[..., s]`` dominates)."""
+    zero = torch.zeros_like(x[..., :1])
+    prefix = torch.cat([zero, x.cumsum(-1)[..., :-1]], dim=-1)
+    suffix = torch.cat([x.flip(-1).cumsum(-1).flip(-1)[..., 1:], zero], dim=-1)
+    return prefix + suffix
+
+
+def _others(logits: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For each key ``s`` of each query ``t``: ``(R, RG, c)`` with
+    ``sum_{j != s} exp(l[t, j]) = exp(c) * R`` and ``sum_{j != s} exp(l[t, j]) g[t, j] =
+    exp(c) * RG``, where ``c`` is the largest *other* logit, so ``R >= 1`` whenever another
+    key is visible: saturated rows (``A[t, s]`` within 1e-300 of 1) stay exact."""
+    t_k = logits.shape[-1]
+    if t_k >= 2:
+        top = logits.topk(2, dim=-1)
+        m1, m2, arg = top.values[..., :1], top.values[..., 1:2], top.indices[..., :1]
+    else:
+        m1, arg = logits, torch.zeros_like(logits, dtype=torch.long)
+        m2 = torch.full_like(logits, float("-inf"))
+    is_max = torch.arange(t_k, device=logits.device) == arg
+    sums = []
+    for m in (m1, m2):
+        c = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        e = torch.exp(logits - c)  # masked keys: exp(-inf) = 0
+        sums.append((_exclusive_sum(e), _exclusive_sum(e * g), c.expand_as(logits)))
+    (r1, rg1, c1), (r2, rg2, c2) = sums
+    return (
+        torch.where(is_max, r2, r1),
+        torch.where(is_max, rg2, rg1),
+        torch.where(is_max, c2, c1),
+    )
 
 
 def qk_fixed_position_scores(
@@ -79,12 +116,11 @@ def qk_fixed_position_scores(
     queries = ((query_attn - attn) * g).sum(dim=(0, 1, 3))
 
     key_logits = torch.einsum("bthe,bshe->bhts", qb, ks) / math.sqrt(qb.shape[-1])
-    lse = logits.logsumexp(dim=-1, keepdim=True)
-    rest = (1.0 - attn).clamp_min(0.0)  # sum_{j != s} A[t, j]
-    lse_rest = lse + torch.log(rest)  # -inf where key s takes all the attention
-    a_new = torch.sigmoid(key_logits - lse_rest)
-    other_mean = torch.where(rest > 0, (s_row - attn * g) / rest.clamp_min(1e-300), 0.0)
-    delta = a_new * g + (1.0 - a_new) * other_mean - s_row
+    rest, rest_g, shift = _others(logits, g)
+    x = key_logits - (shift + torch.log(rest))  # +inf where no other key is visible
+    a_new, a_rest = torch.sigmoid(x), torch.sigmoid(-x)
+    other_mean = torch.where(rest > 0, rest_g / rest.clamp_min(1e-300), 0.0)
+    delta = a_new * g + a_rest * other_mean - s_row
     visible = torch.isfinite(logits)  # masked (future) keys stay masked
     keys = torch.where(visible, delta, 0.0).sum(dim=(0, 1, 2))
     return (values + queries + keys).to(torch.float32)
