@@ -15,7 +15,15 @@ from vlmfast import __version__
 from vlmfast.errors import VlmfastError
 
 # subcommand modules under vlmfast.cli, in --help order
-_COMMAND_MODULES: tuple[str, ...] = ("demo", "models", "synth", "cache", "train_sae", "score")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "models",
+    "synth",
+    "cache",
+    "train_sae",
+    "score",
+    "intervene",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
