@@ -18,6 +18,7 @@ from vlmfast.causal.concept_intervention import (
 )
 from vlmfast.causal.direct_effects import DirectEffects, DirectEffectsBoth, direct_effects
 from vlmfast.causal.evalset import EvalSet
+from vlmfast.causal.ladder import AblationLadder, LadderRung, ablation_ladder
 from vlmfast.causal.metrics import Alignment, LogitDiff, MatchedScore, resolve_metric, similarity
 from vlmfast.causal.patching import patch_heads, patch_sweep
 from vlmfast.causal.tracing import TraceResult, trace
@@ -31,6 +32,7 @@ from vlmfast.causal.units import (
 )
 
 __all__ = [
+    "AblationLadder",
     "Alignment",
     "AttributionResult",
     "ComponentSpec",
@@ -38,6 +40,7 @@ __all__ = [
     "DirectEffectsBoth",
     "EvalSet",
     "InterventionResult",
+    "LadderRung",
     "LogitDiff",
     "MatchedScore",
     "SteeringSweep",
@@ -45,6 +48,7 @@ __all__ = [
     "Unit",
     "UnitLayout",
     "UnitSet",
+    "ablation_ladder",
     "attribute",
     "component_spec",
     "concept_intervention",

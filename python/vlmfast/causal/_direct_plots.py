@@ -32,13 +32,15 @@ def _heatmap_axes(fig: Any, ax: Any, de: DirectEffects) -> None:
         for (row, col), value in np.ndenumerate(p):
             if value <= 0.05:
                 ax.text(col, row, "*", ha="center", va="center", fontsize=9)
-    ax.set_title(f"{de.tower} tower: direct effect on the matched logit")
-    fig.colorbar(im, ax=ax, label="mean contribution to scale*cos (+bias)")
+    ax.set_title(f"{de.tower} tower: direct effects", fontsize=10)
+    fig.colorbar(im, ax=ax, label="mean contribution to matched logit")
+    if de.null is not None:
+        ax.set_xlabel("head   (*: mismatched-pairs null p <= 0.05)")
 
 
 def effects_heatmap(de: DirectEffects, path: str | Path | None = None) -> Any:
     """Layers x heads heatmap (+ MLP column); ``*``: null p <= 0.05."""
-    fig = _figure(1.2 + 0.55 * (de.n_heads + 1), 1.4 + 0.45 * de.n_layers)
+    fig = _figure(2.2 + 0.6 * (de.n_heads + 1), 1.6 + 0.45 * de.n_layers)
     _heatmap_axes(fig, fig.add_subplot(), de)
     if path is not None:
         fig.savefig(path, dpi=120)
