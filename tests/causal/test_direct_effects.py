@@ -221,3 +221,45 @@ def test_model_without_the_hooks(clip: Any) -> None:
     px, tok = _inputs(clip, n=2)
     with pytest.raises(HookNameError, match=r"attn\.z"):
         direct_effects(NoHeadHooks(clip), px, tok)
+
+
+# ---- the command line ------------------------------------------------------------------
+def test_cli_direct_effects(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import json
+
+    from vlmfast.cli import main
+
+    out = tmp_path / "de"
+    argv = ["direct-effects", "--model", "synthetic:tiny", "--data", "synthetic:n=40,seed=7"]
+    argv += ["--out", str(out), "--null", "20", "--tower", "both"]
+    argv += ["--ladder-classes", "circle,square,triangle,diamond,cross,star"]
+    assert main(argv) == 0
+    summary = json.loads((out / "direct_effects.json").read_text())
+    assert summary["n_pairs"] == 40
+    for tower in ("image", "text"):
+        part = summary["direct_effects"][tower]
+        assert part["check_logit_max_abs"] <= 1e-4
+        assert part["null"]["draws"] == 20
+        assert (out / f"heads_{tower}.png").stat().st_size > 0
+        assert (out / f"heads_{tower}.svg").stat().st_size > 0
+    rungs = summary["ladder"]["rungs"]
+    assert rungs[0]["name"] == "clean" and len(rungs) == 4 + 2
+    table = out / "parts.parquet"
+    if not table.exists():
+        with (out / "parts.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        n_parts = 1 + 4 * 4 + 4 + 4 + 1 + 1 + 3 * 4 + 3 + 3 + 1  # image + text parts
+        assert len(rows) == 40 * n_parts
+    assert "parts+biases - logit max" in capsys.readouterr().out
+
+
+def test_cli_bad_input(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from vlmfast.cli import main
+
+    base = ["direct-effects", "--model", "synthetic:tiny", "--out", str(tmp_path / "x")]
+    assert main([*base, "--data", "synthetic:n=0"]) == 1
+    assert "no records" in capsys.readouterr().err
+    argv = [*base, "--data", "synthetic:n=4", "--null", "0", "--ladder-classes", "zebra"]
+    assert main(argv) == 1
+    assert "names exactly one" in capsys.readouterr().err

@@ -22,7 +22,9 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "cache",
     "train_sae",
     "score",
+    "attribute",
     "intervene",
+    "direct_effects",
 )
 
 
