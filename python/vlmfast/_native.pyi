@@ -6,9 +6,13 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DenseTokenScorer",
     "ShuffleStream",
+    "SparseTokenScorer",
     "StoreArray",
     "__version__",
+    "aggregate_dense_tokens",
+    "aggregate_sparse_tokens",
     "score_dense_units",
     "score_sparse_codes",
     "score_sparse_triplets",
@@ -143,3 +147,75 @@ def score_dense_units(
     top_n: int = 0,
 ) -> dict[str, Any]:
     """Exact AUROC (and optional statistics) of every column of ``scores[N, F]``."""
+
+def aggregate_sparse_tokens(
+    sample_ids: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.integer[Any]],
+    values: npt.NDArray[np.float32],
+    n_features: int,
+    mode: str,
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]
+]:
+    """Per-sample max / mean of top-k token codes: `(samples, indptr, indices, values)` (CSR)."""
+
+def aggregate_dense_tokens(
+    sample_ids: npt.NDArray[np.int64], x: npt.NDArray[np.float32], mode: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Per-sample max / mean of dense token rows: `(samples, float32[samples, d])`."""
+
+@final
+class SparseTokenScorer:
+    """One streaming pass of token-aggregated scoring of top-k codes over the
+    features `[lo, hi)`; `memory_budget` (bytes) may narrow `hi` during the pass."""
+
+    def __new__(
+        cls,
+        n_features: int,
+        lo: int,
+        hi: int,
+        mode: str,
+        n_samples: int,
+        memory_budget: int | None = None,
+    ) -> SparseTokenScorer: ...
+    def push(
+        self,
+        sample_ids: npt.NDArray[np.int64],
+        indices: npt.NDArray[np.integer[Any]],
+        values: npt.NDArray[np.float32],
+    ) -> None: ...
+    def finish(self) -> None: ...
+    @property
+    def hi(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def samples(self) -> npt.NDArray[np.int64]: ...
+    def score(
+        self,
+        labels: npt.NDArray[np.bool_],
+        *,
+        stats: bool = False,
+        with_se: bool = False,
+        top_n: int = 0,
+    ) -> dict[str, Any]: ...
+
+@final
+class DenseTokenScorer:
+    """One streaming pass of token-aggregated scoring of dense units over the
+    columns `[lo, hi)` (`hi` clipped to the rows' width)."""
+
+    def __new__(cls, lo: int, hi: int, mode: str, n_samples: int) -> DenseTokenScorer: ...
+    def push(self, sample_ids: npt.NDArray[np.int64], x: npt.NDArray[np.float32]) -> None: ...
+    def finish(self) -> None: ...
+    @property
+    def d(self) -> int | None: ...
+    def samples(self) -> npt.NDArray[np.int64]: ...
+    def take_rows(self) -> npt.NDArray[np.float32]: ...
+    def score(
+        self,
+        labels: npt.NDArray[np.bool_],
+        *,
+        stats: bool = False,
+        with_se: bool = False,
+        top_n: int = 0,
+    ) -> dict[str, Any]: ...

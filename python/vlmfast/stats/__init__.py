@@ -6,6 +6,8 @@
     s = vf.stats.score_sparse(indices, values, labels, n_features)   # UnitScores
     lo, hi = s.ci(0.95); p = s.pvalues(); sig = vf.stats.benjamini_hochberg(p)
 
+    s = vf.stats.score_sparse_token_chunks(chunks, labels, n_features)  # per-sample max over tokens
+
 ``vlmfast.stats.reference`` holds the pure-numpy references the tests compare against.
 """
 
@@ -25,16 +27,32 @@ from vlmfast.stats.significance import (
     bh_adjusted,
     mann_whitney_pvalues,
 )
+from vlmfast.stats.tokens import (
+    DenseTokenChunk,
+    SparseRows,
+    TokenChunk,
+    aggregate_dense_tokens,
+    aggregate_sparse_tokens,
+    score_dense_token_chunks,
+    score_sparse_token_chunks,
+)
 
 __all__ = [
     "CodeChunk",
+    "DenseTokenChunk",
+    "SparseRows",
+    "TokenChunk",
     "UnitScores",
+    "aggregate_dense_tokens",
+    "aggregate_sparse_tokens",
     "auroc",
     "auroc_sparse",
     "benjamini_hochberg",
     "bh_adjusted",
     "mann_whitney_pvalues",
     "score_dense",
+    "score_dense_token_chunks",
     "score_sparse",
     "score_sparse_chunks",
+    "score_sparse_token_chunks",
 ]

@@ -200,17 +200,23 @@ pub fn score_buckets(
     n_features: usize,
     opts: &ScoreOptions,
 ) -> Scores {
+    let mut slices: Vec<&mut [u64]> = Vec::with_capacity(n_features);
+    let mut rest: &mut [u64] = &mut buckets.keys;
+    for f in 0..n_features {
+        let (a, b) = rest.split_at_mut(buckets.offsets[f + 1] - buckets.offsets[f]);
+        slices.push(a);
+        rest = b;
+    }
+    score_slices(slices, labels, opts)
+}
+
+/// Scores one unit per slice of `(value, row)` keys (each in row order, not
+/// yet sorted by value; the rows not listed are zeros): sorts and walks each.
+pub fn score_slices(slices: Vec<&mut [u64]>, labels: &LabelIndex, opts: &ScoreOptions) -> Scores {
     let n = labels.n_rows;
     let c = labels.n_concepts;
-    let mut scores = Scores::alloc(n_features, c, n, opts);
+    let mut scores = Scores::alloc(slices.len(), c, n, opts);
     {
-        let mut slices: Vec<&mut [u64]> = Vec::with_capacity(n_features);
-        let mut rest: &mut [u64] = &mut buckets.keys;
-        for f in 0..n_features {
-            let (a, b) = rest.split_at_mut(buckets.offsets[f + 1] - buckets.offsets[f]);
-            slices.push(a);
-            rest = b;
-        }
         let rows = scores.rows_mut();
         slices
             .into_par_iter()
