@@ -260,7 +260,7 @@ def concept_metrics(
 
     def all_pos(x: torch.Tensor) -> torch.Tensor:  # [V, N, C] -> [V]
         w = pos * torch.isfinite(x)
-        return torch.nan_to_num(x, nan=0.0).mul(w).sum((-2, -1)) / w.sum()
+        return torch.nan_to_num(x, nan=0.0).mul(w).sum((-2, -1)) / w.sum((-2, -1))
 
     overall = torch.stack(
         [

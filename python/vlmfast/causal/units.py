@@ -452,8 +452,10 @@ def hook_size(pair: Any, unit: Unit, saes: Mapping[str, Any] | None = None) -> i
         return int(sae.n_latents)
     if unit.kind == "head":
         return int(cfg.heads)
-    if unit.kind == "neuron":
+    if unit.kind == "neuron" or unit.hook.endswith(("mlp.post", "mlp.pre")):
         return int(cfg.mlp_width)
+    if unit.hook.endswith(".embed"):
+        return int(cfg.embed_dim or cfg.width)
     return int(cfg.width)
 
 
