@@ -267,3 +267,20 @@ def test_qk_fix_matches_one_patch_at_a_time(causal: bool, temp: float) -> None:
         q1[:, p], k1[:, p] = qs[:, p], ks[:, p]
         want[p] += ((pattern(q1, kb) - base) * gp).sum() + ((pattern(qb, k1) - base) * gp).sum()
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_writes_json_table_and_heatmaps(tmp_path: Any) -> None:
+    import json
+
+    from vlmfast.cli import main
+
+    out = tmp_path / "att"
+    argv = ["attribute", "--model", "synthetic:tiny", "--data", "synthetic:n=4,seed=0"]
+    argv += ["--out", str(out), "--components", "heads", "--null", "1", "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads((out / "attribution.json").read_text())
+    assert data["run"]["corrupt"] == "image-shift" and data["run"]["pairs"] == 4
+    assert len(data["scores"]["image/heads"]) == 4
+    assert data["null"]["image/heads"]["layers"] == [0, 1, 2, 3]
+    table = out / data["run"]["table"]
+    assert table.suffix in (".parquet", ".csv") and table.stat().st_size > 0

@@ -169,7 +169,7 @@ class AttributionResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         """``to_dict`` as a JSON string (NaN written as null)."""
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per component: tower, kind, layer, index, score (and graddrop)."""
@@ -221,6 +221,17 @@ class AttributionResult:
             fig.savefig(base.with_suffix(".png"), dpi=120)
             fig.savefig(base.with_suffix(".svg"))
         return fig
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _finite(v: Any) -> Any:

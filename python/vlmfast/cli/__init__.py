@@ -24,7 +24,6 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "score",
     "attribute",
     "intervene",
-    "direct_effects",
 )
 
 
