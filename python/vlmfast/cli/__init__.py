@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "score",
     "attribute",
     "intervene",
+    "direct_effects",
 )
 
 
