@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "attribute",
     "intervene",
     "direct_effects",
+    "trace",
 )
 
 
