@@ -124,3 +124,22 @@ def test_ladder_bad_input(bundled: Any, shapes_task: Any) -> None:
         ablation_ladder(bundled, px, prompts[:1], [0] * len(labels))
     with pytest.raises(ShapeError, match="captions"):
         ablation_ladder(bundled, px, prompts, labels, texts=captions[:3])
+
+
+@pytest.mark.parametrize("path", ["direct", "total"])
+def test_siglip_ladder_runs_through_the_map_head(path: str) -> None:
+    """SigLIP: the MAP head (and its MLP) is not ablated; rung 0 is still the clean run."""
+    from vlmfast.models.testing import random_pair_tokens, random_pixels, tiny_pair
+
+    pair = tiny_pair("ViT-SO400M-14-SigLIP-384").eval()
+    px = random_pixels(pair, 6, seed=2)
+    prompts = random_pair_tokens(pair, 3, seed=4)
+    labels = [0, 1, 2, 0, 1, 2]
+    with torch.no_grad():
+        sims = pair.logits(px, prompts)
+    want = int(sum(int(sims[i].argmax()) == labels[i] for i in range(6)))
+    ladder = ablation_ladder(pair, px, prompts, labels, path=path)
+    assert ladder.rungs[0].correct == want
+    assert len(ladder.rungs) == pair.config.image.layers + 2
+    scores = torch.tensor([r.score for r in ladder.rungs])
+    assert bool(torch.isfinite(scores).all())

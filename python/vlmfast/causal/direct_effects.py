@@ -340,11 +340,16 @@ def _check_pair(pair: Any) -> None:
     check_eval_mode(pair, "direct_effects")
 
 
+def _to_cpu(tp: TowerParts) -> TowerParts:
+    """Results live on the CPU (the parts of a large batch would crowd a GPU)."""
+    return TowerParts(tp.tower, tp.names, tp.parts.cpu(), tp.embed.cpu(), tp.layers, tp.heads)
+
+
 def _run_parts(
     pair: Any, tower: str, inputs: Tensor, batch_size: int, dtype: torch.dtype
 ) -> TowerParts:
     chunks = [
-        tower_parts(pair, tower, inputs[s : s + batch_size], dtype)
+        _to_cpu(tower_parts(pair, tower, inputs[s : s + batch_size], dtype))
         for s in range(0, inputs.shape[0], batch_size)
     ]
     first = chunks[0]
@@ -363,7 +368,7 @@ def _run_parts(
 def _embeds(pair: Any, tower: str, inputs: Tensor, batch_size: int, dtype: torch.dtype) -> Tensor:
     with torch.no_grad():
         out = [
-            backend.embed(pair, tower, inputs[s : s + batch_size]).to(dtype)
+            backend.embed(pair, tower, inputs[s : s + batch_size]).to("cpu", dtype)
             for s in range(0, inputs.shape[0], batch_size)
         ]
     return torch.cat(out)

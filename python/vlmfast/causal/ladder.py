@@ -177,7 +177,7 @@ def _zero_shot(
 
 
 def _labels(labels: Any, n: int, n_classes: int) -> Tensor:
-    lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
     if lab.shape[0] != n:
         raise ShapeError(f"labels has {lab.shape[0]} entries for {n} images (one per image)")
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= n_classes):
@@ -354,7 +354,7 @@ def _total_variants(
             ivs = [Ablate(h, mode="zero") for h in hooks]
         with torch.no_grad():
             emb = [
-                module.run(inputs[s : s + batch_size], interventions=ivs).embed.to(dtype)
+                module.run(inputs[s : s + batch_size], interventions=ivs).embed.to("cpu", dtype)
                 for s in range(0, inputs.shape[0], batch_size)
             ]
         out.append(torch.cat(emb))
