@@ -225,6 +225,17 @@ def test_non_contiguous_samples_are_an_error() -> None:
     dparts = [(ids[:4], vals[:4]), (ids[4:], vals[4:])]
     with pytest.raises(InputError, match="contiguous"):
         vf.stats.score_dense_token_chunks(lambda: iter(dparts), labels)
+    with pytest.raises(InputError, match=r"chunk 1: .*sample 3 reappears at token row 4"):
+        vf.stats.token_samples(lambda: iter(dparts))
+
+
+def test_token_samples_gives_the_label_order() -> None:
+    ids, idx, vals = make_tokens(15, 40, 8, 2, max_rows=20)
+    parts = chunked(ids, idx, vals, seed=16, n_cuts=9)
+    got = vf.stats.token_samples(lambda: iter(parts))
+    np.testing.assert_array_equal(got, ids[run_starts(ids)])
+    np.testing.assert_array_equal(got, vf.stats.aggregate_sparse_tokens(ids, idx, vals, 8).samples)
+    assert vf.stats.token_samples(lambda: iter([])).shape == (0,)
 
 
 def test_empty_chunks_and_empty_streams() -> None:

@@ -35,6 +35,7 @@ from vlmfast.stats.tokens import (
     aggregate_sparse_tokens,
     score_dense_token_chunks,
     score_sparse_token_chunks,
+    token_samples,
 )
 
 __all__ = [
@@ -55,4 +56,5 @@ __all__ = [
     "score_sparse",
     "score_sparse_chunks",
     "score_sparse_token_chunks",
+    "token_samples",
 ]

@@ -194,6 +194,40 @@ def _in_chunk(i: int, err: InputError) -> InputError:
     return out
 
 
+def token_samples(chunks: Callable[[], Iterable[Any]]) -> npt.NDArray[np.int64]:
+    """The distinct sample ids of a token stream in order of first appearance: the
+    order ``labels`` must follow for the ``score_*_token_chunks`` functions.
+
+    Reads only each chunk's ``sample_ids`` (its first element) and checks that
+    every sample's rows are contiguous, with the same error as the scorers.
+    """
+    out: list[npt.NDArray[np.int64]] = []
+    seen: set[int] = set()
+    last: int | None = None
+    row0 = 0
+    for i, chunk in enumerate(chunks()):
+        ids = as_numpy(chunk[0], "sample_ids")
+        sid = _check_sample_ids(ids, ids.shape[0] if ids.ndim else -1, f"chunk {i}: ")
+        if sid.shape[0] == 0:
+            continue
+        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+        if last is not None and sid[0] == last:
+            starts = starts[1:]
+        new = sid[starts]
+        for s, v in zip(starts.tolist(), new.tolist()):
+            if v in seen:
+                raise InputError(
+                    f"chunk {i}: sample_ids: sample {v} reappears at token row {row0 + s} after "
+                    "rows of other samples; token rows must be contiguous per sample "
+                    "(sort the index by sample)"
+                )
+            seen.add(v)
+        out.append(new)
+        last = int(sid[-1])
+        row0 += sid.shape[0]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def aggregate_dense_tokens(
     sample_ids: Any, x: Any, mode: str = "max"
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -390,4 +424,5 @@ __all__ = [
     "aggregate_sparse_tokens",
     "score_dense_token_chunks",
     "score_sparse_token_chunks",
+    "token_samples",
 ]
