@@ -299,3 +299,29 @@ def test_bundled_white_neurons_are_not_targeted(bundled: tuple[Any, Any, EvalSet
     )
     assert r.others.mean["margin"] < r.target.delta["margin"] < 0
     assert r.verdict["exceeds_others"] is False and r.targeted is None
+
+
+@pytest.mark.parametrize("mode", ["ablate", "steer"])
+def test_heads_and_text_units_batched_equals_loop(mode: str) -> None:
+    """Image heads and text neurons together (both towers edited), nulls included."""
+    pair = vf.load_pair("synthetic:tiny").eval()
+    ev = EvalSet.synthetic(8, seed=2)
+    units = UnitSet(
+        (
+            Unit("image.blocks.2.attn.z", 1, "head"),
+            Unit("image.blocks.3.attn.head_out", 0, "head"),
+            Unit("text.blocks.1.mlp.post", 17, "neuron"),
+        ),
+        concept="red",
+        model="synthetic:tiny",
+    )
+    kw: dict[str, Any] = dict(mode=mode, eval_data=ev, null=20, seed=5)
+    if mode == "steer":
+        kw["alpha"] = 3.0
+    a = concept_intervention(pair, units, max_rows=100, **kw)
+    b = concept_intervention(pair, units, method="loop", **kw)
+    assert a.null is not None and b.null is not None
+    for m in ("margin", "score", "i2t@1"):
+        assert a.target.delta[m] == pytest.approx(b.target.delta[m], abs=1e-5)
+        np.testing.assert_allclose(a.null.target[m], b.null.target[m], atol=1e-5)
+    assert a.target.delta["score"] != 0.0
