@@ -149,7 +149,11 @@ def trace(
         layers=prep.layers,
         positions=prep.traced,
         corrupted=[torch.nonzero(row).flatten().tolist() for row in prep.mask.cpu()],
-        labels=_labels(pair, setup.tower, prep.traced),
+        labels=(
+            _labels(pair, setup.tower, prep.traced)
+            if setup.tokens is None
+            else _text_labels(pair, setup.tokens, prep.traced)
+        ),
         noise="input" if setup.corrupted_inputs is not None else noise_kind_label(noise),
         sigma=prep.sigma,
         samples=setup.n_samples,
@@ -429,6 +433,29 @@ def _labels(pair: Any, tower: str, traced: list[int]) -> list[str]:
         cls = bool(pair.config.image.class_token)
         return ["CLS" if (cls and p == 0) else f"p{p - 1 if cls else p}" for p in traced]
     return [f"t{p}" for p in traced]
+
+
+def _text_labels(pair: Any, tokens: Tensor, traced: list[int]) -> list[str]:
+    """Token strings where every row has the same token at a position (else ``t{p}``)."""
+    eot = _eot_positions(pair, tokens)
+    decode = getattr(getattr(pair, "_tokenizer", None), "decode", None)
+    out = []
+    for p in traced:
+        ids = tokens[:, p].unique()
+        label = f"t{p}"
+        if ids.numel() == 1:
+            if eot is not None and bool((eot == p).all()):
+                label = "EOT"
+            elif p == 0 and pair.config.text.causal:
+                label = "SOT"
+            elif decode is not None:
+                try:
+                    word = str(decode([int(ids[0])])).strip()
+                except Exception:  # a tokenizer without single-id decoding
+                    word = ""
+                label = f"{word}@{p}" if word else label
+        out.append(label)
+    return out
 
 
 # ---- runs ----------------------------------------------------------------------------------

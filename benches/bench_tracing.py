@@ -1,0 +1,105 @@
+"""Causal tracing of the ViT-B/32 image tower: batched prefix reuse vs ROME's serial loop.
+
+Model: ``open_clip:ViT-B-32`` with random weights (offline). Image tower corrupted with
+3-sigma embedding noise on every patch, ``resid`` restored at each (layer, position).
+
+- serial (ROME's ``trace_with_patch`` loop): per example and (layer, position), one full
+  image-tower forward of ``1 + samples`` rows, row 0 clean, restoration copied from row 0
+  -- ``trace(method="serial")``;
+- serial over the whole batch (a stronger loop: one ``samples x pairs``-row forward per
+  (layer, position)) -- default case only;
+- batched: the corrupted forward once, then per layer every position's restoration
+  stacked on the batch and continued from ``blocks.{L+1}`` with ``run_from``.
+
+Default (collected) case, small: 1 pair, 2 samples, layers 0/6/11 x 50 positions.
+``VLMFAST_BENCH_TRACE_FULL=1``: the issue's size, 4 pairs, 10 samples, 12 layers x 50
+positions (a long run on a 2-core CPU). ``VLMFAST_BENCH_TRACE_PAIRS`` / ``_SAMPLES`` /
+``_LAYERS`` (comma-separated) override the sizes. Results must agree within 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+import torch
+
+import vlmfast as vf
+from vlmfast.causal.tracing import prepare_trace, trace
+
+FULL = os.environ.get("VLMFAST_BENCH_TRACE_FULL", "0") == "1"
+N_PAIRS = int(os.environ.get("VLMFAST_BENCH_TRACE_PAIRS", 4 if FULL else 1))
+SAMPLES = int(os.environ.get("VLMFAST_BENCH_TRACE_SAMPLES", 10 if FULL else 2))
+LAYERS = list(range(12)) if FULL else [0, 6, 11]
+if os.environ.get("VLMFAST_BENCH_TRACE_LAYERS"):
+    LAYERS = [int(x) for x in os.environ["VLMFAST_BENCH_TRACE_LAYERS"].split(",")]
+CAPTIONS = ["a red cube left of a blue sphere", "a green cone", "two purple cylinders", "a ball"]
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[Any, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    pair = vf.load_pair("open_clip:ViT-B-32")
+    px = torch.randn(N_PAIRS, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return pair, px, pair.tokenize(CAPTIONS[:N_PAIRS])
+
+
+def _kw() -> dict[str, Any]:
+    return dict(noise="3x", samples=SAMPLES, seed=0, kinds=("resid",), layers=LAYERS)
+
+
+def _serial_whole_batch(pair: Any, px: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    """One ``S x B``-row full image-tower forward per (layer, position)."""
+    prep = prepare_trace(pair, px, tok, "image", **_kw())
+    setup = prep.setup
+    out = torch.empty(len(LAYERS), len(prep.traced))
+    rows = px.repeat(SAMPLES, 1, 1, 1)
+    with torch.no_grad():
+        clean = pair.image.run(px, cache=[f"image.blocks.{L}.resid_post" for L in LAYERS]).cache
+        for i, layer in enumerate(LAYERS):
+            hook = f"image.blocks.{layer}.resid_post"
+            src = clean[hook].repeat(SAMPLES, 1, 1)
+            for j, pos in enumerate(prep.traced):
+                ivs = [setup.corruption("batched"), vf.Patch(hook, source=src, positions=[pos])]
+                emb = pair.image.run(rows, interventions=ivs).embed
+                out[i, j] = setup.score(emb.view(SAMPLES, N_PAIRS, -1)).mean()
+    return out
+
+
+def _report(benchmark: Any, label: str, t_serial: float, diff: float) -> None:
+    t_batched = benchmark.stats.stats.min
+    benchmark.extra_info.update(
+        baseline=label, serial_s=t_serial, batched_s=t_batched, speedup=t_serial / t_batched,
+        max_abs_diff=diff, threads=torch.get_num_threads(), full=FULL,
+    )  # fmt: skip
+    print(
+        f"\ntrace resid {len(LAYERS)} layers x 50 positions, ViT-B/32, {N_PAIRS} pairs x "
+        f"{SAMPLES} samples: {label} {t_serial:.1f} s, batched {t_batched:.1f} s -> "
+        f"{t_serial / t_batched:.2f}x; max |diff| {diff:.2e}"
+    )
+
+
+def test_vs_rome_serial_loop(benchmark: Any, setup: Any) -> None:
+    pair, px, tok = setup
+    t0 = time.perf_counter()
+    serial = trace(pair, px, tok, method="serial", **_kw())
+    t_serial = time.perf_counter() - t0
+    fast = benchmark.pedantic(lambda: trace(pair, px, tok, **_kw()), rounds=1, iterations=1)
+    diff = float((fast.effect["resid"] - serial.effect["resid"]).abs().max())
+    assert fast.effect["resid"].shape == (len(LAYERS), 50)
+    assert diff <= 1e-5
+    _report(benchmark, "ROME serial loop", t_serial, diff)
+
+
+@pytest.mark.skipif(FULL, reason="default-size case only (the full size is long)")
+def test_vs_serial_whole_batch(benchmark: Any, setup: Any) -> None:
+    pair, px, tok = setup
+    t0 = time.perf_counter()
+    serial = _serial_whole_batch(pair, px, tok)
+    t_serial = time.perf_counter() - t0
+    fast = benchmark.pedantic(lambda: trace(pair, px, tok, **_kw()), rounds=1, iterations=1)
+    diff = float((fast.effect["resid"] - serial).abs().max())
+    assert diff <= 1e-5
+    _report(benchmark, "serial whole-batch loop", t_serial, diff)
