@@ -325,3 +325,32 @@ def test_heads_and_text_units_batched_equals_loop(mode: str) -> None:
         assert a.target.delta[m] == pytest.approx(b.target.delta[m], abs=1e-5)
         np.testing.assert_allclose(a.null.target[m], b.null.target[m], atol=1e-5)
     assert a.target.delta["score"] != 0.0
+
+
+def test_unit_activations_heads_and_sae_features(toy: tuple[HookedPair, EvalSet]) -> None:
+    pair, ev = toy
+    sae = vf.sae.TopKSAE(d_in=8, n_latents=12, k=3)
+    hooks = ["image.blocks.0.attn.head_out", "image.blocks.0.resid_post", NEURONS]
+    acts = unit_activations(
+        pair, images=ev.images, hooks=hooks, saes={"image.blocks.0.resid_post": sae}
+    )
+    kinds = [(s.hook, s.size, s.kind, s.sae) for s in acts.layout.segments]
+    assert kinds == [  # model order
+        ("image.blocks.0.attn.head_out", 1, "head", None),
+        (NEURONS, 6, "neuron", None),
+        ("image.blocks.0.resid_post", 12, "feature", "image.blocks.0.resid_post"),
+    ]
+    # the feature columns are the per-image max of the SAE's dense codes
+    with torch.no_grad():
+        x = pair.run(images=ev.images, cache=["image.blocks.0.resid_post"]).cache[
+            "image.blocks.0.resid_post"
+        ]
+        val, idx = sae.encode(x.reshape(-1, 8))
+    dense = torch.zeros(x.shape[0] * x.shape[1], 12).scatter_(1, idx, val).view(x.shape[0], -1, 12)
+    np.testing.assert_allclose(acts.values[:, 7:19], dense.amax(1).numpy(), atol=1e-6)
+    scores = vf.scoring.score_units(
+        acts.values, ev.labels, concepts=vf.scoring.ConceptSet.make(ev.concepts), meta=acts.meta()
+    )
+    assert top_units(scores, "A", n=1, kinds=["neuron"]).units == (Unit(NEURONS, 0, "neuron"),)
+    feats = top_units(scores, "A", n=2, hooks="*resid_post")
+    assert all(u.kind == "feature" and u.sae == "image.blocks.0.resid_post" for u in feats)
