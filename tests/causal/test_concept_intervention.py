@@ -301,10 +301,15 @@ def test_bundled_white_neurons_are_not_targeted(bundled: tuple[Any, Any, EvalSet
     assert r.verdict["exceeds_others"] is False and r.targeted is None
 
 
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return vf.load_pair("synthetic:tiny").eval()
+
+
 @pytest.mark.parametrize("mode", ["ablate", "steer"])
-def test_heads_and_text_units_batched_equals_loop(mode: str) -> None:
+def test_heads_and_text_units_batched_equals_loop(tiny: Any, mode: str) -> None:
     """Image heads and text neurons together (both towers edited), nulls included."""
-    pair = vf.load_pair("synthetic:tiny").eval()
+    pair = tiny
     ev = EvalSet.synthetic(8, seed=2)
     units = UnitSet(
         (
@@ -315,7 +320,7 @@ def test_heads_and_text_units_batched_equals_loop(mode: str) -> None:
         concept="red",
         model="synthetic:tiny",
     )
-    kw: dict[str, Any] = dict(mode=mode, eval_data=ev, null=20, seed=5)
+    kw: dict[str, Any] = dict(mode=mode, eval_data=ev, null=5, pvalues=False, seed=5)
     if mode == "steer":
         kw["alpha"] = 3.0
     a = concept_intervention(pair, units, max_rows=100, **kw)
