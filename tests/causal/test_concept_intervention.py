@@ -359,3 +359,13 @@ def test_unit_activations_heads_and_sae_features(toy: tuple[HookedPair, EvalSet]
     assert top_units(scores, "A", n=1, kinds=["neuron"]).units == (Unit(NEURONS, 0, "neuron"),)
     feats = top_units(scores, "A", n=2, hooks="*resid_post")
     assert all(u.kind == "feature" and u.sae == "image.blocks.0.resid_post" for u in feats)
+
+
+def test_eval_images_of_the_wrong_size_are_an_error(toy: tuple[HookedPair, EvalSet]) -> None:
+    from vlmfast.models.testing import tiny_pair
+
+    _, ev = toy
+    pair = tiny_pair("ViT-B-32").eval()  # 96 x 96 images; the toy eval set is 4 x 4
+    units = UnitSet((Unit("image.blocks.0.mlp.post", 0),), "A")
+    with pytest.raises(InputError, match="eval_data images are"):
+        concept_intervention(pair, units, eval_data=ev, null=0, pvalues=False)

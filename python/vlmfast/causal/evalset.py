@@ -111,11 +111,14 @@ class EvalSet:
         split: str = "test",
         max_objects: int = 3,
         kinds: Sequence[str] = ("color", "shape"),
+        pair: Any = None,
     ) -> EvalSet:
         """``n`` samples of the synthetic benchmark with at most ``max_objects`` objects.
 
         Labels: the colors and shapes each image shows. Prompts: the benchmark's zero-shot
         templates (``"a {color} shape"``, ``"a {shape}"``). Captions: the samples' own.
+        With ``pair``, the images go through ``pair.preprocess`` (any image size), else
+        they are the bundled model's normalised 64 x 64 pixels.
         """
         from vlmfast.data.synthetic import spec
         from vlmfast.data.synthetic.dataset import make_sample, render_batch
@@ -152,7 +155,13 @@ class EvalSet:
                 for attr in (o.color, o.shape):
                     if attr in names:
                         labels[r, names.index(attr)] = True
-        px = pixels_from_uint8(render_batch(samples))
+        raw = render_batch(samples)
+        if pair is not None:
+            from PIL import Image
+
+            px = pair.preprocess([Image.fromarray(a) for a in raw])
+        else:
+            px = pixels_from_uint8(raw)
         return cls(
             px, [s.caption.text for s in samples], labels, tuple(names), tuple(kind_of), prompts
         )
@@ -172,10 +181,7 @@ class EvalSet:
             max_obj = int(parts[4]) if len(parts) > 4 else 3
         except ValueError as err:
             raise InputError(f"--data {spec_str!r}: {err}") from None
-        ev = cls.synthetic(n, seed=seed, split=split, max_objects=max_obj)
-        if pair is not None:
-            ev.images = ev.images.to(device=pair.device, dtype=pair.dtype)
-        return ev
+        return cls.synthetic(n, seed=seed, split=split, max_objects=max_obj, pair=pair)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -283,7 +289,7 @@ def as_eval_set(eval_data: Any, pair: Any) -> EvalSet:
     if isinstance(eval_data, EvalSet):
         ev = eval_data
     elif isinstance(eval_data, str):
-        ev = EvalSet.from_spec(eval_data)
+        ev = EvalSet.from_spec(eval_data, pair)
     elif isinstance(eval_data, Mapping):
         try:
             ev = EvalSet(**dict(eval_data))
@@ -297,4 +303,10 @@ def as_eval_set(eval_data: Any, pair: Any) -> EvalSet:
     if not isinstance(ev.images, torch.Tensor):
         ev.images = pair.preprocess(ev.images)
     ev.images = ev.images.to(device=pair.device, dtype=pair.dtype)
+    size = int(pair.config.image.image_size)
+    if tuple(ev.images.shape[1:]) != (3, size, size):
+        raise InputError(
+            f"eval_data images are {tuple(ev.images.shape[1:])}, the model takes (3, {size}, "
+            f"{size}): build the EvalSet with pair= (EvalSet.synthetic(..., pair=pair))"
+        )
     return ev
