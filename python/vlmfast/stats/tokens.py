@@ -53,7 +53,7 @@ DenseTokenChunk = tuple[Any, Any]
 
 MODES = ("max", "mean")
 
-DEFAULT_MEMORY_BUDGET = 6 << 30
+DEFAULT_MEMORY_BUDGET = 4 << 30
 """Bytes the per-block sample-level nonzeros (sparse) or aggregated columns (dense) may use."""
 
 

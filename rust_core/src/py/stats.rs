@@ -426,6 +426,11 @@ impl PyDenseTokenScorer {
         let d = x.shape()[1];
         let out = py.detach(|| guard(|| st.agg.push(ids, xs, d)))?;
         too_many(st.agg.order.ids.len(), st.n_samples)?;
+        if st.rows.capacity() == 0 && st.n_samples != u64::MAX {
+            // the aggregated [samples, width] block, without growth slack
+            let want = (st.n_samples as usize).saturating_mul(st.agg.width());
+            st.rows.reserve_exact(want);
+        }
         st.rows.extend_from_slice(&out);
         Ok(())
     }
