@@ -44,6 +44,9 @@ def _clean_accuracy(pair: Any, px: torch.Tensor, prompts: list[str], labels: lis
 def test_rung_plan() -> None:
     names = [n for n, _ in rung_plan(3)]
     assert names == ["clean", "mlps", "mlps+attn0", "mlps+attn0-1", "mlps+attn0-2"]
+    cls = [n for n, _ in rung_plan(2, cls=True)]
+    assert cls == ["clean", "mlps", "mlps+cls", "mlps+cls+attn0", "mlps+cls+attn0-1"]
+    assert "blocks.1.attn.from_cls" in rung_plan(2, cls=True)[2][1]
     assert rung_plan(3)[-1][1] == [
         "blocks.0.mlp",
         "blocks.1.mlp",
@@ -78,6 +81,22 @@ def test_ladder_first_rung_is_clean_and_last_rung_is_blind(
         assert 0 <= lo <= r.accuracy <= hi <= 1
     assert ladder.means_from == "batch"
     assert ladder.to_json()["rungs"][0]["name"] == "clean"
+
+
+def test_cls_rung(bundled: Any, shapes_task: Any) -> None:
+    """TextSpan's CLS rung sits after the MLPs; rungs before it and the last one are as
+    without it (every attention layer ablated includes its CLS reads)."""
+    px, prompts, labels, _ = shapes_task
+    plain = ablation_ladder(bundled, px, prompts, labels)
+    with_cls = ablation_ladder(bundled, px, prompts, labels, cls=True)
+    names = [r.name for r in with_cls.rungs]
+    assert names[:3] == ["clean", "mlps", "mlps+cls"]
+    assert len(names) == len(plain.rungs) + 1
+    assert with_cls.accuracies[:2] == plain.accuracies[:2]
+    # the same embedding; the CLS run caches attn.pattern (another float32 path)
+    assert abs(with_cls.rungs[-1].score - plain.rungs[-1].score) < 1e-5
+    with pytest.raises(InputError, match="cls=True"):
+        ablation_ladder(bundled, px, prompts, labels, cls=True, path="total")
 
 
 def test_direct_ladder_clean_score_is_the_matched_logit(bundled: Any, shapes_task: Any) -> None:

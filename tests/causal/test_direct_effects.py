@@ -83,6 +83,20 @@ def test_float64_decomposition_is_exact_and_matches_reference(pair: Any, tower: 
     assert de.check() <= 1e-10
 
 
+def test_source_token_parts_sum_to_the_heads(pair: Any) -> None:
+    """What each layer's heads read from token s, summed over every s, is the heads' part."""
+    pd = tiny_pair(pair.spec.split(":", 1)[1]).eval().double()
+    px = random_pixels(pd, 3).double()
+    n_tokens = pd.config.image.n_tokens
+    total = sum(tower_parts(pd, "image", px, source_token=s).source_parts for s in range(n_tokens))
+    tp = tower_parts(pd, "image", px)
+    heads = tp.parts[tp.head_slice].reshape(tp.layers, tp.heads, *tp.parts.shape[1:]).sum(1)
+    assert isinstance(total, torch.Tensor)
+    torch.testing.assert_close(total, heads, atol=1e-10, rtol=0)
+    with pytest.raises(InputError, match="source_token"):
+        tower_parts(pd, "image", px, source_token=n_tokens)
+
+
 def test_mean_pooling_post_pool_ln(mean_pooled: Any) -> None:
     assert mean_pooled.config.image.pool == "mean"
     assert mean_pooled.config.image.final_ln == "post_pool"
@@ -233,7 +247,7 @@ def test_cli_direct_effects(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -
     out = tmp_path / "de"
     argv = ["direct-effects", "--model", "synthetic:tiny", "--data", "synthetic:n=40,seed=7"]
     argv += ["--out", str(out), "--null", "20", "--tower", "both"]
-    argv += ["--ladder-classes", "circle,square,triangle,diamond,cross,star"]
+    argv += ["--ladder-classes", "circle,square,triangle,diamond,cross,star", "--ladder-cls"]
     assert main(argv) == 0
     summary = json.loads((out / "direct_effects.json").read_text())
     assert summary["n_pairs"] == 40
@@ -244,7 +258,8 @@ def test_cli_direct_effects(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -
         assert (out / f"heads_{tower}.png").stat().st_size > 0
         assert (out / f"heads_{tower}.svg").stat().st_size > 0
     rungs = summary["ladder"]["rungs"]
-    assert rungs[0]["name"] == "clean" and len(rungs) == 4 + 2
+    assert rungs[0]["name"] == "clean" and len(rungs) == 4 + 3
+    assert rungs[2]["name"] == "mlps+cls"
     table = out / "parts.parquet"
     if not table.exists():
         with (out / "parts.csv").open() as fh:

@@ -53,6 +53,10 @@ class TowerParts:
     """Blocks of the tower."""
     heads: int
     """Heads per block."""
+    source_parts: Tensor | None = None
+    """[layers, B, E] with ``source_token=s``: the part of each layer's heads (summed) that
+    reads from token ``s`` (its value, bias included, times the attention paid to it);
+    TextSpan's "CLS" rung with ``s = 0``. Already contained in the head parts."""
 
     @property
     def head_slice(self) -> slice:
@@ -136,35 +140,98 @@ def _pool_weights(cfg: Any, x: Tensor, tokens: Tensor | None, pattern: Tensor | 
     return w
 
 
+def _fast_hooks(pair: Any, tower: str, inputs: Tensor, source_token: int | None) -> list[str]:
+    cfg = pair.config.tower(tower)
+    hooks = required_hooks(pair, tower)
+    if source_token is not None:
+        if not 0 <= source_token < int(inputs.shape[1] if tower == "text" else cfg.n_tokens):
+            raise InputError(f"source_token {source_token} is not a token of the {tower} tower")
+        for layer in range(cfg.layers):
+            hooks += [f"{tower}.blocks.{layer}.attn.pattern", f"{tower}.blocks.{layer}.attn.v"]
+    return hooks
+
+
+def _frozen_weights(cfg: Any, c: dict[str, Tensor], pool_w: Tensor) -> Tensor:
+    """Pooling weights divided by the frozen final-LN scale: ``[B, G, T]``."""
+    name = f"{cfg.modality}.ln_final.scale"
+    if cfg.final_ln == "pre_pool":
+        return pool_w / c[name][..., 0][:, None, :]  # scale [B, T]
+    if cfg.final_ln == "post_pool":
+        return pool_w / c[name].reshape(pool_w.shape[0])[:, None, None]  # scale [B]
+    return pool_w
+
+
+def _fast_extras(
+    module: Any,
+    cfg: Any,
+    c: dict[str, Tensor],
+    pool_w: Tensor,
+    readout: Any,
+    out: list[Tensor],
+    dtype: torch.dtype,
+) -> list[str]:
+    """Appends the LN-bias and MAP-head pooled parts ([B, 1, d]) to ``out``; their names."""
+    x0 = c[f"{cfg.modality}.blocks.0.resid_pre"]
+    bsz, width = x0.shape[0], x0.shape[-1]
+    extras: list[str] = []
+    if cfg.final_ln != "none":
+        b = module.ln_final.bias.detach().to(dtype)
+        if cfg.final_ln == "pre_pool":
+            bias_v = pool_w.sum(-1)[..., None] * b  # [B, G, d]
+            out.append(readout(bias_v[:, :, None], lnlin=False))
+        else:
+            out.append(b.expand(bsz, 1, width))
+        extras.append("ln_final.bias")
+    if cfg.pool == "map":
+        attn = module.pool_head.attn
+        inner = attn.heads * attn.head_dim
+        b_v = attn.in_proj_bias.detach().to(dtype)[2 * inner :].view(attn.heads, attn.head_dim)
+        const = torch.einsum("he,hew->w", b_v, attn.W_O.detach().to(dtype))
+        const = const + attn.out_bias.detach().to(dtype)
+        out.append(const.expand(bsz, 1, width))
+        out.append(c[f"{cfg.modality}.pool.mlp_out"].reshape(bsz, 1, width))
+        extras += ["pool.attn.bias", "pool.mlp"]
+    return extras
+
+
+def _project(module: Any, pooled: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[str]]:
+    """[P, B, d] pooled parts -> [P(+1), B, E] embedding parts (+ ``proj.bias``)."""
+    if module.proj_weight is None:
+        return pooled, []
+    parts = pooled @ module.proj_weight.detach().to(dtype).T
+    if module.proj_bias is None:
+        return parts, []
+    pb = module.proj_bias.detach().to(dtype)
+    return torch.cat([parts, pb.expand(1, parts.shape[1], pb.shape[0])], dim=0), ["proj.bias"]
+
+
 def tower_parts(
-    pair: Any, tower: str, inputs: Tensor, dtype: torch.dtype = torch.float64
+    pair: Any,
+    tower: str,
+    inputs: Tensor,
+    dtype: torch.dtype = torch.float64,
+    *,
+    source_token: int | None = None,
 ) -> TowerParts:
-    """Decomposes ``tower``'s embedding of ``inputs`` (one clean forward, hooks cached)."""
+    """Decomposes ``tower``'s embedding of ``inputs`` (one clean forward, hooks cached).
+
+    ``source_token=s`` also fills ``source_parts`` (what each layer's heads read from
+    token ``s``; caches ``attn.pattern`` and ``attn.v``).
+    """
     cfg = pair.config.tower(tower)
     module = pair.tower(tower)
-    hooks = required_hooks(pair, tower)
+    hooks = _fast_hooks(pair, tower, inputs, source_token)
     with torch.no_grad():
         cache = module.run(inputs, cache=hooks).cache
     c = {k: v.detach().to(dtype) for k, v in cache.items()}
     tokens = inputs if tower == "text" else None
     x0 = c[f"{tower}.blocks.0.resid_pre"]
-    has_ln = cfg.final_ln != "none"
-    is_map = cfg.pool == "map"
-    pattern = c.get(f"{tower}.pool.attn.pattern")
-    pool_w = _pool_weights(cfg, x0, tokens, pattern)  # [B, G, T]
-    if cfg.final_ln == "pre_pool":
-        scale = c[f"{tower}.ln_final.scale"][..., 0]  # [B, T]
-        w = pool_w / scale[:, None, :]
-    elif cfg.final_ln == "post_pool":
-        scale = c[f"{tower}.ln_final.scale"].reshape(x0.shape[0])  # [B]
-        w = pool_w / scale[:, None, None]
-    else:
-        w = pool_w
-    ln = module.ln_final
-    ln_w = ln.weight.detach().to(dtype) if has_ln else None
+    pool_w = _pool_weights(cfg, x0, tokens, c.get(f"{tower}.pool.attn.pattern"))  # [B, G, T]
+    w = _frozen_weights(cfg, c, pool_w)
+    ln_w = module.ln_final.weight.detach().to(dtype) if cfg.final_ln != "none" else None
 
     route: Tensor | None = None  # [G, d, d]: MAP value path per MAP head
-    if is_map:
+    if cfg.pool == "map":
         attn = module.pool_head.attn
         route = attn.W_V.detach().to(dtype).transpose(1, 2) @ attn.W_O.detach().to(dtype)
 
@@ -177,13 +244,19 @@ def tower_parts(
         return v[:, 0]
 
     pooled_parts: list[Tensor] = [readout(torch.einsum("bgt,btd->bgd", w, x0)[:, :, None])]
-    head_parts, bias_parts, mlp_parts = [], [], []
+    head_parts, bias_parts, mlp_parts, src_parts = [], [], [], []
     for layer in range(cfg.layers):
         attn = module.blocks[layer].attn
+        w_o = attn.W_O.detach().to(dtype)
         z = c[f"{tower}.blocks.{layer}.attn.z"]  # [B, T, H, dh]
         zbar = torch.einsum("bgt,bthe->bghe", w, z)
-        hv = torch.einsum("bghe,hew->bghw", zbar, attn.W_O.detach().to(dtype))
+        hv = torch.einsum("bghe,hew->bghw", zbar, w_o)
         head_parts.append(readout(hv))  # [B, H, d]
+        if source_token is not None:
+            pat = c[f"{tower}.blocks.{layer}.attn.pattern"][..., source_token]  # [B, H, Tq]
+            v_s = c[f"{tower}.blocks.{layer}.attn.v"][:, source_token]  # [B, H, dh]
+            zsrc = torch.einsum("bgt,bht,bhe->bghe", w, pat, v_s)
+            src_parts.append(readout(torch.einsum("bghe,hew->bghw", zsrc, w_o)).sum(1))
         ob = attn.out_bias.detach().to(dtype)
         bias_parts.append(readout((w.sum(-1)[..., None] * ob)[:, :, None]))
         mlp = c[f"{tower}.blocks.{layer}.mlp_out"]
@@ -191,38 +264,18 @@ def tower_parts(
     pooled_parts.append(torch.cat(head_parts, dim=1))
     pooled_parts += bias_parts + mlp_parts
 
-    bsz, width = x0.shape[0], x0.shape[-1]
-    extras: list[str] = []
-    if has_ln:
-        b = ln.bias.detach().to(dtype)
-        if cfg.final_ln == "pre_pool":
-            bias_v = pool_w.sum(-1)[..., None] * b  # [B, G, d]
-            pooled_parts.append(readout(bias_v[:, :, None], lnlin=False))
-        else:
-            pooled_parts.append(b.expand(bsz, 1, width))
-        extras.append("ln_final.bias")
-    if is_map:
-        attn = module.pool_head.attn
-        inner = attn.heads * attn.head_dim
-        b_v = attn.in_proj_bias.detach().to(dtype)[2 * inner :].view(attn.heads, attn.head_dim)
-        const = torch.einsum("he,hew->w", b_v, attn.W_O.detach().to(dtype))
-        const = const + attn.out_bias.detach().to(dtype)
-        pooled_parts.append(const.expand(bsz, 1, width))
-        pooled_parts.append(c[f"{tower}.pool.mlp_out"].reshape(bsz, 1, width))
-        extras += ["pool.attn.bias", "pool.mlp"]
+    extras = _fast_extras(module, cfg, c, pool_w, readout, pooled_parts, dtype)
     pooled = torch.cat(pooled_parts, dim=1).transpose(0, 1)  # [P, B, d]
-    if module.proj_weight is not None:
-        proj = module.proj_weight.detach().to(dtype)
-        parts = pooled @ proj.T
-        if module.proj_bias is not None:
-            pb = module.proj_bias.detach().to(dtype)
-            parts = torch.cat([parts, pb.expand(1, bsz, pb.shape[0])], dim=0)
-            extras.append("proj.bias")
-    else:
-        parts = pooled
+    parts, proj_extras = _project(module, pooled, dtype)
+    extras += proj_extras
     names = part_names(cfg.layers, cfg.heads, extras)
     assert len(names) == parts.shape[0]
-    return TowerParts(tower, names, parts, c[f"{tower}.embed"], cfg.layers, cfg.heads)
+    src: Tensor | None = None
+    if source_token is not None:
+        src = torch.stack(src_parts)  # [L, B, d]
+        if module.proj_weight is not None:
+            src = src @ module.proj_weight.detach().to(dtype).T
+    return TowerParts(tower, names, parts, c[f"{tower}.embed"], cfg.layers, cfg.heads, src)
 
 
 def reference_parts(

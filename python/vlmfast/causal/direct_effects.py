@@ -342,14 +342,22 @@ def _check_pair(pair: Any) -> None:
 
 def _to_cpu(tp: TowerParts) -> TowerParts:
     """Results live on the CPU (the parts of a large batch would crowd a GPU)."""
-    return TowerParts(tp.tower, tp.names, tp.parts.cpu(), tp.embed.cpu(), tp.layers, tp.heads)
+    src = tp.source_parts.cpu() if tp.source_parts is not None else None
+    return TowerParts(tp.tower, tp.names, tp.parts.cpu(), tp.embed.cpu(), tp.layers, tp.heads, src)
 
 
 def _run_parts(
-    pair: Any, tower: str, inputs: Tensor, batch_size: int, dtype: torch.dtype
+    pair: Any,
+    tower: str,
+    inputs: Tensor,
+    batch_size: int,
+    dtype: torch.dtype,
+    source_token: int | None = None,
 ) -> TowerParts:
     chunks = [
-        _to_cpu(tower_parts(pair, tower, inputs[s : s + batch_size], dtype))
+        _to_cpu(
+            tower_parts(pair, tower, inputs[s : s + batch_size], dtype, source_token=source_token)
+        )
         for s in range(0, inputs.shape[0], batch_size)
     ]
     first = chunks[0]
@@ -362,6 +370,9 @@ def _run_parts(
         torch.cat([c.embed for c in chunks]),
         first.layers,
         first.heads,
+        None
+        if first.source_parts is None
+        else torch.cat([c.source_parts for c in chunks if c.source_parts is not None], dim=1),
     )
 
 

@@ -131,12 +131,21 @@ class AblationLadder:
         return ladder_plot(self, path)
 
 
-def rung_plan(layers: int) -> list[tuple[str, list[str]]]:
-    """(name, ablated components) of each rung for a tower with ``layers`` blocks."""
+def rung_plan(layers: int, cls: bool = False) -> list[tuple[str, list[str]]]:
+    """(name, ablated components) of each rung for a tower with ``layers`` blocks.
+
+    ``cls=True`` adds TextSpan's rung after the MLPs: every layer's heads' reads from the
+    CLS token (``blocks.L.attn.from_cls``), kept ablated on the later rungs.
+    """
     mlps = [f"blocks.{L}.mlp" for L in range(layers)]
-    plan: list[tuple[str, list[str]]] = [("clean", []), ("mlps", mlps)]
+    if cls:
+        mlps = mlps + [f"blocks.{L}.attn.from_cls" for L in range(layers)]
+    plan: list[tuple[str, list[str]]] = [("clean", []), ("mlps", mlps[:layers])]
+    if cls:
+        plan.append(("mlps+cls", mlps))
+    prefix = "mlps+cls+attn0" if cls else "mlps+attn0"
     for k in range(layers):
-        name = f"mlps+attn0-{k}" if k else "mlps+attn0"
+        name = f"{prefix}-{k}" if k else prefix
         plan.append((name, mlps + [f"blocks.{L}.attn" for L in range(k + 1)]))
     return plan
 
@@ -201,6 +210,7 @@ def ablation_ladder(
     reference: Any = None,
     level: float = 0.95,
     batch_size: int = 64,
+    cls: bool = False,
 ) -> AblationLadder:
     """Zero-shot accuracy and matched score after each rung of the ablation ladder.
 
@@ -217,6 +227,8 @@ def ablation_ladder(
         path: ``"direct"`` (TextSpan: direct contributions only) or ``"total"``.
         reference: inputs of the ablated tower the means come from (default: the batch).
         level: coverage of the Wilson intervals.
+        cls: add TextSpan's CLS rung after the MLPs (the heads' reads from the CLS token,
+            every layer); direct path, image towers with a class token only.
     """
     _check_pair(pair)
     check_tower(tower)
@@ -228,6 +240,11 @@ def ablation_ladder(
         raise InputError(
             "texts= (captions for the matched score) works with tower='image' only; with "
             "tower='text' the score is against the (ablated) true class prompt"
+        )
+    if cls and (path != "direct" or tower != "image" or not pair.config.image.class_token):
+        raise InputError(
+            "cls=True (TextSpan's CLS rung) needs path='direct', tower='image' and an image "
+            "tower with a class token"
         )
     required_hooks(pair, tower)
     px, _ = backend.as_inputs(pair, images, None, need_both=False)
@@ -253,10 +270,12 @@ def ablation_ladder(
     bias = float(bias_t) if bias_t is not None else None
     ablated_in = px if tower == "image" else cls_tok
     layers = int(pair.config.tower(tower).layers)
-    plan = rung_plan(layers)
+    plan = rung_plan(layers, cls=cls)
 
     if path == "direct":
-        variants = _direct_variants(pair, tower, ablated_in, ref, plan, mode, batch_size, dtype)
+        variants = _direct_variants(
+            pair, tower, ablated_in, ref, plan, mode, batch_size, dtype, cls
+        )
     else:
         variants = _total_variants(pair, tower, ablated_in, ref, plan, mode, batch_size, dtype)
 
@@ -294,20 +313,32 @@ def _direct_variants(
     mode: str,
     batch_size: int,
     dtype: torch.dtype,
+    cls: bool = False,
 ) -> list[Tensor]:
     """The ablated tower's embedding after each rung, from the decomposition."""
-    tp = _run_parts(pair, tower, inputs, batch_size, dtype)
-    ref = tp if reference is None else _run_parts(pair, tower, reference, batch_size, dtype)
+    src = 0 if cls else None
+    tp = _run_parts(pair, tower, inputs, batch_size, dtype, src)
+    ref = tp if reference is None else _run_parts(pair, tower, reference, batch_size, dtype, src)
     means = ref.parts.mean(dim=1, keepdim=True)  # [P, 1, E]
     out = []
     for name, ablated in plan:
         if name == "clean":
             out.append(tp.embed)
             continue
-        rows = sorted({r for comp in ablated for r in _rows_of_component(tp, comp)})
+        whole = [c for c in ablated if not c.endswith(".from_cls")]
+        rows = sorted({r for comp in whole for r in _rows_of_component(tp, comp)})
         parts = tp.parts.clone()
         parts[rows] = means[rows].expand(-1, parts.shape[1], -1) if mode == "mean" else 0.0
-        out.append(parts.sum(0))
+        embed = parts.sum(0)
+        for comp in ablated:
+            # the CLS reads of a layer whose attention is not wholly ablated yet
+            if comp.endswith(".from_cls") and comp.removesuffix(".from_cls") not in whole:
+                assert tp.source_parts is not None and ref.source_parts is not None
+                layer = int(comp.split(".")[1])
+                embed = embed - tp.source_parts[layer]
+                if mode == "mean":
+                    embed = embed + ref.source_parts[layer].mean(0, keepdim=True)
+        out.append(embed)
     return out
 
 

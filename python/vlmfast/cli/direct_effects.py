@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--ladder-path", default="direct", choices=["direct", "total"])
     p.add_argument("--ladder-mode", default="mean", choices=["mean", "zero"])
+    p.add_argument(
+        "--ladder-cls",
+        action="store_true",
+        help="add TextSpan's CLS rung after the MLPs (direct path, image towers with CLS)",
+    )
     p.add_argument("--no-plot", action="store_true", help="write no figures")
     p.set_defaults(func=run)
 
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.ladder_mode,
             path=args.ladder_path,
             batch_size=args.batch_size,
+            cls=args.ladder_cls,
         )
         summary["ladder"] = ladder.to_json() | {
             "classes": classes,
