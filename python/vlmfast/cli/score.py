@@ -28,7 +28,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg FDR")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of intervals")
     p.add_argument("--top-n", type=int, default=16, help="exemplars kept per unit")
-    p.add_argument("--tokens", default="auto", choices=["auto", "pooled", "all"], help="which rows")
+    p.add_argument(
+        "--tokens",
+        default="auto",
+        choices=["auto", "pooled", "max", "mean", "all"],
+        help="pooled rows; max/mean over each sample's token rows; all rows; auto: pooled "
+        "when the hook has pooled rows, else max",
+    )
     p.add_argument("--batch-size", type=int, default=8192, help="rows read and encoded per batch")
     p.add_argument("--device", default="cpu", help="device for the SAE encoder")
     p.add_argument(

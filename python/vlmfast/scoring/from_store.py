@@ -27,29 +27,58 @@ from vlmfast.scoring.pipeline import (
 from vlmfast.stats import score_sparse_chunks
 from vlmfast.stats._inputs import as_numpy
 
-TOKEN_MODES = ("auto", "pooled", "all")
+TOKEN_MODES = ("auto", "pooled", "all", "max", "mean")
+"""How rows become scored samples: ``pooled`` rows (position -1) one per sample; ``max`` /
+``mean``: each unit's max / mean over a sample's token rows (position >= 0), one scored
+value per sample and modality; ``all``: every row scored on its own, carrying its sample's
+labels (a per-token diagnostic, not the paper's per-image AUROC); ``auto``: ``pooled``
+when the hook has pooled rows, else ``max``."""
+AGGREGATED = ("max", "mean")
 
 
-def _select_rows(position: npt.NDArray[Any], tokens: str) -> npt.NDArray[np.int64]:
+def resolve_tokens(position: npt.NDArray[Any], tokens: str, hook: str) -> str:
+    """The concrete mode for ``tokens`` on a hook with these row positions."""
     if tokens not in TOKEN_MODES:
         raise InputError(f"tokens must be one of {TOKEN_MODES}, got {tokens!r}")
-    pooled = np.flatnonzero(position < 0)
-    if tokens == "pooled":
-        if len(pooled) == 0:
-            raise InputError("the hook has no pooled rows (position -1); use tokens='all'")
-        return pooled.astype(np.int64)
-    if tokens == "auto" and len(pooled):
-        return pooled.astype(np.int64)
+    has_pooled = bool((position < 0).any())
+    has_tokens = bool((position >= 0).any())
+    if tokens == "auto":
+        return "pooled" if has_pooled else "max"
+    if tokens == "pooled" and not has_pooled:
+        raise InputError(
+            f"{hook} has no pooled rows (position -1): it was cached at token positions; "
+            "score it with tokens='max' or 'mean' (per sample over its tokens)"
+        )
+    if tokens in AGGREGATED and not has_tokens:
+        raise InputError(
+            f"{hook} has no token rows (only pooled rows, position -1); score it with "
+            "tokens='pooled'"
+        )
+    return tokens
+
+
+def _select_rows(position: npt.NDArray[Any], mode: str) -> npt.NDArray[np.int64]:
+    if mode == "pooled":
+        return np.flatnonzero(position < 0).astype(np.int64)
+    if mode in AGGREGATED:
+        return np.flatnonzero(position >= 0).astype(np.int64)
     return np.arange(len(position), dtype=np.int64)
 
 
 def _row_labels(
-    store: Any, sample: npt.NDArray[np.int64]
+    store: Any, sample: npt.NDArray[np.int64], modality: npt.NDArray[np.uint8]
 ) -> tuple[np.ndarray, np.ndarray, ConceptSet]:
+    """Each row's labels: image rows get what the image shows, text rows what the caption
+    says (``Labels.for_modality``); plus which rows have labels at all, and the concepts."""
     labels = store.labels
     if labels is None:
         raise StoreError("the store has no concept labels (labels/); cache with concepts to score")
-    matrix = np.asarray(labels.matrix, dtype=bool)
+    by_modality = (
+        labels.for_modality
+        if hasattr(labels, "for_modality")
+        else lambda _m: np.asarray(labels.matrix, dtype=bool)
+    )
+    present = [int(m) for m in np.unique(modality)]
     ids = np.asarray(labels.sample, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     pos = np.searchsorted(ids[order], sample)
@@ -59,7 +88,11 @@ def _row_labels(
     )
     rows = order[pos]
     concepts = ConceptSet.make(list(labels.names), list(labels.kinds))
-    return matrix[rows[found]], found, concepts
+    out = np.zeros((len(sample), len(concepts.names)), dtype=bool)
+    for m in present:
+        sel = modality == m
+        out[sel] = np.asarray(by_modality(m), dtype=bool)[rows[sel]]
+    return out[found], found, concepts
 
 
 def score_store(
@@ -78,8 +111,12 @@ def score_store(
     """Scores ``hook``'s rows of ``store``: SAE features when ``sae`` is given, else the raw units.
 
     Rows are scored per modality (index ``modality``: 0 image, 1 text), never pooled.
-    ``tokens``: ``"pooled"`` rows only (position -1), ``"all"`` rows (every token row
-    carries its sample's labels), or ``"auto"`` (pooled rows when the hook has any).
+    ``tokens`` (see :data:`TOKEN_MODES`): ``"pooled"`` rows only (position -1);
+    ``"max"`` / ``"mean"``: each unit's max / mean over each sample's token rows, one
+    value per sample and modality, streamed over row chunks (exact; Rust); ``"all"``:
+    every token row on its own with its sample's labels; ``"auto"``: pooled rows when
+    the hook has any, else ``max``. Image rows are scored against what the image shows,
+    text rows against what the caption says (``Labels.for_modality``).
     ``progress(n)`` is called with the number of rows read after each batch.
 
     ``feature_block`` (SAE only) bounds memory for codes that do not fit: the codes
@@ -92,13 +129,32 @@ def score_store(
     n = int(store.n_rows(hook))
     index = store.index(hook)
     position = np.asarray(index.position)
-    keep = _select_rows(position, tokens)
+    mode = resolve_tokens(position, tokens, hook)
+    keep = _select_rows(position, mode)
     sample = np.asarray(index.sample, dtype=np.int64)[keep]
     modality = np.asarray(index.modality, dtype=np.uint8)[keep]
-    labels, found, concepts = _row_labels(store, sample)
+    labels, found, concepts = _row_labels(store, sample, modality)
     keep, modality, sample = keep[found], modality[found], sample[found]
     if len(keep) == 0:
         raise StoreError(f"no rows of {hook} have concept labels")
+    if mode in AGGREGATED:
+        return _score_aggregated(
+            store,
+            hook,
+            keep,
+            sample,
+            modality,
+            labels,
+            concepts,
+            mode=mode,
+            tokens=tokens,
+            sae=sae,
+            batch_size=batch_size,
+            config=config,
+            device=device,
+            progress=progress,
+            feature_block=feature_block,
+        )
     chunks_idx: list[np.ndarray] = []
     chunks_val: list[np.ndarray] = []
     chunks_dense: list[np.ndarray] = []
@@ -130,6 +186,8 @@ def score_store(
         "rows_scored": len(keep),
         "rows_in_hook": n,
         "tokens": tokens,
+        "aggregation": mode,
+        "labels": _label_basis(store),
         "source": "sae" if sae is not None else "units",
     }
     if sae is not None and feature_block is not None:
@@ -234,4 +292,127 @@ def _score_spilled(
     result = result_from_scores(scores, concepts, config=cfg, meta=meta)
     for name, res in result.per_modality.items():
         res.samples = samples_by_modality[name]
+    return result
+
+
+def _label_basis(store: Any) -> dict[str, str]:
+    """What image and text rows were scored against (recorded in the summary)."""
+    labels = store.labels
+    if labels is None or getattr(labels, "caption", None) is None:
+        return {"image": "labels/concepts", "text": "labels/concepts (store has no caption labels)"}
+    return {"image": f"image labels ({labels.image_basis})", "text": "caption labels"}
+
+
+def _sample_runs(sample: npt.NDArray[np.int64], hook: str, modality: str) -> np.ndarray:
+    """The distinct samples of contiguous token rows, in order; an error if a sample's
+    rows are split by another sample's."""
+    if len(sample) == 0:
+        return sample
+    starts = np.r_[True, sample[1:] != sample[:-1]]
+    runs = sample[starts]
+    if len(np.unique(runs)) != len(runs):
+        uniq, counts = np.unique(runs, return_counts=True)
+        bad = int(uniq[np.argmax(counts > 1)])
+        raise InputError(
+            f"{hook} ({modality} rows): the token rows of sample {bad} are not contiguous; "
+            "token aggregation needs each sample's rows together (re-cache, or copy the hook "
+            "sorted by sample)"
+        )
+    return runs
+
+
+def _score_aggregated(
+    store: Any,
+    hook: str,
+    keep: npt.NDArray[np.int64],
+    sample: npt.NDArray[np.int64],
+    modality: npt.NDArray[np.uint8],
+    labels: np.ndarray,
+    concepts: ConceptSet,
+    *,
+    mode: str,
+    tokens: str,
+    sae: Any,
+    batch_size: int,
+    config: ScoringConfig | None,
+    device: str,
+    progress: Callable[[int], None] | None,
+    feature_block: int | None,
+) -> ScoringResult:
+    """Per-sample max/mean over token rows, streamed from the store, scored per modality."""
+    from vlmfast.stats import score_dense_token_chunks, score_sparse_token_chunks
+
+    cfg = config or ScoringConfig()
+    n = int(store.n_rows(hook))
+    scores: dict[str, tuple[npt.NDArray[np.int64], Any]] = {}
+    n_samples: dict[str, int] = {}
+    for m, name in MODALITY_NAMES.items():
+        sel = np.flatnonzero(modality == m)
+        if len(sel) == 0:
+            continue
+        rows, ids = keep[sel], sample[sel]
+        runs = _sample_runs(ids, hook, name)
+        first = np.r_[True, ids[1:] != ids[:-1]]
+        sample_labels = labels[sel][first]
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        sample_of_row = np.full(n, -1, dtype=np.int64)
+        sample_of_row[rows] = ids
+
+        def chunks(mask: np.ndarray = mask, sample_of_row: np.ndarray = sample_of_row) -> Any:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                pick = np.flatnonzero(mask[start:stop])
+                if len(pick) == 0:
+                    continue
+                x = store.read(hook, start, stop)
+                ids_c = sample_of_row[start:stop][pick]
+                if sae is not None:
+                    import torch
+
+                    with torch.no_grad():
+                        xt = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+                        xt = xt[torch.as_tensor(pick)].to(device=device, dtype=torch.float32)
+                        values, indices = sae.encode(xt)
+                    yield (
+                        ids_c,
+                        as_numpy(indices, "indices").astype(np.int32),
+                        as_numpy(values, "values").astype(np.float32),
+                    )
+                else:
+                    arr = as_numpy(x, hook)
+                    yield ids_c, np.asarray(arr[pick], dtype=np.float32)
+                if progress is not None:
+                    progress(stop - start)
+
+        if sae is not None:
+            s = score_sparse_token_chunks(
+                chunks,
+                sample_labels,
+                int(sae.n_latents),
+                mode=mode,
+                feature_block=feature_block,
+                top_n=cfg.top_n,
+            )
+        else:
+            s = score_dense_token_chunks(chunks, sample_labels, mode=mode, top_n=cfg.top_n)
+        scores[name] = (runs, s)
+        n_samples[name] = len(runs)
+    meta: dict[str, Any] = {
+        "hook": hook,
+        "rows_scored": len(keep),
+        "rows_in_hook": n,
+        "samples_scored": n_samples,
+        "tokens": tokens,
+        "aggregation": mode,
+        "labels": _label_basis(store),
+        "source": "sae" if sae is not None else "units",
+    }
+    if sae is not None:
+        meta["n_latents"] = int(sae.n_latents)
+        meta["k"] = int(getattr(sae, "k", 0))
+    result = result_from_scores(scores, concepts, config=cfg, meta=meta)
+    # scored entries are samples: exemplar "rows" are sample ids here
+    for res in result.per_modality.values():
+        res.samples = res.rows
     return result

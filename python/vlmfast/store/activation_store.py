@@ -30,6 +30,7 @@ from vlmfast.store.layout import (
     FORMAT_VERSION,
     INDEX_FIELDS,
     LABELS_ARRAY,
+    LABELS_CAPTION_ARRAY,
     LABELS_DIMS,
     LABELS_SAMPLE_ARRAY,
     MODALITIES,
@@ -81,7 +82,7 @@ class ActivationStore:
                 self._arrays[name] = _native.store_open_array(str(path), name, n, writable)
         if attrs.get("concepts") is not None:
             n = int(attrs["committed_label_rows"])
-            for name in (LABELS_ARRAY, LABELS_SAMPLE_ARRAY):
+            for name in label_arrays(attrs):
                 self._arrays[name] = _native.store_open_array(str(path), name, n, writable)
 
     # ------------------------------------------------------------------ create / open
@@ -103,13 +104,15 @@ class ActivationStore:
         concepts: tuple[list[str], list[str]] | None = None,
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        image_basis: str = "caption",
     ) -> ActivationStore:
         """Creates an empty store at ``path`` and opens it for appending.
 
         ``hooks`` maps each hook name to its row width. ``model`` / ``dataset``
         (e.g. ``{"spec": ..., "weights_hash": ...}``, ``{"spec": ..., "hash": ...}``)
         are provenance recorded in the attributes. ``concepts`` = (names, kinds)
-        adds ``labels/``. ``chunk_rows`` rows form a chunk (a shard when
+        adds ``labels/`` (image labels, and caption labels over the same columns;
+        ``image_basis`` records where the image labels come from). ``chunk_rows`` rows form a chunk (a shard when
         ``shard_inner_rows`` is set). The store appears atomically: it is built
         in a sibling folder and renamed into place.
         """
@@ -134,7 +137,12 @@ class ActivationStore:
             "concepts": (
                 None
                 if concepts is None
-                else {"names": list(concepts[0]), "kinds": list(concepts[1])}
+                else {
+                    "names": list(concepts[0]),
+                    "kinds": list(concepts[1]),
+                    "caption_labels": True,
+                    "image_basis": image_basis,
+                }
             ),
             "committed_rows": {h: 0 for h in hooks},
             "committed_label_rows": 0,
@@ -339,6 +347,7 @@ class ActivationStore:
         *,
         labels: Any = None,
         label_samples: Any = None,
+        caption_labels: Any = None,
         skip_nonfinite: bool = False,
         commit: bool = True,
     ) -> dict[str, int]:
@@ -346,7 +355,9 @@ class ActivationStore:
 
         ``index`` is either one index for every hook (``{"sample": ..., ...}``) or
         one per hook (``{hook: {"sample": ...}}``). ``labels`` (bool ``[samples, C]``)
-        with ``label_samples`` (their sample ids) appends concept-label rows.
+        with ``label_samples`` (their sample ids) appends concept-label rows: what each
+        image shows; ``caption_labels`` (same shape) what each caption says (required by
+        stores that keep caption labels).
         """
         self._need_writable()
         shared = index is not None and set(index) <= set(INDEX_FIELDS)
@@ -358,7 +369,7 @@ class ActivationStore:
             extra = set(index) - set(data)
             if extra:
                 raise InputError(f"index names hooks with no data: {sorted(extra)}")
-        label_rows = self._prepare_labels(labels, label_samples)
+        label_rows = self._prepare_labels(labels, label_samples, caption_labels)
         for hook, (arr, idx, skipped) in prepared.items():
             self._arrays[acts_array(hook)].append(as_bytes(arr))
             for field, col in idx.items():
@@ -367,29 +378,39 @@ class ActivationStore:
         if label_rows is not None:
             self._arrays[LABELS_ARRAY].append(as_bytes(label_rows[0]))
             self._arrays[LABELS_SAMPLE_ARRAY].append(as_bytes(label_rows[1]))
+            if label_rows[2] is not None:
+                self._arrays[LABELS_CAPTION_ARRAY].append(as_bytes(label_rows[2]))
         self._pending = True
         if commit:
             self.commit()
         return {hook: int(p[0].shape[0]) for hook, p in prepared.items()}
 
     def _prepare_labels(
-        self, labels: Any, label_samples: Any
-    ) -> tuple[np.ndarray, np.ndarray] | None:
+        self, labels: Any, label_samples: Any, caption_labels: Any = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
         if labels is None:
+            if caption_labels is not None:
+                raise InputError("caption_labels given without labels (the image labels)")
             return None
         concepts = self._attrs.get("concepts")
         if concepts is None:
             raise InputError("labels given but the store was created without concepts")
-        mat = (
-            labels.detach().cpu().numpy()
-            if isinstance(labels, torch.Tensor)
-            else np.asarray(labels)
-        )
         c = max(len(concepts["names"]), 1)
-        if mat.ndim != 2 or mat.shape[1] != c or mat.dtype != np.bool_:
-            raise ShapeError(
-                f"labels have shape {mat.shape} dtype {mat.dtype}; expected bool [samples, {c}]"
-            )
+        mat = _label_matrix(labels, "labels", c)
+        cap: np.ndarray | None = None
+        if concepts.get("caption_labels"):
+            if caption_labels is None:
+                raise InputError(
+                    "this store keeps caption labels: pass caption_labels (what each caption "
+                    "says) with labels (what each image shows)"
+                )
+            cap = _label_matrix(caption_labels, "caption_labels", c)
+            if cap.shape != mat.shape:
+                raise ShapeError(
+                    f"caption_labels have shape {cap.shape} but labels have {mat.shape}"
+                )
+        elif caption_labels is not None:
+            raise InputError("caption_labels given but this store has no labels/caption")
         if label_samples is None:
             raise InputError("labels need label_samples (the sample id of each label row)")
         ids = np.asarray(label_samples)
@@ -397,7 +418,11 @@ class ActivationStore:
             raise ShapeError(
                 f"label_samples has shape {ids.shape}; expected ({mat.shape[0]},) integers"
             )
-        return np.ascontiguousarray(mat), np.ascontiguousarray(ids.astype(np.int64))
+        return (
+            np.ascontiguousarray(mat),
+            np.ascontiguousarray(ids.astype(np.int64)),
+            None if cap is None else np.ascontiguousarray(cap),
+        )
 
     def commit(self, progress: Mapping[str, Any] | None = None) -> None:
         """Makes every appended row durable and visible; records ``progress`` in the attrs.
@@ -478,8 +503,17 @@ class ActivationStore:
         c = max(len(concepts["names"]), 1)
         mat = self.read_raw(LABELS_ARRAY, np.dtype(np.bool_), c, 0, n)
         ids = self.read_raw(LABELS_SAMPLE_ARRAY, np.dtype(np.int64), None, 0, n)
+        c_real = len(concepts["names"])
+        caption = None
+        if concepts.get("caption_labels"):
+            caption = self.read_raw(LABELS_CAPTION_ARRAY, np.dtype(np.bool_), c, 0, n)[:, :c_real]
         return Labels(
-            mat[:, : len(concepts["names"])], ids, list(concepts["names"]), list(concepts["kinds"])
+            mat[:, :c_real],
+            ids,
+            list(concepts["names"]),
+            list(concepts["kinds"]),
+            caption=caption,
+            image_basis=str(concepts.get("image_basis", "caption")),
         )
 
     def batches(
@@ -532,6 +566,23 @@ class ActivationStore:
         target = torch.device(device) if device is not None else None
         pin = target is not None and target.type == "cuda"
         return _iterate(stream, width, carrier, name, dtype, target, pin)
+
+
+def label_arrays(attrs: Mapping[str, Any]) -> list[str]:
+    """The label arrays of a store with concepts (rows aligned: one per labelled sample)."""
+    names = [LABELS_ARRAY, LABELS_SAMPLE_ARRAY]
+    if (attrs.get("concepts") or {}).get("caption_labels"):
+        names.append(LABELS_CAPTION_ARRAY)
+    return names
+
+
+def _label_matrix(labels: Any, what: str, c: int) -> np.ndarray:
+    mat = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if mat.ndim != 2 or mat.shape[1] != c or mat.dtype != np.bool_:
+        raise ShapeError(
+            f"{what} have shape {mat.shape} dtype {mat.dtype}; expected bool [samples, {c}]"
+        )
+    return mat
 
 
 def _check_create_args(
@@ -603,9 +654,10 @@ def _create_arrays(
             )
     if concepts is not None:
         width = max(len(concepts[0]), 1)
-        _native.store_create_array(
-            root, LABELS_ARRAY, "bool", width, int(chunk_rows), compression, dims=LABELS_DIMS
-        )
+        for name in (LABELS_ARRAY, LABELS_CAPTION_ARRAY):
+            _native.store_create_array(
+                root, name, "bool", width, int(chunk_rows), compression, dims=LABELS_DIMS
+            )
         _native.store_create_array(
             root,
             LABELS_SAMPLE_ARRAY,

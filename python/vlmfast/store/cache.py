@@ -440,7 +440,7 @@ def cache_loop(
     after = store.attrs["progress"].get("last_sample") if store is not None and done else None
     last_sample = after
     local = 0
-    labels_of = setup.source.labels
+    labels_of = _labels_of(setup.source)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmfast-cache-writer") as pool:
         for _g, batch, rows, consumed in iter_forward(
             setup, cfg, skip=done, select=select, after=after
@@ -490,6 +490,41 @@ def cache_loop(
     if store is not None:
         store.commit({"samples_done": consumed, "last_sample": last_sample, "finished": True})
     return store, consumed
+
+
+@dataclass
+class BatchLabels:
+    """A batch's concept labels: what each image shows and what each caption says."""
+
+    image: Any
+    """ConceptLabels of the images (``source.labels``)."""
+    caption: Any
+    """ConceptLabels of the captions (``source.caption_labels``), same columns."""
+    image_basis: str
+    """``source.image_label_basis``."""
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.image.names)
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.image.kinds)
+
+
+def _labels_of(source: Any) -> Callable[[Sequence[Any]], BatchLabels]:
+    basis = str(getattr(source, "image_label_basis", "caption"))
+
+    def labels(batch: Sequence[Any]) -> BatchLabels:
+        image = source.labels(batch)
+        caption = source.caption_labels(batch)
+        if list(caption.names) != list(image.names):
+            raise InputError(
+                "the source's caption labels have other concepts than its image labels"
+            )
+        return BatchLabels(image, caption, basis)
+
+    return labels
 
 
 def _distributed(cfg: CacheConfig) -> tuple[int, int, bool]:
@@ -588,6 +623,7 @@ def _create(
         concepts=concepts,
         attrs=user_attrs,
         overwrite=cfg.overwrite or path != cfg.out,
+        image_basis=labels.image_basis if labels is not None else "caption",
     )
 
 
@@ -620,9 +656,11 @@ def _write(
         if list(labels.names) != names:
             raise InputError("the source's concept names changed between batches")
         kw = {
-            "labels": np.asarray(labels.matrix, dtype=bool),
+            "labels": np.asarray(labels.image.matrix, dtype=bool),
             "label_samples": np.array([r.sample_id for r in batch], dtype=np.int64),
         }
+        if store.attrs["concepts"].get("caption_labels"):
+            kw["caption_labels"] = np.asarray(labels.caption.matrix, dtype=bool)
     store.append_many(
         {h: r for h, (r, _) in rows.items()},
         {h: idx for h, (_, idx) in rows.items()},

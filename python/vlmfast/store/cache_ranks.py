@@ -55,7 +55,7 @@ from vlmfast import _native
 from vlmfast.data.sources.pending import resolve_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store._convert import NUMPY_CARRIER, as_bytes
-from vlmfast.store.activation_store import ActivationStore, read_attrs
+from vlmfast.store.activation_store import ActivationStore, label_arrays, read_attrs
 from vlmfast.store.cache import (
     CacheConfig,
     _check_same,
@@ -73,7 +73,6 @@ from vlmfast.store.cache_scan import (
 )
 from vlmfast.store.layout import (
     INDEX_FIELDS,
-    LABELS_ARRAY,
     LABELS_SAMPLE_ARRAY,
     acts_array,
     index_array,
@@ -348,13 +347,14 @@ def _create_final(cfg: CacheConfig, plan: MergePlan) -> None:
         positions=a["positions"],
         concepts=None if concepts is None else (concepts["names"], concepts["kinds"]),
         overwrite=True,
+        image_basis=str((concepts or {}).get("image_basis", "caption")),
     )
     store.close()
 
 
-def _array_names(group: str) -> list[str]:
+def _array_names(group: str, attrs: dict[str, Any]) -> list[str]:
     if group == LABELS_GROUP:
-        return [LABELS_ARRAY, LABELS_SAMPLE_ARRAY]
+        return label_arrays(attrs)
     return [acts_array(group), *(index_array(group, f) for f in INDEX_FIELDS)]
 
 
@@ -365,8 +365,10 @@ def _read_rows(
     if group == LABELS_GROUP:
         labels_width = max(len(store.attrs["concepts"]["names"]), 1)
         return [
-            store.read_raw(LABELS_ARRAY, np.dtype(np.bool_), labels_width, a, b),
-            store.read_raw(LABELS_SAMPLE_ARRAY, np.dtype(np.int64), None, a, b),
+            store.read_raw(name, np.dtype(np.int64), None, a, b)
+            if name == LABELS_SAMPLE_ARRAY
+            else store.read_raw(name, np.dtype(np.bool_), labels_width, a, b)
+            for name in label_arrays(store.attrs)
         ]
     idx = store.index(group, a, b)
     acts = store.read_raw(acts_array(group), NUMPY_CARRIER[dtype], width, a, b)
@@ -385,7 +387,7 @@ def write_share(
     arrays: dict[str, Any] = {}
     for group, segs in plan.segments.items():
         n = plan.totals[group]
-        names = _array_names(group)
+        names = _array_names(group, plan.attrs)
         for name in names:
             arrays[name] = _native.store_open_array(str(out), name, 0, writable=True)
         n_chunks = -(-n // chunk)
@@ -423,7 +425,7 @@ def commit_final(
     """Rank 0: checks that the ranks' ranges tile every array, then commits."""
     for group in plan.segments:
         n = plan.totals[group]
-        for name in _array_names(group):
+        for name in _array_names(group, plan.attrs):
             ranges = sorted(r[name] for r in reports if r[name][0] < r[name][1])
             pos = 0
             for a, b in ranges:
@@ -432,8 +434,8 @@ def commit_final(
                 pos = b
             if pos != n:
                 raise StoreError(f"merge of {name}: rows {pos}:{n} were written by no rank")
-    names = [n for g in plan.segments for n in _array_names(g)]
-    rows = [plan.totals[g] for g in plan.segments for _ in _array_names(g)]
+    names = [n for g in plan.segments for n in _array_names(g, plan.attrs)]
+    rows = [plan.totals[g] for g in plan.segments for _ in _array_names(g, plan.attrs)]
     for name, n in zip(names, rows):
         arrays[name].adopt_written(n)
     # the same commit as ActivationStore.commit: chunks and shapes durable, then the

@@ -8,8 +8,12 @@ One store is one zarr v3 group:
   The index is per hook because hooks of the two towers have different row
   counts (an image hook has one row per patch token, a text hook one per text
   token, ``joint.embed`` one per image *and* one per caption);
-- ``labels/concepts``: ``[samples, C]`` bool (names and kinds in the root attrs ``concepts``)
-  with ``labels/sample`` int64 ids of its rows;
+- ``labels/concepts``: ``[samples, C]`` bool, what each *image* shows (names and kinds
+  in the root attrs ``concepts``), with ``labels/sample`` int64 ids of its rows, and
+  ``labels/caption``: ``[samples, C]`` bool over the same rows and columns, what each
+  *caption* says (stores written before it have only ``labels/concepts``, used for both);
+  ``concepts.image_basis`` in the attrs says where the image labels come from
+  (``scene``: exact ground truth, ``instances+caption``, ``caption``);
 - root group attributes: ``format_version``, ``model``, ``dataset``, ``hooks``,
   ``dtype``, ``committed_rows`` (per hook), ``committed_label_rows``, ``progress``.
   The committed counts are the commit point: rows past them do not exist.
@@ -29,6 +33,7 @@ MODALITY_CODES: dict[str, int] = {"image": 0, "text": 1}
 MODALITIES = ("image", "text", "joint")
 LABELS_ARRAY = "labels/concepts"
 LABELS_SAMPLE_ARRAY = "labels/sample"
+LABELS_CAPTION_ARRAY = "labels/caption"
 
 
 def acts_array(hook: str) -> str:
@@ -90,3 +95,24 @@ class Labels:
     """Concept names, one per column."""
     kinds: list[str]
     """Concept kinds (object, color, relation, ...), one per column."""
+    caption: np.ndarray | None = None
+    """bool ``[samples, C]``: what each sample's caption says (same rows and columns as
+    ``matrix``); None for stores written before captions had their own labels."""
+    image_basis: str = "caption"
+    """Where ``matrix`` comes from: ``scene`` (exact), ``instances+caption``, ``caption``."""
+
+    def for_modality(self, modality: int) -> np.ndarray:
+        """The label matrix rows of ``modality`` are scored against: image rows (0) against
+        what the image shows, text rows (1) against what the caption says. A store
+        without caption labels gives ``matrix`` for both (with a warning for text)."""
+        if modality == 0 or self.caption is None:
+            if modality != 0:
+                import warnings
+
+                warnings.warn(
+                    "this store has no caption labels (written before labels/caption): text "
+                    "rows are scored against the image labels; re-cache for caption labels",
+                    stacklevel=2,
+                )
+            return self.matrix
+        return self.caption

@@ -208,10 +208,21 @@ class PairSource:
             key["concepts"] = list(self.concepts)
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
+    image_label_basis: str = "caption"
+    """Where :meth:`labels` (what an image shows) comes from: ``caption`` here (a plain
+    image-caption source knows nothing else about the image); ``instances+caption`` where
+    records carry object annotations (COCO); ``scene`` for the synthetic ground truth."""
+
     def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
-        """Concept labels of ``records``' captions: bool [len(records), C] + names + kinds
-        (plus COCO object annotations where present in ``meta["objects"]``)."""
+        """What each image shows, as well as this source knows: bool [len(records), C] +
+        names + kinds. Here the caption's concepts plus object annotations where present in
+        ``meta["objects"]`` (COCO instances); image rows are scored against these."""
         return self.labeler.label_records(records)
+
+    def caption_labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
+        """What each caption says (same columns as :meth:`labels`); text rows are scored
+        against these."""
+        return self.labeler.label_texts([r.caption for r in records])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, limit={self.limit}, sample={self.sample}, require={list(self.require)})"

@@ -76,6 +76,11 @@ class CocoSource(PairSource):
         self.instances_path = Path(instances) if instances is not None else None
         self.captions_per_image = captions_per_image
 
+    @property
+    def image_label_basis(self) -> str:  # type: ignore[override]
+        """``instances+caption`` with an instances file, else ``caption``."""
+        return "instances+caption" if self.instances_path is not None else "caption"
+
     def _objects_by_image(self) -> dict[int, list[str]]:
         if self.instances_path is None:
             return {}

@@ -110,6 +110,28 @@ class SyntheticSource(PairSource):
     def _content_key(self) -> dict[str, Any]:
         return {"benchmark_version": sspec.BENCHMARK_VERSION, **self.params}
 
+    image_label_basis = "scene"
+
+    def caption_labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
+        """Exact caption labels from the structured caption in ``meta``: the shape, color
+        and size of each mention (where the caption names them) and the relation."""
+        import numpy as np
+
+        from vlmfast.data.concepts.labels import ConceptLabels
+
+        names, kinds = synthetic_concepts()
+        col = {n: i for i, n in enumerate(names)}
+        mat = np.zeros((len(records), len(names)), dtype=bool)
+        for r, rec in enumerate(records):
+            caption = rec.meta.get("caption") or {}
+            for mention in caption.get("mentions", []):
+                for key in ("shape", "color", "size"):
+                    if mention.get(key):
+                        mat[r, col[mention[key]]] = True
+            if caption.get("relation"):
+                mat[r, col[caption["relation"]]] = True
+        return ConceptLabels(mat, names, kinds)
+
     def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
         """Exact image-level labels from the ground truth in ``meta``."""
         import numpy as np
