@@ -5,7 +5,9 @@
     vlmfast train-sae --store acts.zarr --hook joint.embed --k 16 32 --n-latents 4096 --out sweep
     torchrun --nproc-per-node 2 -m vlmfast train-sae --store acts.zarr --hook ... --out ...
 
-Defaults: batch 4096 rows; training length max(one epoch, 200 x n_latents rows); a latent is
+Defaults: batch 4096 rows (a small store: rows/64 rounded down to a power of two, >= 256);
+training length max(one epoch, 5000 steps, 200 x n_latents rows), so a small store trains for
+several epochs; a warning when the final FVU is above 0.1 (--fvu-warn) or still falling; a latent is
 dead after max(batch, min(10M, tokens/20)) rows without firing; Adam with lr
 2e-4/sqrt(n_latents/2^14), 5% warm-up, linear decay over the last 20%.
 Writes ``OUT/cfg.json`` + ``sae_weights.safetensors`` (one SAE) or ``OUT/<name>/`` per SAE of a
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,12 @@ def register(subparsers: Any) -> None:
         default=[None],
         help="learning rate(s); default scales with n_latents",
     )
-    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="rows per step (default: see above)"
+    )
+    p.add_argument(
+        "--fvu-warn", type=float, default=0.1, help="warn when the final FVU is above this"
+    )
     p.add_argument("--tokens", type=int, default=None, help="rows to train on (default: see above)")
     p.add_argument("--k-aux", type=int, default=None, help="AuxK latents (default d_in/2)")
     p.add_argument("--auxk-coef", type=float, default=1 / 32)
@@ -144,17 +152,22 @@ def _plan(
     """Checks the arguments; returns d_in, the sweep points, steps, dead_tokens, warm-up."""
     from vlmfast.errors import InputError
     from vlmfast.sae.data import hook_rows, hook_width
+    from vlmfast.sae.schedule import training_length
 
     d_in = hook_width(store, args.hook)
     n_rows = hook_rows(store, args.hook)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     runs = _sweep_names(args.k, args.n_latents, args.lr)
     for name, k, n, _ in runs:
         if k > n:
             raise InputError(f"{name}: --k {k} exceeds --n-latents {n}")
-    tokens = args.tokens or max(n_rows, 200 * max(args.n_latents))
-    steps = max(1, tokens // args.batch_size)
+    length = training_length(
+        n_rows, max(args.n_latents), batch_size=args.batch_size, tokens=args.tokens
+    )
+    args.batch_size = length.batch_size
+    steps = length.steps
+    tokens = length.tokens
     dead_tokens = args.dead_tokens or max(args.batch_size, min(10_000_000, tokens // 20))
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, steps // 20)
     return d_in, runs, steps, dead_tokens, warmup
@@ -183,7 +196,7 @@ def _train(args: argparse.Namespace, device: str, rank: int, world: int) -> int:
     from vlmfast.errors import InputError
     from vlmfast.sae import train
     from vlmfast.sae.checkpoint import save_training_checkpoint
-    from vlmfast.sae.data import store_batches
+    from vlmfast.sae.data import hook_rows, store_batches
     from vlmfast.store import ActivationStore
 
     store = ActivationStore.open(args.store)
@@ -221,7 +234,11 @@ def _train(args: argparse.Namespace, device: str, rank: int, world: int) -> int:
         for t in trainers:
             save_training_checkpoint(t, out if single else out / t.name)
 
+    fvu_history: dict[str, list[float]] = {t.name: [] for t in trainers}
+
     def on_log(logs: list[Any]) -> None:
+        for log in logs:
+            fvu_history.setdefault(log.name, []).append(float(log.metrics["fvu"]))
         first = logs[0]
         bar.set_postfix(
             tok_s=f"{first.tokens_per_s:,.0f}",
@@ -258,7 +275,19 @@ def _train(args: argparse.Namespace, device: str, rank: int, world: int) -> int:
             metrics_file.close()
     if rank == 0:
         where = out if single else ", ".join(str(out / t.name) for t in trainers)
+        epochs = steps * args.batch_size / max(1, hook_rows(store, args.hook))
         print(
-            f"trained {len(trainers)} SAE(s) for {steps} steps of {args.batch_size} rows -> {where}"
+            f"trained {len(trainers)} SAE(s) for {steps} steps of {args.batch_size} rows "
+            f"({epochs:.1f} epochs) -> {where}"
         )
+        _warn_unconverged(fvu_history, args.fvu_warn)
     return 0
+
+
+def _warn_unconverged(fvu_history: dict[str, list[float]], threshold: float) -> None:
+    """Prints a warning per SAE whose final FVU is high or still falling."""
+    from vlmfast.sae.schedule import convergence_warnings
+
+    for name, history in fvu_history.items():
+        for warning in convergence_warnings(history, threshold=threshold):
+            print(f"warning: {name}: {warning}", file=sys.stderr)
