@@ -284,3 +284,12 @@ def test_cli_writes_json_table_and_heatmaps(tmp_path: Any) -> None:
     assert data["null"]["image/heads"]["layers"] == [0, 1, 2, 3]
     table = out / data["run"]["table"]
     assert table.suffix in (".parquet", ".csv") and table.stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", ["atp", "atp*", "ig"])
+def test_untouched_scored_tower_scores_zero(toy: HookedPair, method: str) -> None:
+    px, tok = _images(0), _text(0)
+    att = attribute(toy, px, tok, corrupt_texts=_text(4), towers=("image",), method=method)
+    assert all(float(v.abs().max()) == 0.0 for v in att.scores.values())
+    assert att.completeness_gap["image"] == 0.0
+    assert att.tower_change["text"] != 0.0

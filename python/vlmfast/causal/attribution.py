@@ -289,6 +289,9 @@ class _Engine:
             graddrop = {}
             for key in scores:
                 depth = self.layers[key[0]]
+                if key[0] not in self.active:
+                    graddrop[key] = torch.zeros_like(scores[key])
+                    continue
                 # backward l (1..depth) dropped block l-1 of this tower
                 dropped = torch.stack([s[0][key] for s in scored[1 : depth + 1]])
                 graddrop[key] = dropped.abs().sum(0) / max(depth - 1, 1)
@@ -320,6 +323,8 @@ class _Engine:
                 values.update({n: v.detach() for n, v in cache.items()})
             m = self.score(embeds["image"], embeds["text"])
             check_metric_output(m, None, "metric")
+            if not captures:  # no scored tower is changed by the corruption
+                return [{}], values
             leaves = {n: leaf for c in captures.values() for n, leaf in c.leaves.items()}
             names = list(leaves)
             n_drop = max((self.layers[t] for t in gates), default=0)
