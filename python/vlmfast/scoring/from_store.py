@@ -113,7 +113,8 @@ def score_store(
     Rows are scored per modality (index ``modality``: 0 image, 1 text), never pooled.
     ``tokens`` (see :data:`TOKEN_MODES`): ``"pooled"`` rows only (position -1);
     ``"max"`` / ``"mean"``: each unit's max / mean over each sample's token rows, one
-    value per sample and modality, streamed over row chunks (exact; Rust); ``"all"``:
+    value per sample and modality (image samples over their patches: a CLS row is left
+    out), streamed over row chunks (exact; Rust); ``"all"``:
     every token row on its own with its sample's labels; ``"auto"``: pooled rows when
     the hook has any, else ``max``. Image rows are scored against what the image shows,
     text rows against what the caption says (``Labels.for_modality``).
@@ -131,6 +132,10 @@ def score_store(
     position = np.asarray(index.position)
     mode = resolve_tokens(position, tokens, hook)
     keep = _select_rows(position, mode)
+    if mode in AGGREGATED and _image_cls_token(store):
+        # an image sample's max/mean is over its patches: the CLS row is no patch
+        image_cls = (np.asarray(index.modality)[keep] == 0) & (position[keep] == 0)
+        keep = keep[~image_cls]
     sample = np.asarray(index.sample, dtype=np.int64)[keep]
     modality = np.asarray(index.modality, dtype=np.uint8)[keep]
     labels, found, concepts = _row_labels(store, sample, modality)
@@ -293,6 +298,13 @@ def _score_spilled(
     for name, res in result.per_modality.items():
         res.samples = samples_by_modality[name]
     return result
+
+
+def _image_cls_token(store: Any) -> bool:
+    """Whether image token rows at position 0 are a CLS token (recorded by the cache;
+    stores without the record: False, every token row counts)."""
+    attrs = getattr(store, "attrs", None) or {}
+    return bool(((attrs.get("towers") or {}).get("image") or {}).get("cls_token", False))
 
 
 def _label_basis(store: Any) -> dict[str, str]:

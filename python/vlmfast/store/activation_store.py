@@ -105,6 +105,7 @@ class ActivationStore:
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         image_basis: str = "caption",
+        towers: Mapping[str, Any] | None = None,
     ) -> ActivationStore:
         """Creates an empty store at ``path`` and opens it for appending.
 
@@ -112,7 +113,9 @@ class ActivationStore:
         (e.g. ``{"spec": ..., "weights_hash": ...}``, ``{"spec": ..., "hash": ...}``)
         are provenance recorded in the attributes. ``concepts`` = (names, kinds)
         adds ``labels/`` (image labels, and caption labels over the same columns;
-        ``image_basis`` records where the image labels come from). ``chunk_rows`` rows form a chunk (a shard when
+        ``image_basis`` records where the image labels come from). ``towers`` records
+        the geometry of the model's towers (``{"image": {"cls_token": bool, "image_size":
+        S, "patch_size": P}}``: which token rows are patches). ``chunk_rows`` rows form a chunk (a shard when
         ``shard_inner_rows`` is set). The store appears atomically: it is built
         in a sibling folder and renamed into place.
         """
@@ -148,6 +151,7 @@ class ActivationStore:
             "committed_label_rows": 0,
             "skipped_nonfinite": {h: 0 for h in hooks},
             "progress": {},
+            "towers": dict(towers or {}),
             "user": dict(attrs or {}),
         }
         try:

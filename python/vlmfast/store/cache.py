@@ -100,6 +100,19 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def tower_geometry(pair: Any) -> dict[str, Any]:
+    """What the store records about the model's towers: the image tower's CLS token and
+    patch grid (which image token rows are patches, where each patch lies)."""
+    image = pair.config.image
+    return {
+        "image": {
+            "cls_token": bool(getattr(image, "class_token", True)),
+            "image_size": int(getattr(image, "image_size", 0)),
+            "patch_size": int(getattr(image, "patch_size", 0)),
+        }
+    }
+
+
 def _identity(cfg: CacheConfig, hooks: list[str], whash: str, dhash: str) -> dict[str, Any]:
     return {
         "model": {"spec": cfg.model, "pretrained": cfg.pretrained, "weights_hash": whash},
@@ -451,7 +464,9 @@ def cache_loop(
                 continue
             labels = labels_of(batch)
             if store is None:
-                store = _create(cfg, path, setup.identity, rows, labels, user_attrs)
+                store = _create(
+                    cfg, path, setup.identity, rows, labels, user_attrs, tower_geometry(setup.pair)
+                )
                 store._crash_hook = crash
             size = sum(r.numel() * r.element_size() for r, _ in rows.values())
             while pending and (pending[0][0].done() or in_flight + size > cfg.write_queue_bytes):
@@ -605,6 +620,7 @@ def _create(
     rows: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
     labels: Any,
     user_attrs: dict[str, Any] | None = None,
+    towers: dict[str, Any] | None = None,
 ) -> ActivationStore:
     missing = [h for h in ident["hooks"] if h not in rows]
     if missing:
@@ -624,6 +640,7 @@ def _create(
         attrs=user_attrs,
         overwrite=cfg.overwrite or path != cfg.out,
         image_basis=labels.image_basis if labels is not None else "caption",
+        towers=towers,
     )
 
 

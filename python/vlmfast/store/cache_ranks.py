@@ -348,6 +348,7 @@ def _create_final(cfg: CacheConfig, plan: MergePlan) -> None:
         concepts=None if concepts is None else (concepts["names"], concepts["kinds"]),
         overwrite=True,
         image_basis=str((concepts or {}).get("image_basis", "caption")),
+        towers=a.get("towers"),
     )
     store.close()
 
