@@ -4,10 +4,14 @@ It runs the whole research loop on the bundled ``synthetic:tiny`` CLIP and the
 synthetic concept-binding benchmark, whose ground truth is exact:
 
 1. held-out quality of the bundled model (hard negatives, zero-shot, compositional split);
-2. cache both towers (shared embedding space + last-layer MLP neurons) into a zarr store;
-3. train a top-k SAE on the shared embedding space (``joint.embed``, image and text rows);
-4. score every SAE feature and MLP neuron for concept selectivity, per modality,
-   with Benjamini-Hochberg control and intervals;
+2. cache both towers at every token (an image block's residual at each patch, a text
+   block's at each token, last-layer MLP neurons) into a zarr store;
+3. train one top-k SAE on the image block's patch rows and one on the text block's token rows:
+   a feature that fires on the one patch showing a red circle is only findable there;
+4. score every SAE feature and MLP neuron for concept selectivity per sample (each unit's
+   max over the sample's tokens), image samples against what the image shows and captions
+   against what they say, with Benjamini-Hochberg control and intervals; then the
+   ground-truth table: the best feature per planted shape and color, per modality;
 5. patch every image-tower attention head (batched, reusing the clean prefix) and rank
    heads by their causal effect on the image-text score.
 
@@ -39,25 +43,24 @@ class DemoConfig:
     """Seed of the synthetic data (the bundled model never saw it)."""
     eval_samples: int = 400
     """Held-out samples for the model-quality table."""
-    n_latents: int = 512
-    """SAE width."""
+    n_latents: int = 1024
+    """Width of each SAE."""
     k: int = 8
     """Active SAE latents per row."""
     sae_steps: int = 3000
-    """SAE training steps."""
+    """Training steps of each SAE."""
     sae_batch: int = 256
     """Rows per SAE step."""
+    image_block: int = -1
+    """Image block whose residual (``resid_post``) at every patch the image SAE reads (-1: last)."""
+    text_block: int = -1
+    """Text block whose residual at every token the text SAE reads (-1: last)."""
+    target_auroc: float = 0.95
+    """A planted concept counts as recovered when a feature reaches this AUROC."""
     patch_pairs: int = 8
     """Image-caption pairs in the head-patching experiment."""
     progress: bool = False
     """Show progress bars."""
-
-
-def _epochs(store: Any, hook: str, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    epoch = 0
-    while True:
-        yield from store.batches(hook, batch_size, shuffle=True, seed=seed, epoch=epoch)
-        epoch += 1
 
 
 def _section(log: Callable[[str], None], title: str) -> None:
@@ -78,9 +81,8 @@ def _cache(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> Any:
     from vlmfast.store.cache import CacheConfig, run_cache
 
     hooks = [
-        "joint.embed",
+        *_sae_hooks(cfg, pair).values(),
         f"image.blocks.{pair.config.image.layers - 1}.mlp.post",
-        f"text.blocks.{pair.config.text.layers - 1}.mlp.post",
     ]
     started = time.perf_counter()
     store = run_cache(
@@ -89,7 +91,7 @@ def _cache(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> Any:
             data=f"synthetic:n={cfg.n_samples},seed={cfg.seed}",
             hooks=hooks,
             out=cfg.out / "store.zarr",
-            positions="pooled",
+            positions="all",
             batch_size=128,
             overwrite=True,
             chunk_rows=1024,
@@ -104,68 +106,140 @@ def _cache(cfg: DemoConfig, pair: Any, log: Callable[[str], None]) -> Any:
     return store
 
 
+def _sae_hooks(cfg: DemoConfig, pair: Any) -> dict[str, str]:
+    """The token-level hook each SAE reads, per modality."""
+    img = cfg.image_block % pair.config.image.layers
+    txt = cfg.text_block % pair.config.text.layers
+    return {"image": f"image.blocks.{img}.resid_post", "text": f"text.blocks.{txt}.resid_post"}
+
+
 def _train_sae(
-    cfg: DemoConfig, store: Any, log: Callable[[str], None]
+    cfg: DemoConfig, store: Any, hook: str, log: Callable[[str], None]
 ) -> tuple[Any, dict[str, Any]]:
     from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, train
+    from vlmfast.sae.schedule import convergence_warnings
 
-    d_in = int(store.read("joint.embed", 0, 1).shape[1])
+    d_in = int(store.width(hook))
     torch.manual_seed(cfg.seed)
-    sae = TopKSAE(d_in=d_in, n_latents=cfg.n_latents, k=cfg.k)
-    trainer = SAETrainer(sae, TrainConfig(), total_steps=cfg.sae_steps)
+    sae = TopKSAE(d_in=d_in, n_latents=cfg.n_latents, k=cfg.k, hook=hook)
+    trainer = SAETrainer(sae, TrainConfig(seed=cfg.seed), total_steps=cfg.sae_steps)
     started = time.perf_counter()
-    logs = train(_epochs(store, "joint.embed", cfg.sae_batch, cfg.seed), [trainer])
+    fvu: list[float] = []
+    logs = train(
+        _shuffled(_training_rows(store, hook), cfg.sae_batch, cfg.seed),
+        [trainer],
+        on_log=lambda ls: fvu.extend(float(x.metrics["fvu"]) for x in ls),
+    )
     took = time.perf_counter() - started
-    sae.save(cfg.out / "sae")
+    name = hook.split(".", 1)[0]
+    sae.save(cfg.out / f"sae_{name}")
     metrics: dict[str, Any] = logs[-1].to_json() if logs else {}
     shown = {k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "skipped_rows"}
-    log("  " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
-    log(f"  {cfg.sae_steps} steps in {took:.1f} s -> {cfg.out / 'sae'}")
+    log(f"  {hook}: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    log(
+        f"  {cfg.sae_steps} steps of {cfg.sae_batch} rows in {took:.1f} s -> {cfg.out / f'sae_{name}'}"
+    )
+    for warning in convergence_warnings(fvu):
+        log(f"  warning: {warning}")
     return sae, shown
 
 
-def _best_units(result: Any, names: list[str], log: Callable[[str], None]) -> dict[str, Any]:
-    best: dict[str, Any] = {}
-    concept_names = list(result.concepts.names)
+def _training_rows(store: Any, hook: str) -> torch.Tensor:
+    """The rows an SAE of ``hook`` trains on, in memory (the demo's store is small): an
+    image hook's patch rows (its CLS rows left out), a text hook's token rows."""
+    rows = store.read(hook).float()
+    towers = store.attrs.get("towers") or {}
+    if hook.startswith("image.") and (towers.get("image") or {}).get("cls_token"):
+        rows = rows[torch.from_numpy(np.asarray(store.index(hook).position) != 0)]
+    return rows
+
+
+def _shuffled(rows: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless batches of ``rows``, reshuffled every epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(rows), generator=gen)
+        for lo in range(0, len(order) - batch + 1, batch):
+            yield rows[order[lo : lo + batch]]
+
+
+def ground_truth_table(
+    results: dict[str, Any], target: float, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Per planted shape and color: the best feature's AUROC (with its 95% interval) in each
+    modality's SAE, and whether it reaches ``target``."""
+    from vlmfast.data.synthetic import spec as sspec
+
+    planted = [*sspec.SHAPES, *sspec.COLORS]
+    table: dict[str, Any] = {}
     log(
-        f"  {'concept':<14}"
-        + "".join(f"{m + ' unit':>14}{'AUROC':>8}" for m in result.per_modality)
+        f"  {'concept':<10}"
+        + "".join(f"{m + ' feature':>16}{'AUROC':>8}{'95% CI':>15}{'ok':>4}" for m in results)
     )
-    for name in names:
-        if name not in concept_names:
-            continue
-        c = concept_names.index(name)
-        row = f"  {name:<14}"
-        best[name] = {}
-        for mod, res in result.per_modality.items():
-            col = np.asarray(res.scores.auroc)[:, c]
-            if np.all(np.isnan(col)):
-                row += f"{'-':>14}{'-':>8}"
-                continue
+    for name in planted:
+        row = f"  {name:<10}"
+        table[name] = {}
+        for mod, res in results.items():
+            per = res.per_modality[mod]
+            c = list(res.concepts.names).index(name)
+            col = np.asarray(per.scores.auroc)[:, c]
+            se = (
+                np.asarray(per.scores.se)[:, c] if per.scores.se is not None else np.zeros_like(col)
+            )
             unit = int(np.nanargmax(col))
-            best[name][mod] = {"unit": unit, "auroc": float(col[unit])}
-            row += f"{unit:>14}{col[unit]:>8.3f}"
+            a, half = float(col[unit]), 1.96 * float(se[unit])
+            ok = a >= target
+            table[name][mod] = {
+                "feature": unit,
+                "auroc": a,
+                "ci": [max(0.0, a - half), min(1.0, a + half)],
+                "recovered": ok,
+            }
+            ci = f"[{max(0.0, a - half):.3f}, {min(1.0, a + half):.3f}]"
+            row += f"{unit:>16}{a:>8.3f}{ci:>15}{'yes' if ok else 'no':>4}"
         log(row)
-    return best
+    out: dict[str, Any] = {"concepts": table, "target_auroc": target}
+    for mod in results:
+        hits = sum(table[n][mod]["recovered"] for n in planted)
+        out[mod] = {"recovered": hits, "of": len(planted), "fraction": hits / len(planted)}
+        log(
+            f"  {mod}: {hits}/{len(planted)} planted shapes and colors ({100 * hits / len(planted):.0f}%) "
+            f"have a feature with AUROC >= {target} (best of {results[mod].per_modality[mod].scores.auroc.shape[0]} "
+            "features: an optimistic pick; the interval is the chosen feature's DeLong 95%)"
+        )
+    return out
 
 
 def _score(
-    cfg: DemoConfig, store: Any, sae: Any, last_layer: int, log: Callable[[str], None]
+    cfg: DemoConfig,
+    store: Any,
+    saes: dict[str, Any],
+    hooks: dict[str, str],
+    last_layer: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     from vlmfast.scoring import format_summary
     from vlmfast.scoring.from_store import score_store
 
     out: dict[str, Any] = {}
-    started = time.perf_counter()
-    sae_result = score_store(store, "joint.embed", sae=sae)
-    log(f"  SAE features on joint.embed (scored in {time.perf_counter() - started:.2f} s):")
-    summary = sae_result.summary()
-    log("    " + format_summary(summary).replace("\n", "\n    "))
-    probe = ["red", "blue", "circle", "square", "triangle", "left of", "above"]
-    out["sae"] = {"summary": summary, "best": _best_units(sae_result, probe, log)}
+    results: dict[str, Any] = {}
+    for mod, sae in saes.items():
+        started = time.perf_counter()
+        res = score_store(store, hooks[mod], sae=sae, tokens="max")
+        results[mod] = res
+        log(
+            f"  SAE features of {hooks[mod]}, {mod} samples, max over tokens "
+            f"(scored in {time.perf_counter() - started:.2f} s):"
+        )
+        summary = res.summary()
+        log("    " + format_summary(summary).replace("\n", "\n    "))
+        out[f"sae_{mod}"] = {"hook": hooks[mod], "summary": summary}
+    log("")
+    log("  ground truth: the best feature for each planted shape and color")
+    out["ground_truth"] = ground_truth_table(results, cfg.target_auroc, log)
     hook = f"image.blocks.{last_layer}.mlp.post"
-    neuron_result = score_store(store, hook)
-    log(f"  MLP neurons of {hook}:")
+    neuron_result = score_store(store, hook, tokens="max")
+    log(f"  MLP neurons of {hook} (max over patches):")
     neuron_summary = neuron_result.summary()
     log("    " + format_summary(neuron_summary).replace("\n", "\n    "))
     out["neurons"] = {"hook": hook, "summary": neuron_summary}
@@ -221,10 +295,14 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     summary["quality"] = _model_quality(cfg, pair, log)
     _section(log, "2. cache both towers into a zarr store")
     store = _cache(cfg, pair, log)
-    _section(log, "3. top-k SAE on the shared embedding space (image + text rows)")
-    sae, summary["sae"] = _train_sae(cfg, store, log)
-    _section(log, "4. concept selectivity, per modality (exact AUROC, BH-controlled)")
-    summary["scores"] = _score(cfg, store, sae, last_layer, log)
+    hooks = _sae_hooks(cfg, pair)
+    _section(log, "3. top-k SAEs on token rows: image patches and caption tokens")
+    saes: dict[str, Any] = {}
+    summary["sae"] = {}
+    for mod, hook in hooks.items():
+        saes[mod], summary["sae"][mod] = _train_sae(cfg, store, hook, log)
+    _section(log, "4. concept selectivity per sample (max over tokens; exact AUROC, BH-controlled)")
+    summary["scores"] = _score(cfg, store, saes, hooks, last_layer, log)
     _section(log, "5. causal effect of each image attention head (batched activation patching)")
     summary["patching"] = _patch_heads(cfg, pair, log)
 

@@ -12,9 +12,11 @@ def register(subparsers: Any) -> None:
         "demo",
         help="run the end-to-end demo on the bundled model and synthetic data",
         description=(
-            "Cache both towers of the bundled synthetic:tiny CLIP, train a top-k SAE on the "
-            "shared embedding space, score features and neurons for concept selectivity per "
-            "modality, and rank attention heads by batched activation patching."
+            "Cache both towers of the bundled synthetic:tiny CLIP at every token, train top-k "
+            "SAEs on image patch rows and caption token rows, score features and neurons for "
+            "concept selectivity per sample (max over tokens; images against what they show, "
+            "captions against what they say), print the ground-truth table, and rank attention "
+            "heads by batched activation patching."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
