@@ -223,3 +223,24 @@ def test_full_b32_shape_batched_equals_serial() -> None:
     assert fast.effect["resid"].shape == (3, 50)
     for kind in ("resid", "heads"):
         torch.testing.assert_close(fast.effect[kind], ref.effect[kind], atol=TOL, rtol=0)
+
+
+def test_cli_writes_tables_and_heatmaps(tmp_path: Any, capsys: Any) -> None:
+    from vlmfast.cli import main
+
+    out = tmp_path / "tr"
+    argv = ["trace", "--model", "synthetic:tiny", "--data", "synthetic:n=2,seed=0", "--out"]
+    argv += [str(out), "--kinds", "resid", "--null", "5", "--no-progress", "--format", "png"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "image tower: clean score" in printed and "text tower: clean score" in printed
+    assert "p = " in printed and "null mean" in printed
+    for tower in ("image", "text"):
+        data = json.loads((out / f"trace_{tower}.json").read_text())
+        assert set(data["effect"]) == {"resid"} and data["null"]["resid"]["k"] == 5
+        assert (out / f"trace_{tower}.png").stat().st_size > 0
+        assert (out / f"trace_{tower}.npz").exists()
+        table = out / f"trace_{tower}.parquet"
+        assert table.exists() or (out / f"trace_{tower}.csv").exists()
+    assert main([*argv[:-3], "--no-progress", "--noise", "loud"]) == 1
+    assert "--noise must be" in capsys.readouterr().err
