@@ -293,3 +293,19 @@ def test_untouched_scored_tower_scores_zero(toy: HookedPair, method: str) -> Non
     assert all(float(v.abs().max()) == 0.0 for v in att.scores.values())
     assert att.completeness_gap["image"] == 0.0
     assert att.tower_change["text"] != 0.0
+
+
+def test_compare_with_a_trace(tiny: Any, tiny_inputs: Any) -> None:
+    """compare reads a TraceResult: heads as they are, resid rows shifted by one layer."""
+    px, tok, px_c, _ = tiny_inputs
+    tr = vf.causal.trace(tiny, px, tok, "image", corrupted=px_c, kinds=("heads", "resid"))
+    att = attribute(tiny, px, tok, px_c, components=("heads", "resid"), towers=("image",))
+    by_trace = att.compare(tr)
+    assert by_trace["image", "resid"]["n"] == 3 * 17  # layers 1-3 x 17 positions
+    want = att.compare({("image", "heads"): tr.effect["heads"]})["image", "heads"]
+    assert by_trace["image", "heads"] == want
+    assert -1.0 <= by_trace["image", "heads"]["spearman"] <= 1.0
+    with pytest.raises(InputError, match="every layer"):
+        att.compare(
+            vf.causal.trace(tiny, px, tok, "image", corrupted=px_c, kinds=("heads",), layers=[0])
+        )

@@ -98,16 +98,22 @@ class AttributionResult:
 
     # ---- comparison ----------------------------------------------------------------
     def compare(
-        self, exact: Mapping[Key, Tensor] | Tensor, key: Key | None = None, k: int = 10
+        self, exact: Mapping[Key, Tensor] | Tensor | Any, key: Key | None = None, k: int = 10
     ) -> dict[Key, dict[str, float]]:
         """Spearman and top-k overlap of these scores against exact patching effects.
 
         ``exact``: ``{(tower, kind): Tensor[layers, components]}`` (e.g. from
-        ``vf.causal.exact_effects``) or one tensor (then ``key`` says which scores; e.g.
-        ``patch_sweep(..., normalize="delta")``). Per key: ``spearman`` (signed scores vs
-        signed effects), ``spearman_abs`` (``ranking`` vs |effect|), ``topk_overlap``
+        ``vf.causal.exact_effects``), one tensor (then ``key`` says which scores; e.g.
+        ``patch_sweep(..., normalize="delta")``), or a ``TraceResult`` traced over every
+        layer and position with the same corrupt inputs (its ``heads`` table; its ``resid``
+        restores ``resid_post`` of L = this ``resid_pre`` of L + 1, so rows are aligned by
+        that shift and the last trace row is dropped). Per key: ``spearman`` (signed scores
+        vs signed effects), ``spearman_abs`` (``ranking`` vs |effect|), ``topk_overlap``
         (share of the k largest |effects| among the k highest-ranked components).
         """
+        shift: dict[Key, int] = {}
+        if hasattr(exact, "effect") and hasattr(exact, "tower"):
+            exact, shift = self._from_trace(exact)
         if isinstance(exact, Tensor):
             if key is None:
                 if len(self.scores) != 1:
@@ -119,24 +125,50 @@ class AttributionResult:
         out: dict[Key, dict[str, float]] = {}
         for name, eff in exact.items():
             name = self._key(tuple(name))
-            est = self.scores[name]
+            est, rank = self.scores[name], self.ranking(name)
             eff = torch.as_tensor(eff, dtype=torch.float32).cpu()
+            if shift.get(name):
+                est, rank, eff = est[1:], rank[1:], eff[:-1]
             if tuple(eff.shape) != tuple(est.shape):
                 raise ShapeError(
                     f"exact effects for {name} have shape {tuple(eff.shape)}, the scores "
                     f"{tuple(est.shape)}"
                 )
             kk = max(1, min(k, est.numel()))
-            top_est = set(self.ranking(name).flatten().topk(kk).indices.tolist())
+            top_est = set(rank.flatten().topk(kk).indices.tolist())
             top_eff = set(eff.abs().flatten().topk(kk).indices.tolist())
             out[name] = {
                 "spearman": spearman(est.flatten(), eff.flatten()),
-                "spearman_abs": spearman(self.ranking(name).flatten(), eff.abs().flatten()),
+                "spearman_abs": spearman(rank.flatten(), eff.abs().flatten()),
                 "topk_overlap": len(top_est & top_eff) / kk,
                 "k": float(kk),
                 "n": float(est.numel()),
             }
         return out
+
+    def _from_trace(self, trace: Any) -> tuple[dict[Key, Tensor], dict[Key, int]]:
+        tower = trace.tower
+        out: dict[Key, Tensor] = {}
+        shift: dict[Key, int] = {}
+        for kind in ("heads", "resid"):
+            if kind not in trace.effect or (tower, kind) not in self.scores:
+                continue
+            n_layers, n_cols = self.scores[tower, kind].shape
+            full = list(trace.layers) == list(range(n_layers))
+            if kind == "resid":
+                full = full and list(trace.positions) == list(range(n_cols))
+            if not full:
+                raise InputError(
+                    f"compare needs the trace over every layer (and position for resid) of "
+                    f"the {tower} tower; got layers {list(trace.layers)}"
+                )
+            out[tower, kind] = trace.effect[kind]
+            shift[tower, kind] = int(kind == "resid")
+        if not out:
+            raise InputError(
+                f"the trace has no heads/resid table matching these scores ({sorted(self.scores)})"
+            )
+        return out, shift
 
     # ---- export --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
