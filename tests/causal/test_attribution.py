@@ -300,10 +300,13 @@ def test_compare_with_a_trace(tiny: Any, tiny_inputs: Any) -> None:
     px, tok, px_c, _ = tiny_inputs
     tr = vf.causal.trace(tiny, px, tok, "image", corrupted=px_c, kinds=("heads", "resid"))
     att = attribute(tiny, px, tok, px_c, components=("heads", "resid"), towers=("image",))
+    exact = exact_effects(tiny, px, tok, px_c, components=("heads",), towers=("image",))
+    torch.testing.assert_close(
+        tr.effect["heads"] - tr.corrupt, exact["image", "heads"], atol=1e-4, rtol=0
+    )
     by_trace = att.compare(tr)
+    assert by_trace["image", "heads"] == att.compare(exact)["image", "heads"]
     assert by_trace["image", "resid"]["n"] == 3 * 17  # layers 1-3 x 17 positions
-    want = att.compare({("image", "heads"): tr.effect["heads"]})["image", "heads"]
-    assert by_trace["image", "heads"] == want
     assert -1.0 <= by_trace["image", "heads"]["spearman"] <= 1.0
     with pytest.raises(InputError, match="every layer"):
         att.compare(

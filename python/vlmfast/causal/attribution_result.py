@@ -105,7 +105,8 @@ class AttributionResult:
         ``exact``: ``{(tower, kind): Tensor[layers, components]}`` (e.g. from
         ``vf.causal.exact_effects``), one tensor (then ``key`` says which scores; e.g.
         ``patch_sweep(..., normalize="delta")``), or a ``TraceResult`` traced over every
-        layer and position with the same corrupt inputs (its ``heads`` table; its ``resid``
+        layer and position with the same corrupt inputs (``corrupted=``; its tables minus
+        its corrupt metric are the exact changes: ``heads`` as is, while its ``resid``
         restores ``resid_post`` of L = this ``resid_pre`` of L + 1, so rows are aligned by
         that shift and the last trace row is dropped). Per key: ``spearman`` (signed scores
         vs signed effects), ``spearman_abs`` (``ranking`` vs |effect|), ``topk_overlap``
@@ -162,7 +163,8 @@ class AttributionResult:
                     f"compare needs the trace over every layer (and position for resid) of "
                     f"the {tower} tower; got layers {list(trace.layers)}"
                 )
-            out[tower, kind] = trace.effect[kind]
+            # a trace's effect tables hold the restored metric: the change is minus corrupt
+            out[tower, kind] = trace.effect[kind] - float(trace.corrupt)
             shift[tower, kind] = int(kind == "resid")
         if not out:
             raise InputError(
