@@ -31,9 +31,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tokens",
         default="auto",
-        choices=["auto", "pooled", "max", "mean", "all"],
-        help="pooled rows; max/mean over each sample's token rows; all rows; auto: pooled "
-        "when the hook has pooled rows, else max",
+        choices=["auto", "pooled", "max", "mean", "all", "patch"],
+        help="pooled rows; max/mean over each sample's token rows; all rows; patch: each "
+        "image patch row against what its patch shows (object boxes; text rows not scored); "
+        "auto: pooled when the hook has pooled rows, else max",
     )
     p.add_argument("--batch-size", type=int, default=8192, help="rows read and encoded per batch")
     p.add_argument("--device", default="cpu", help="device for the SAE encoder")

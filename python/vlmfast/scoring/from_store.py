@@ -27,12 +27,13 @@ from vlmfast.scoring.pipeline import (
 from vlmfast.stats import score_sparse_chunks
 from vlmfast.stats._inputs import as_numpy
 
-TOKEN_MODES = ("auto", "pooled", "all", "max", "mean")
+TOKEN_MODES = ("auto", "pooled", "all", "max", "mean", "patch")
 """How rows become scored samples: ``pooled`` rows (position -1) one per sample; ``max`` /
 ``mean``: each unit's max / mean over a sample's token rows (position >= 0), one scored
 value per sample and modality; ``all``: every row scored on its own, carrying its sample's
-labels (a per-token diagnostic, not the paper's per-image AUROC); ``auto``: ``pooled``
-when the hook has pooled rows, else ``max``."""
+labels (a per-token diagnostic, not the paper's per-image AUROC); ``patch``: each image
+patch row against what its patch shows (object boxes; ``vlmfast.scoring.patches``; text
+rows are not scored); ``auto``: ``pooled`` when the hook has pooled rows, else ``max``."""
 AGGREGATED = ("max", "mean")
 
 
@@ -44,6 +45,10 @@ def resolve_tokens(position: npt.NDArray[Any], tokens: str, hook: str) -> str:
     has_tokens = bool((position >= 0).any())
     if tokens == "auto":
         return "pooled" if has_pooled else "max"
+    if tokens == "patch":
+        from vlmfast.scoring.patches import check_patch_hook
+
+        check_patch_hook(position, hook)
     if tokens == "pooled" and not has_pooled:
         raise InputError(
             f"{hook} has no pooled rows (position -1): it was cached at token positions; "
@@ -95,6 +100,26 @@ def _row_labels(
     return out[found], found, concepts
 
 
+def _scored_rows(
+    store: Any, hook: str, index: Any, mode: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], np.ndarray, np.ndarray, ConceptSet]:
+    """``(store rows, their samples, modality, labels, concepts)`` scored in ``mode``."""
+    if mode == "patch":  # image patch rows against their patch's box labels
+        from vlmfast.scoring.patches import patch_rows
+
+        return patch_rows(store, hook, index)
+    position = np.asarray(index.position)
+    keep = _select_rows(position, mode)
+    if mode in AGGREGATED and _image_cls_token(store):
+        # an image sample's max/mean is over its patches: the CLS row is no patch
+        image_cls = (np.asarray(index.modality)[keep] == 0) & (position[keep] == 0)
+        keep = keep[~image_cls]
+    sample = np.asarray(index.sample, dtype=np.int64)[keep]
+    modality = np.asarray(index.modality, dtype=np.uint8)[keep]
+    labels, found, concepts = _row_labels(store, sample, modality)
+    return keep[found], sample[found], modality[found], labels, concepts
+
+
 def score_store(
     store: Any,
     hook: str,
@@ -117,7 +142,9 @@ def score_store(
     out), streamed over row chunks (exact; Rust); ``"all"``:
     every token row on its own with its sample's labels; ``"auto"``: pooled rows when
     the hook has any, else ``max``. Image rows are scored against what the image shows,
-    text rows against what the caption says (``Labels.for_modality``).
+    text rows against what the caption says (``Labels.for_modality``). ``"patch"``: each
+    image patch row of an image token hook against what its patch shows (the store's
+    object boxes, ``vlmfast.scoring.patches``; CLS and text rows are not scored).
     ``progress(n)`` is called with the number of rows read after each batch.
 
     ``feature_block`` (SAE only) bounds memory for codes that do not fit: the codes
@@ -131,15 +158,7 @@ def score_store(
     index = store.index(hook)
     position = np.asarray(index.position)
     mode = resolve_tokens(position, tokens, hook)
-    keep = _select_rows(position, mode)
-    if mode in AGGREGATED and _image_cls_token(store):
-        # an image sample's max/mean is over its patches: the CLS row is no patch
-        image_cls = (np.asarray(index.modality)[keep] == 0) & (position[keep] == 0)
-        keep = keep[~image_cls]
-    sample = np.asarray(index.sample, dtype=np.int64)[keep]
-    modality = np.asarray(index.modality, dtype=np.uint8)[keep]
-    labels, found, concepts = _row_labels(store, sample, modality)
-    keep, modality, sample = keep[found], modality[found], sample[found]
+    keep, sample, modality, labels, concepts = _scored_rows(store, hook, index, mode)
     if len(keep) == 0:
         raise StoreError(f"no rows of {hook} have concept labels")
     if mode in AGGREGATED:
@@ -195,6 +214,11 @@ def score_store(
         "labels": _label_basis(store),
         "source": "sae" if sae is not None else "units",
     }
+    if mode == "patch":
+        meta["labels"] = {
+            "image": "patch labels (object boxes: the patch holds a box centre or is >= 1/4 covered)",
+            "text": "not scored in patch mode",
+        }
     if sae is not None and feature_block is not None:
         return _score_spilled(
             chunks_idx,

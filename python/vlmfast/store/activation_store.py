@@ -26,6 +26,14 @@ import torch
 from vlmfast import _native
 from vlmfast.errors import HookNameError, InputError, ShapeError, StoreError, StoreFormatError
 from vlmfast.store._convert import ACT_DTYPES, as_bytes, dtype_name, to_carrier, to_torch
+from vlmfast.store.boxes import (
+    BOX_ARRAYS,
+    BOX_SAMPLE_ARRAY,
+    BoxRows,
+    check_box_rows,
+    create_box_arrays,
+    read_boxes,
+)
 from vlmfast.store.layout import (
     FORMAT_VERSION,
     INDEX_FIELDS,
@@ -84,6 +92,10 @@ class ActivationStore:
             n = int(attrs["committed_label_rows"])
             for name in label_arrays(attrs):
                 self._arrays[name] = _native.store_open_array(str(path), name, n, writable)
+        if attrs.get("boxes"):
+            n = int(attrs.get("committed_box_rows", 0))
+            for name in BOX_ARRAYS:
+                self._arrays[name] = _native.store_open_array(str(path), name, n, writable)
 
     # ------------------------------------------------------------------ create / open
 
@@ -106,6 +118,7 @@ class ActivationStore:
         overwrite: bool = False,
         image_basis: str = "caption",
         towers: Mapping[str, Any] | None = None,
+        boxes: Mapping[str, Any] | None = None,
     ) -> ActivationStore:
         """Creates an empty store at ``path`` and opens it for appending.
 
@@ -115,7 +128,9 @@ class ActivationStore:
         adds ``labels/`` (image labels, and caption labels over the same columns;
         ``image_basis`` records where the image labels come from). ``towers`` records
         the geometry of the model's towers (``{"image": {"cls_token": bool, "image_size":
-        S, "patch_size": P}}``: which token rows are patches). ``chunk_rows`` rows form a chunk (a shard when
+        S, "patch_size": P}}``: which token rows are patches). ``boxes`` (with
+        ``concepts``; attrs of ``vlmfast.store.boxes.box_attrs``) adds the object box
+        arrays (``labels/box_*``). ``chunk_rows`` rows form a chunk (a shard when
         ``shard_inner_rows`` is set). The store appears atomically: it is built
         in a sibling folder and renamed into place.
         """
@@ -152,6 +167,7 @@ class ActivationStore:
             "skipped_nonfinite": {h: 0 for h in hooks},
             "progress": {},
             "towers": dict(towers or {}),
+            **({"boxes": dict(boxes), "committed_box_rows": 0} if boxes else {}),
             "user": dict(attrs or {}),
         }
         try:
@@ -165,6 +181,10 @@ class ActivationStore:
                 shard_inner_rows,
                 concepts,
             )
+            if boxes:
+                if concepts is None:
+                    raise InputError("boxes need concepts (the columns of their labels)")
+                create_box_arrays(_native, root, int(chunk_rows), compression, len(concepts[0]))
             _native.store_write_group(root, "/", json.dumps(meta))
             if target.exists():
                 shutil.rmtree(target)
@@ -352,6 +372,7 @@ class ActivationStore:
         labels: Any = None,
         label_samples: Any = None,
         caption_labels: Any = None,
+        boxes: BoxRows | None = None,
         skip_nonfinite: bool = False,
         commit: bool = True,
     ) -> dict[str, int]:
@@ -374,6 +395,11 @@ class ActivationStore:
             if extra:
                 raise InputError(f"index names hooks with no data: {sorted(extra)}")
         label_rows = self._prepare_labels(labels, label_samples, caption_labels)
+        box_rows = None
+        if boxes is not None:
+            if not self._attrs.get("boxes"):
+                raise InputError("boxes given but the store was created without boxes")
+            box_rows = check_box_rows(boxes, len(self._attrs["concepts"]["names"]))
         for hook, (arr, idx, skipped) in prepared.items():
             self._arrays[acts_array(hook)].append(as_bytes(arr))
             for field, col in idx.items():
@@ -384,6 +410,8 @@ class ActivationStore:
             self._arrays[LABELS_SAMPLE_ARRAY].append(as_bytes(label_rows[1]))
             if label_rows[2] is not None:
                 self._arrays[LABELS_CAPTION_ARRAY].append(as_bytes(label_rows[2]))
+        for name, col in zip(BOX_ARRAYS, box_rows or ()):
+            self._arrays[name].append(as_bytes(col))
         self._pending = True
         if commit:
             self.commit()
@@ -448,6 +476,8 @@ class ActivationStore:
             attrs["committed_rows"][hook] = int(self._arrays[acts_array(hook)].written)
         if LABELS_ARRAY in self._arrays:
             attrs["committed_label_rows"] = int(self._arrays[LABELS_ARRAY].written)
+        if BOX_SAMPLE_ARRAY in self._arrays:
+            attrs["committed_box_rows"] = int(self._arrays[BOX_SAMPLE_ARRAY].written)
         if progress is not None:
             attrs["progress"] = dict(progress)
         _native.store_write_group(str(self._path), "/", json.dumps(attrs))
@@ -496,6 +526,12 @@ class ActivationStore:
             for f, t in INDEX_FIELDS.items()
         }
         return StoreIndex(**cols)
+
+    @property
+    def boxes(self) -> BoxRows | None:
+        """The committed object boxes (model-input frame), or None when the store has none
+        (see ``vlmfast.store.boxes``)."""
+        return read_boxes(self)
 
     @property
     def labels(self) -> Labels | None:

@@ -453,7 +453,7 @@ def cache_loop(
     after = store.attrs["progress"].get("last_sample") if store is not None and done else None
     last_sample = after
     local = 0
-    labels_of = _labels_of(setup.source)
+    labels_of = _labels_of(setup.source, setup.pair)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmfast-cache-writer") as pool:
         for _g, batch, rows, consumed in iter_forward(
             setup, cfg, skip=done, select=select, after=after
@@ -517,6 +517,11 @@ class BatchLabels:
     """ConceptLabels of the captions (``source.caption_labels``), same columns."""
     image_basis: str
     """``source.image_label_basis``."""
+    boxes: Any = None
+    """The batch's object boxes in the model-input frame (``vlmfast.store.boxes.BoxRows``),
+    None when the source has none."""
+    box_attrs: dict[str, Any] | None = None
+    """The store's ``boxes`` attrs (geometry, kinds), with ``boxes``."""
 
     @property
     def names(self) -> list[str]:
@@ -527,8 +532,11 @@ class BatchLabels:
         return list(self.image.kinds)
 
 
-def _labels_of(source: Any) -> Callable[[Sequence[Any]], BatchLabels]:
+def _labels_of(source: Any, pair: Any = None) -> Callable[[Sequence[Any]], BatchLabels]:
+    from vlmfast.store.boxes import batch_boxes
+
     basis = str(getattr(source, "image_label_basis", "caption"))
+    with_boxes = batch_boxes(source, pair) if pair is not None else None
 
     def labels(batch: Sequence[Any]) -> BatchLabels:
         image = source.labels(batch)
@@ -537,7 +545,9 @@ def _labels_of(source: Any) -> Callable[[Sequence[Any]], BatchLabels]:
             raise InputError(
                 "the source's caption labels have other concepts than its image labels"
             )
-        return BatchLabels(image, caption, basis)
+        if with_boxes is None:
+            return BatchLabels(image, caption, basis)
+        return BatchLabels(image, caption, basis, with_boxes[0](batch), with_boxes[1])
 
     return labels
 
@@ -641,6 +651,7 @@ def _create(
         overwrite=cfg.overwrite or path != cfg.out,
         image_basis=labels.image_basis if labels is not None else "caption",
         towers=towers,
+        boxes=getattr(labels, "box_attrs", None),
     )
 
 
@@ -678,6 +689,8 @@ def _write(
         }
         if store.attrs["concepts"].get("caption_labels"):
             kw["caption_labels"] = np.asarray(labels.caption.matrix, dtype=bool)
+        if store.attrs.get("boxes") and getattr(labels, "boxes", None) is not None:
+            kw["boxes"] = labels.boxes
     store.append_many(
         {h: r for h, (r, _) in rows.items()},
         {h: idx for h, (_, idx) in rows.items()},

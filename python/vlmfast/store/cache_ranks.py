@@ -56,6 +56,7 @@ from vlmfast.data.sources.pending import resolve_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store._convert import NUMPY_CARRIER, as_bytes
 from vlmfast.store.activation_store import ActivationStore, label_arrays, read_attrs
+from vlmfast.store.boxes import BOX_ARRAYS, BOX_SAMPLE_ARRAY, box_array_specs
 from vlmfast.store.cache import (
     CacheConfig,
     _check_same,
@@ -80,6 +81,8 @@ from vlmfast.store.layout import (
 
 LABELS_GROUP = "labels"
 """Plan key of the concept-label arrays (rows = label rows, not hook rows)."""
+BOXES_GROUP = "labels/boxes"
+"""Plan key of the object-box arrays (rows = boxes, their sample ids repeated per box)."""
 MERGE_WINDOW_BYTES = 256 << 20
 """At most this many activation bytes are copied per ``write_at`` during the merge."""
 
@@ -273,6 +276,10 @@ def _part_ids(store: ActivationStore, hooks: list[str]) -> dict[str, np.ndarray]
     labels = store.labels
     if labels is not None:
         ids[LABELS_GROUP] = labels.sample
+    if store.attrs.get("boxes"):
+        ids[BOXES_GROUP] = store.read_raw(
+            BOX_SAMPLE_ARRAY, np.dtype(np.int64), None, 0, store.attrs["committed_box_rows"]
+        )
     return ids
 
 
@@ -305,7 +312,7 @@ def make_plan(out: Path, world: int) -> MergePlan:
     run_first, run_owner = all_ids[starts], owner[starts]
     segments: dict[str, list[tuple[int, int, int, int]]] = {}
     totals: dict[str, int] = {}
-    for group in [*hooks, *([LABELS_GROUP] if LABELS_GROUP in ids[0] else [])]:
+    for group in [*hooks, *(g for g in (LABELS_GROUP, BOXES_GROUP) if g in ids[0])]:
         found: list[tuple[int, int, int, int]] = []  # (run, part, start, stop)
         for part, d in enumerate(ids):
             col = d[group]
@@ -349,6 +356,7 @@ def _create_final(cfg: CacheConfig, plan: MergePlan) -> None:
         overwrite=True,
         image_basis=str((concepts or {}).get("image_basis", "caption")),
         towers=a.get("towers"),
+        boxes=a.get("boxes"),
     )
     store.close()
 
@@ -356,6 +364,8 @@ def _create_final(cfg: CacheConfig, plan: MergePlan) -> None:
 def _array_names(group: str, attrs: dict[str, Any]) -> list[str]:
     if group == LABELS_GROUP:
         return label_arrays(attrs)
+    if group == BOXES_GROUP:
+        return list(BOX_ARRAYS)
     return [acts_array(group), *(index_array(group, f) for f in INDEX_FIELDS)]
 
 
@@ -363,6 +373,9 @@ def _read_rows(
     store: ActivationStore, group: str, width: int, dtype: str, a: int, b: int
 ) -> list[np.ndarray]:
     """Rows ``[a, b)`` of every array of ``group`` in a part, as carrier arrays."""
+    if group == BOXES_GROUP:
+        specs = box_array_specs(len(store.attrs["concepts"]["names"]))
+        return [store.read_raw(name, dt, w, a, b) for name, (dt, w) in specs.items()]
     if group == LABELS_GROUP:
         labels_width = max(len(store.attrs["concepts"]["names"]), 1)
         return [
@@ -397,7 +410,7 @@ def write_share(
         for name in names:
             written[name] = (lo, hi)
         width = plan.widths.get(group, 1)
-        row_bytes = width * (NUMPY_CARRIER[dtype].itemsize if group != LABELS_GROUP else 1)
+        row_bytes = width * (NUMPY_CARRIER[dtype].itemsize if group in plan.widths else 1)
         step = max(1, MERGE_WINDOW_BYTES // max(row_bytes * chunk, 1)) * chunk
         for wa in range(lo, hi, step):
             wb = min(wa + step, hi)
@@ -446,6 +459,8 @@ def commit_final(
     for h in plan.hooks:
         attrs["committed_rows"][h] = plan.totals[h]
     attrs["committed_label_rows"] = plan.totals.get(LABELS_GROUP, 0)
+    if BOXES_GROUP in plan.totals:
+        attrs["committed_box_rows"] = plan.totals[BOXES_GROUP]
     attrs["skipped_nonfinite"] = dict(plan.skipped)
     attrs["progress"] = {
         "samples_done": plan.samples_done,

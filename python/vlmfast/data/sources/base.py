@@ -28,6 +28,7 @@ from vlmfast.errors import InputError
 if TYPE_CHECKING:
     from vlmfast.data.concepts.labeler import ConceptLabeler
     from vlmfast.data.concepts.labels import ConceptLabels
+    from vlmfast.data.object_boxes import ObjectBoxes
 
 REQUIRE_KINDS: dict[str, tuple[str, ...]] = {
     "object": ("object",),
@@ -223,6 +224,16 @@ class PairSource:
         """What each caption says (same columns as :meth:`labels`); text rows are scored
         against these."""
         return self.labeler.label_texts([r.caption for r in records])
+
+    has_boxes: bool = False
+    """Whether :meth:`boxes` knows where objects are (synthetic scenes, COCO instances)."""
+    box_kinds: tuple[str, ...] = ()
+    """Concept kinds a box carries (the columns patch-level scoring scores)."""
+
+    def boxes(self, records: Sequence[PairRecord]) -> ObjectBoxes | None:
+        """Where each record's objects are (boxes normalised to its image, with their
+        concepts over the columns of :meth:`labels`); None: this source does not know."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, limit={self.limit}, sample={self.sample}, require={list(self.require)})"

@@ -24,6 +24,7 @@ from vlmfast.errors import InputError
 if TYPE_CHECKING:
     from vlmfast.data.concepts.labeler import ConceptLabeler
     from vlmfast.data.concepts.labels import ConceptLabels
+    from vlmfast.data.object_boxes import ObjectBoxes
 
 _KEYS = {"n": int, "seed": int, "split": str, "noise": float, "texture": int, "start": int}
 
@@ -131,6 +132,35 @@ class SyntheticSource(PairSource):
             if caption.get("relation"):
                 mat[r, col[caption["relation"]]] = True
         return ConceptLabels(mat, names, kinds)
+
+    has_boxes = True
+    box_kinds = ("object", "color", "size")
+
+    def boxes(self, records: Sequence[PairRecord]) -> ObjectBoxes:
+        """The exact pixel box of every object (``meta["objects"][i]["box"]`` = top, left,
+        bottom, right, end-exclusive), normalised to the rendered image, with the object's
+        shape, color and size."""
+        import numpy as np
+
+        from vlmfast.data.object_boxes import ObjectBoxes
+
+        names, _ = synthetic_concepts()
+        col = {n: i for i, n in enumerate(names)}
+        rec_of: list[int] = []
+        xy: list[list[float]] = []
+        rows: list[np.ndarray] = []
+        for r, rec in enumerate(records):
+            for obj in rec.meta.get("objects", []):
+                top, left, bottom, right = obj["box"]
+                rec_of.append(r)
+                xy.append([left, top, right, bottom])
+                row = np.zeros(len(names), dtype=bool)
+                for key in ("shape", "color", "size"):
+                    row[col[obj[key]]] = True
+                rows.append(row)
+        concepts = np.stack(rows) if rows else np.zeros((0, len(names)), dtype=bool)
+        boxes = np.asarray(xy, dtype=np.float32).reshape(-1, 4) / sspec.IMAGE_SIZE
+        return ObjectBoxes(np.asarray(rec_of, dtype=np.int64), boxes, concepts)
 
     def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
         """Exact image-level labels from the ground truth in ``meta``."""
