@@ -319,3 +319,84 @@ def test_two_rank_merge_carries_the_boxes(tmp_path, synth_store):
     assert np.array_equal(merged.concepts, single.concepts)
     assert ActivationStore.open(out).attrs["boxes"] == synth_store.attrs["boxes"]
     assert not Path(str(out) + ".parts").exists()
+
+
+# ---------------------------------------------------------------- COCO instances
+
+
+def _coco(tmp_path: Path) -> Path:
+    import json
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    for i in (1, 2):
+        _rect_image(128, 64, (0, 0, 0, 0)).save(root / "val2017" / f"{i}.png")
+    images = [{"id": i, "file_name": f"{i}.png", "width": 128, "height": 64} for i in (1, 2)]
+    caps = {
+        "images": images,
+        "annotations": [
+            {"id": 1, "image_id": 1, "caption": "A zebra."},
+            {"id": 2, "image_id": 2, "caption": "A person."},
+        ],
+    }
+    inst = {
+        "images": images,
+        "categories": [
+            {"id": 24, "name": "zebra"},
+            {"id": 1, "name": "person"},
+            {"id": 9, "name": "blorp"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 24, "bbox": [0, 0, 32, 32]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [96, 32, 32, 32]},
+            {"id": 3, "image_id": 2, "category_id": 9, "bbox": [0, 0, 10, 10]},  # no concept
+        ],
+    }
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(caps))
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(inst))
+    return root / "annotations" / "captions_val2017.json"
+
+
+def test_coco_boxes_from_instances(tmp_path):
+    from vlmfast.data import open_source
+
+    src = open_source(str(_coco(tmp_path)), concepts="coco")
+    recs = list(src)
+    assert src.has_boxes and recs[0].meta["boxes"] == [["zebra", 0.0, 0.0, 32.0, 32.0]]
+    found = src.boxes(recs)
+    assert found.record.tolist() == [0, 1]  # blorp matches no concept: left out
+    assert np.allclose(found.boxes, [[0, 0, 0.25, 0.5], [0.75, 0.5, 1, 1]])
+    names = src.labeler.names
+    assert [names[i] for i in np.flatnonzero(found.concepts[0])] == ["zebra"]
+    assert [names[i] for i in np.flatnonzero(found.concepts[1])] == ["person"]
+    no_inst = open_source(str(_coco(tmp_path / "b")), concepts="coco")
+    no_inst.instances_path = None
+    assert not no_inst.has_boxes and no_inst.boxes(recs) is None
+
+
+def test_coco_cache_gives_patch_labels(tmp_path):
+    """COCO boxes through the bundled model's squash to 64 x 64 (a 4 x 4 grid)."""
+    data = _coco(tmp_path)
+    cfg = CacheConfig(
+        model="synthetic:tiny",
+        data=str(data),
+        hooks=[HOOK],
+        positions="all",
+        out=tmp_path / "c.zarr",
+        concepts="coco",
+        progress=False,
+        decode_workers=0,
+    )
+    store = run_cache(cfg, log=lambda _: None)
+    assert store.attrs["boxes"]["kinds"] == ["object"]
+    idx = store.index(HOOK)
+    lab, keep = patch_labels(
+        idx.sample, idx.position, store.boxes, PatchGrid(64, 16, class_token=True)
+    )
+    names = store.labels.names
+    zebra, person = names.index("zebra"), names.index("person")
+    s, p = idx.sample[keep], idx.position[keep] - 1
+    # zebra: x [0, 1/4), y [0, 1/2) -> patches (0, 0), (1, 0); person: x [3/4, 1), y [1/2, 1)
+    assert sorted(p[lab[:, zebra]].tolist()) == [0, 4] and set(s[lab[:, zebra]]) == {0}
+    assert sorted(p[lab[:, person]].tolist()) == [11, 15] and set(s[lab[:, person]]) == {1}

@@ -261,13 +261,17 @@ class ConceptLabeler:
         labels = self.label_texts([r.caption for r in records])
         for r, rec in enumerate(records):
             for obj in rec.meta.get("objects", ()) or ():
-                name = str(obj).lower()
-                ci = self._object_names.get(name)
-                if ci is None:
-                    hits = [
-                        m.concept for m in self.matches(name) if self.kinds[m.concept] == "object"
-                    ]
-                    ci = hits[0] if hits else None
+                ci = self.object_column(str(obj))
                 if ci is not None:
                     labels.matrix[r, ci] = True
         return labels
+
+    def object_column(self, name: str) -> int | None:
+        """The column of the object concept an annotation's category ``name`` (e.g. a COCO
+        instance) is: by name, term or alias, else its first object term match."""
+        name = name.lower()
+        ci = self._object_names.get(name)
+        if ci is None:
+            hits = [m.concept for m in self.matches(name) if self.kinds[m.concept] == "object"]
+            ci = hits[0] if hits else None
+        return ci

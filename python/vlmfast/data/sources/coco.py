@@ -16,17 +16,20 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vlmfast.data.records import BadRecordReport
+from vlmfast.data.records import BadRecordReport, PairRecord
 from vlmfast.data.sources.base import PairSource
 from vlmfast.data.sources.folder import _file_digest
 from vlmfast.data.sources.images import decode_image
 from vlmfast.data.sources.pending import LoadOnce, PendingRecord
 from vlmfast.errors import InputError
+
+if TYPE_CHECKING:
+    from vlmfast.data.object_boxes import ObjectBoxes
 
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
@@ -81,21 +84,69 @@ class CocoSource(PairSource):
         """``instances+caption`` with an instances file, else ``caption``."""
         return "instances+caption" if self.instances_path is not None else "caption"
 
-    def _objects_by_image(self) -> dict[int, list[str]]:
+    @property
+    def has_boxes(self) -> bool:  # type: ignore[override]
+        """With an instances file: its boxes."""
+        return self.instances_path is not None
+
+    box_kinds = ("object",)
+
+    def _instances_by_image(
+        self,
+    ) -> tuple[dict[int, list[str]], dict[int, list[list[Any]]], dict[int, tuple[int, int]]]:
+        """Per image id: sorted category names, ``[name, x, y, w, h]`` boxes (pixels, by
+        annotation id), and ``(width, height)`` where the instances file gives them."""
         if self.instances_path is None:
-            return {}
+            return {}, {}, {}
         data = _load_json(self.instances_path, "instances")
         names = {c["id"]: c["name"] for c in data.get("categories", [])}
         found: dict[int, set[str]] = defaultdict(set)
-        for ann in data["annotations"]:
+        boxes: dict[int, list[list[Any]]] = defaultdict(list)
+        for ann in sorted(data["annotations"], key=lambda a: int(a.get("id", 0))):
             name = names.get(ann.get("category_id"))
             if name is not None:
                 found[int(ann["image_id"])].add(name)
-        return {k: sorted(v) for k, v in found.items()}
+                bbox = ann.get("bbox")
+                if isinstance(bbox, list) and len(bbox) == 4:
+                    boxes[int(ann["image_id"])].append([name, *(float(v) for v in bbox)])
+        sizes = {
+            int(im["id"]): (int(im["width"]), int(im["height"]))
+            for im in data["images"]
+            if im.get("width") and im.get("height")
+        }
+        return {k: sorted(v) for k, v in found.items()}, dict(boxes), sizes
+
+    def boxes(self, records: Sequence[PairRecord]) -> ObjectBoxes | None:
+        """The instance boxes (``meta["boxes"]``: ``[name, x, y, w, h]`` pixels) normalised
+        by the image's width and height (``meta["width"/"height"]``, else the decoded
+        image's size), each with its object concept; categories matching no concept of
+        the vocabulary are left out."""
+        if self.instances_path is None:
+            return None
+        import numpy as np
+
+        from vlmfast.data.object_boxes import ObjectBoxes
+
+        c = len(self.labeler.names)
+        rec_of, xy, cols = [], [], []
+        for r, rec in enumerate(records):
+            w = rec.meta.get("width") or (rec.image.size[0] if rec.image is not None else 0)
+            h = rec.meta.get("height") or (rec.image.size[1] if rec.image is not None else 0)
+            for name, x, y, bw, bh in rec.meta.get("boxes", ()):
+                ci = self.labeler.object_column(str(name))
+                if ci is None or not w or not h:
+                    continue
+                rec_of.append(r)
+                xy.append([x / w, y / h, (x + bw) / w, (y + bh) / h])
+                cols.append(ci)
+        concepts = np.zeros((len(cols), c), dtype=bool)
+        concepts[np.arange(len(cols)), cols] = True
+        boxes = np.clip(np.asarray(xy, dtype=np.float32).reshape(-1, 4), 0.0, 1.0)
+        return ObjectBoxes(np.asarray(rec_of, dtype=np.int64), boxes, concepts)
 
     def _records(self, report: BadRecordReport) -> Iterator[PendingRecord]:
         data = _load_json(self.captions_path, "captions")
-        objects = self._objects_by_image()
+        objects, boxes, sizes = self._instances_by_image()
         files = {int(im["id"]): im.get("file_name", "") for im in data["images"]}
         caps: dict[int, list[tuple[int, str]]] = defaultdict(list)
         for ann in data["annotations"]:
@@ -125,6 +176,9 @@ class CocoSource(PairSource):
                 }
                 if self.instances_path is not None:
                     meta["objects"] = objects.get(image_id, [])
+                    meta["boxes"] = boxes.get(image_id, [])
+                    if image_id in sizes:
+                        meta["width"], meta["height"] = sizes[image_id]
                 yield PendingRecord(
                     sample_id, load, caption.strip(), meta, where=f"{where} ({files[image_id]})"
                 )
