@@ -157,6 +157,34 @@ def test_geometry_hf_fallback_and_squash():
     assert input_geometry(type("P", (), {"_preprocess": object()})()) is None
 
 
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_geometry_matches_hf_image_processor(family):
+    transformers = pytest.importorskip("transformers")
+    if family == "clip":
+        proc = transformers.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        )
+    else:
+        proc = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+
+    class _Pre:
+        def _processor(self):
+            return proc
+
+    _Pre.__name__ = "HFPreprocess"
+    geom = input_geometry(type("P", (), {"_preprocess": _Pre()})())
+    assert geom is not None and geom.mode == ("shortest_crop" if family == "clip" else "squash")
+    for w, h in ((96, 64), (50, 90)):
+        rect = (w // 3, h // 4, w // 3 + 24, h // 4 + 30)
+        px = torch.as_tensor(
+            proc(images=[_rect_image(w, h, rect)], return_tensors="np")["pixel_values"][0]
+        )
+        got = _bright_box(px - px.min() - 0.5 * (px.max() - px.min()) + 0.5)
+        norm = np.array([[rect[0] / w, rect[1] / h, rect[2] / w, rect[3] / h]], np.float32)
+        mapped, _ = geom.map(norm, np.array([[w, h]]))
+        assert np.allclose(mapped[0], got, atol=1.5 / 32)
+
+
 # ---------------------------------------------------------------- synthetic cache
 
 
@@ -400,3 +428,21 @@ def test_coco_cache_gives_patch_labels(tmp_path):
     # zebra: x [0, 1/4), y [0, 1/2) -> patches (0, 0), (1, 0); person: x [3/4, 1), y [1/2, 1)
     assert sorted(p[lab[:, zebra]].tolist()) == [0, 4] and set(s[lab[:, zebra]]) == {0}
     assert sorted(p[lab[:, person]].tolist()) == [11, 15] and set(s[lab[:, person]]) == {1}
+
+
+def test_score_patch_on_the_synthetic_cache(synth_store):
+    from sklearn.metrics import roc_auc_score
+
+    from vlmfast.scoring.from_store import score_store
+
+    res = score_store(synth_store, HOOK, tokens="patch")
+    assert set(res.concepts.kinds) == {"object", "color", "size"}  # relations carry no box
+    img = res.per_modality["image"]
+    assert img.scores.n_rows == 24 * 16
+    idx = synth_store.index(HOOK)
+    lab, keep = patch_labels(idx.sample, idx.position, synth_store.boxes, GRID)
+    names = list(synth_store.labels.names)
+    c = names.index(res.concepts.names[0])
+    x = synth_store.read(HOOK).numpy()[keep]
+    want = roc_auc_score(lab[:, c], x[:, 3])
+    assert float(np.asarray(img.scores.auroc)[3, 0]) == pytest.approx(want, abs=1e-12)
