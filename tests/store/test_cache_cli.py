@@ -98,6 +98,11 @@ def _assert_same_store(a: Path, b: Path) -> None:
     assert la is not None and lb is not None
     np.testing.assert_array_equal(la.matrix, lb.matrix)
     np.testing.assert_array_equal(la.sample, lb.sample)
+    ba, bb = sa.boxes, sb.boxes  # object boxes (synthetic sources have them)
+    assert (ba is None) == (bb is None)
+    if ba is not None and bb is not None:
+        for f in ("sample", "boxes", "concepts"):
+            np.testing.assert_array_equal(getattr(ba, f), getattr(bb, f))
     assert sa.attrs["progress"] == sb.attrs["progress"]
     import zarr
 

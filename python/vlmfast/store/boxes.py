@@ -116,43 +116,40 @@ class InputGeometry:
 
 
 def _side(size: Any) -> int | None:
+    """The side of a square ``size`` (an int, ``[s]`` or ``(s, s)``), else None."""
     if isinstance(size, int):
         return size
     if isinstance(size, Sequence) and len(size) == 1:
+        return int(size[0])
+    if isinstance(size, Sequence) and len(size) == 2 and int(size[0]) == int(size[1]):
         return int(size[0])
     return None
 
 
 def _torchvision_geometry(transforms: Sequence[Any]) -> InputGeometry | None:
+    """open_clip's eval transform: ``Resize(s)`` + ``CenterCrop(c)`` (shortest side, then
+    crop) or ``Resize((s, s))`` (squash); letterboxing and random crops are not mapped."""
     resize = crop = None
     for t in transforms:
         name = type(t).__name__
+        if name in ("ResizeKeepRatio", "CenterCropOrPad", "RandomResizedCrop"):
+            return None
         if name == "Resize" and resize is None:
             resize = t.size
         elif name == "CenterCrop" and crop is None:
             crop = t.size
-        elif name in ("ResizeKeepRatio", "CenterCropOrPad", "RandomResizedCrop"):
-            return None  # letterbox / random: not mapped
     if resize is None:
         return None
+    squash = not isinstance(resize, int) and len(resize) == 2
     side = _side(resize)
-    if side is None:  # (h, w): squash
-        h, w = (int(v) for v in resize)
-        if h != w:
-            return None
-        crop_side = _side(crop) if crop is not None else None
-        if crop is not None and crop_side is None and tuple(crop) != (h, w):
-            return None
-        return InputGeometry("squash", h, h)
-    if crop is None:
+    if side is None:
         return None
-    c = _side(crop) if _side(crop) is not None else None
-    if c is None:
-        ch, cw = (int(v) for v in crop)
-        if ch != cw:
-            return None
-        c = ch
-    return InputGeometry("shortest_crop", c, side, "torchvision")
+    crop_side = None if crop is None else _side(crop)
+    if squash:
+        return InputGeometry("squash", side, side) if crop_side in (None, side) else None
+    if crop_side is None:
+        return None
+    return InputGeometry("shortest_crop", crop_side, side, "torchvision")
 
 
 def _hf_geometry(proc: Any) -> InputGeometry | None:
@@ -211,8 +208,7 @@ def batch_boxes(
 ) -> tuple[Callable[[Sequence[Any]], BoxRows], dict[str, Any]] | None:
     """``(boxes_of(records), attrs)`` when ``source`` has boxes and ``pair``'s
     preprocessing can be mapped; None otherwise (a warning says why boxes are missing)."""
-    probe = getattr(source, "boxes", None)
-    if probe is None or not getattr(source, "has_boxes", False):
+    if not getattr(source, "has_boxes", False):
         return None
     geometry = input_geometry(pair)
     if geometry is None:
