@@ -42,7 +42,7 @@ def patch_rows(
     """``(rows, sample, modality, labels, concepts)`` of ``hook``'s patch rows: store row
     numbers, their sample ids and modality (0), bool labels ``[rows, C']`` over the
     box-carried concepts ``concepts``."""
-    attrs = store.attrs
+    attrs = getattr(store, "attrs", None) or {}
     boxes = store.boxes if attrs.get("boxes") else None
     if boxes is None:
         raise InputError(

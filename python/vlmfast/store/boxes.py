@@ -36,7 +36,7 @@ BOX_CONCEPT_DIMS = ["box.row", "concept"]
 COVER_FRACTION = 0.25
 """A box covering at least this fraction of a patch makes the patch positive."""
 _EPS = 1e-6  # relative slack on the quarter (pixel edges normalised to float32)
-_CHUNK = 1 << 15
+_CHUNK = 8192  # boxes per pass: [chunk, side, side] float64 cover (48 MB at 27 x 27)
 
 
 @dataclass
