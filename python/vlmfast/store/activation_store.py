@@ -381,8 +381,8 @@ class ActivationStore:
         ``index`` is either one index for every hook (``{"sample": ..., ...}``) or
         one per hook (``{hook: {"sample": ...}}``). ``labels`` (bool ``[samples, C]``)
         with ``label_samples`` (their sample ids) appends concept-label rows: what each
-        image shows; ``caption_labels`` (same shape) what each caption says (required by
-        stores that keep caption labels).
+        image shows; ``caption_labels`` (same shape) what each caption says (default: the
+        same as ``labels``, for data whose only labels come from the captions).
         """
         self._need_writable()
         shared = index is not None and set(index) <= set(INDEX_FIELDS)
@@ -431,12 +431,13 @@ class ActivationStore:
         mat = _label_matrix(labels, "labels", c)
         cap: np.ndarray | None = None
         if concepts.get("caption_labels"):
-            if caption_labels is None:
-                raise InputError(
-                    "this store keeps caption labels: pass caption_labels (what each caption "
-                    "says) with labels (what each image shows)"
-                )
-            cap = _label_matrix(caption_labels, "caption_labels", c)
+            # without caption labels the captions are taken to say what the images show
+            # (all a caption-only labeler knows); pass them whenever they differ
+            cap = (
+                mat
+                if caption_labels is None
+                else _label_matrix(caption_labels, "caption_labels", c)
+            )
             if cap.shape != mat.shape:
                 raise ShapeError(
                     f"caption_labels have shape {cap.shape} but labels have {mat.shape}"
