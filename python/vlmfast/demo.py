@@ -43,10 +43,11 @@ class DemoConfig:
     """Seed of the synthetic data (the bundled model never saw it)."""
     eval_samples: int = 400
     """Held-out samples for the model-quality table."""
-    n_latents: int = 1024
+    n_latents: int = 512
     """Width of each SAE."""
-    k: int = 8
-    """Active SAE latents per row."""
+    k: int = 32
+    """Active SAE latents per row (k=8 split colors over shape-specific features: 4 of the
+    14 planted shapes and colors found at 1,024 latents; k=32 at 512 latents found 13)."""
     sae_steps: int = 3000
     """Training steps of each SAE."""
     sae_batch: int = 256

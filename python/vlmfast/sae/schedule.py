@@ -28,7 +28,9 @@ FVU_WARN = 0.1
 """A final FVU above this gets a warning."""
 FALLING_TOLERANCE = 0.05
 """FVU still falling: the last tenth of the logged values is this much (relative) below
-the tenth before it."""
+the tenth before it ..."""
+FALLING_MIN_DROP = 0.005
+"""... and at least this much in absolute FVU (0.0065 -> 0.0061 is converged enough)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ def convergence_warnings(fvu: Sequence[float], *, threshold: float = FVU_WARN) -
     """Warnings about a finished run from its logged FVU values (in step order).
 
     Two checks: the final FVU is above ``threshold``; the FVU was still falling at the
-    end (mean of the last tenth of the logs more than 5% below the tenth before it).
+    end (mean of the last tenth of the logs more than 5%, and 0.005, below the tenth
+    before it).
     """
     values = [float(v) for v in fvu if math.isfinite(float(v))]
     out: list[str] = []
@@ -99,7 +102,8 @@ def convergence_warnings(fvu: Sequence[float], *, threshold: float = FVU_WARN) -
     if tenth >= 1:
         last = sum(values[-tenth:]) / tenth
         before = sum(values[-2 * tenth : -tenth]) / tenth
-        if before > 0 and (before - last) / before > FALLING_TOLERANCE:
+        drop = before - last
+        if before > 0 and drop / before > FALLING_TOLERANCE and drop > FALLING_MIN_DROP:
             out.append(
                 f"FVU was still falling at the end ({before:.4f} -> {last:.4f} over the last "
                 "fifth of the run): the SAE has not converged; train longer (--tokens)"
