@@ -235,6 +235,11 @@ def _score(
         summary = res.summary()
         log("    " + format_summary(summary).replace("\n", "\n    "))
         out[f"sae_{mod}"] = {"hook": hooks[mod], "summary": summary}
+    log(
+        "  the paper's claim, beside ours (its models and data, not this one: CLIP/SigLIP, "
+        "65,536-latent SAEs): 1,842 features selective for objects, 1,203 "
+        "for colors, 876 for relations; 14% of them polysemantic across modalities"
+    )
     log("")
     log("  ground truth: the best feature for each planted shape and color")
     out["ground_truth"] = ground_truth_table(results, cfg.target_auroc, log)
