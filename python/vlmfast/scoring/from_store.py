@@ -332,11 +332,16 @@ def _image_cls_token(store: Any) -> bool:
 
 
 def _label_basis(store: Any) -> dict[str, str]:
-    """What image and text rows were scored against (recorded in the summary)."""
-    labels = store.labels
-    if labels is None or getattr(labels, "caption", None) is None:
+    """What image and text rows were scored against (recorded in the summary), from the
+    store's attributes: the label matrices themselves are read once, by ``_row_labels``."""
+    attrs = getattr(store, "attrs", None) or {}
+    concepts = attrs.get("concepts") or {}
+    if not concepts.get("caption_labels"):
         return {"image": "labels/concepts", "text": "labels/concepts (store has no caption labels)"}
-    return {"image": f"image labels ({labels.image_basis})", "text": "caption labels"}
+    return {
+        "image": f"image labels ({concepts.get('image_basis', 'caption')})",
+        "text": "caption labels",
+    }
 
 
 def _sample_runs(sample: npt.NDArray[np.int64], hook: str, modality: str) -> np.ndarray:
