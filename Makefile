@@ -13,7 +13,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 # Triton kernels run in the interpreter on machines without a GPU.
 TRITON_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
 
-.PHONY: help env lock native demo test test-fast test-rust test-py lint fmt bench bench-rust clean
+.PHONY: help env lock native browser demo test test-fast test-rust test-py lint fmt bench bench-rust clean
 
 help:
 	@echo "make demo   - set up .venv if needed, run the end-to-end demo on the bundled model"
@@ -51,13 +51,23 @@ native: $(DEPS_STAMP)
 demo: native
 	$(VENV)/bin/vlmfast demo
 
+# The report's browser test drives Debian's chromium (never a browser download):
+# installed here when missing, where apt-get can (root); otherwise that test skips, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's chromium for the report's browser test"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+		else echo "chromium missing and apt-get unavailable: the browser test will skip"; fi; }
+
 test-rust:
 	cargo test -q --workspace
 
-test-py: native
+test-py: native browser
 	$(TRITON_ENV) $(PY) -m pytest -q
 
-test: native test-rust test-py
+test: native browser test-rust test-py
 
 test-fast: native
 	$(TRITON_ENV) $(PY) -m pytest -q -m "not slow"
