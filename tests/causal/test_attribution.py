@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -283,7 +284,9 @@ def test_cli_writes_json_table_and_heatmaps(tmp_path: Any) -> None:
     assert len(data["scores"]["image/heads"]) == 4
     assert data["null"]["image/heads"]["layers"] == [0, 1, 2, 3]
     table = out / data["run"]["table"]
-    assert table.suffix in (".parquet", ".csv") and table.stat().st_size > 0
+    assert table.name == "attribution.parquet"
+    rows = pq.read_table(table).to_pylist()
+    assert {(r["tower"], r["kind"]) for r in rows} >= {("image", "heads")}
 
 
 @pytest.mark.parametrize("method", ["atp", "atp*", "ig"])

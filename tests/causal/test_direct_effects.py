@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -239,7 +240,6 @@ def test_model_without_the_hooks(clip: Any) -> None:
 
 # ---- the command line ------------------------------------------------------------------
 def test_cli_direct_effects(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    import csv
     import json
 
     from vlmfast.cli import main
@@ -260,12 +260,9 @@ def test_cli_direct_effects(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -
     rungs = summary["ladder"]["rungs"]
     assert rungs[0]["name"] == "clean" and len(rungs) == 4 + 3
     assert rungs[2]["name"] == "mlps+cls"
-    table = out / "parts.parquet"
-    if not table.exists():
-        with (out / "parts.csv").open() as fh:
-            rows = list(csv.DictReader(fh))
-        n_parts = 1 + 4 * 4 + 4 + 4 + 1 + 1 + 3 * 4 + 3 + 3 + 1  # image + text parts
-        assert len(rows) == 40 * n_parts
+    rows = pq.read_table(out / "parts.parquet").to_pylist()
+    n_parts = 1 + 4 * 4 + 4 + 4 + 1 + 1 + 3 * 4 + 3 + 3 + 1  # image + text parts
+    assert len(rows) == 40 * n_parts
     assert "parts+biases - logit max" in capsys.readouterr().out
 
 
@@ -274,7 +271,7 @@ def test_cli_bad_input(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> Non
 
     base = ["direct-effects", "--model", "synthetic:tiny", "--out", str(tmp_path / "x")]
     assert main([*base, "--data", "synthetic:n=0"]) == 1
-    assert "no records" in capsys.readouterr().err
+    assert "yielded 0 records with both an image and a caption" in capsys.readouterr().err
     argv = [*base, "--data", "synthetic:n=4", "--null", "0", "--ladder-classes", "zebra"]
     assert main(argv) == 1
     assert "names exactly one" in capsys.readouterr().err

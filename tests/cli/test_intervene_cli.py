@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 import vlmfast as vf
@@ -56,12 +56,9 @@ def test_intervene_cli_writes_json_and_table(
         "green", "blue", "yellow", "purple", "orange", "cyan", "white"
     }  # fmt: skip
     assert 0 < r["null"]["pvalue"]["margin"] <= 1
-    table = out / "intervene.parquet"
-    if not table.exists():
-        table = out / "intervene.csv"
-        rows = list(csv.DictReader(table.open()))
-        assert {row["role"] for row in rows} == {"target", "other", "overall"}
-        assert len(rows) == 8 * (1 + 7 + 1)
+    rows = pq.read_table(out / "intervene.parquet").to_pylist()
+    assert {row["role"] for row in rows} == {"target", "other", "overall"}
+    assert len(rows) == 8 * (1 + 7 + 1)
 
 
 def test_intervene_cli_bad_concept(

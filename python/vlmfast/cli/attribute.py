@@ -6,19 +6,18 @@
 
 Writes ``DIR/attribution.json`` (the full result: scores, completeness gaps, null, and
 with ``--exact`` the comparison against the exact head sweep), ``DIR/attribution.parquet``
-(one row per component; ``attribution.csv`` when pyarrow is not importable, which the
-command says) and ``DIR/heatmaps.png`` / ``.svg`` (with matplotlib).
+(one row per component) and ``DIR/heatmaps.png`` / ``.svg`` (with matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from vlmfast.cli._tables import image_caption_records, write_table
 from vlmfast.errors import InputError
 
 CORRUPTIONS = ("image-shift", "image-noise", "text-shift", "text-negative")
@@ -67,14 +66,9 @@ def _split(text: str) -> list[str]:
 
 
 def _records(spec: str, limit: int) -> list[Any]:
-    from vlmfast.data import open_source
-
     if limit < 2:
         raise InputError(f"--limit must be >= 2 (shift corruptions pair records), got {limit}")
-    records = [r for r in open_source(spec, limit=limit) if r.image is not None and r.caption]
-    if len(records) < 2:
-        raise InputError(f"--data {spec!r} gave {len(records)} image-caption pairs; need >= 2")
-    return records
+    return image_caption_records(spec, limit, minimum=2)
 
 
 def _inputs(pair: Any, records: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -105,22 +99,6 @@ def _inputs(pair: Any, records: list[Any], args: argparse.Namespace) -> dict[str
             negatives.append(neg[sorted(neg)[0]])
         out["corrupt_texts"] = pair.tokenize(negatives)
     return out
-
-
-def _write_table(rows: list[dict[str, Any]], out: Path) -> tuple[Path, str]:
-    if importlib.util.find_spec("pyarrow") is not None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = out / "attribution.parquet"
-        pq.write_table(pa.Table.from_pylist(rows), path)
-        return path, "parquet"
-    path = out / "attribution.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path, "CSV: pyarrow is not importable"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             "noise_std": args.noise_std if args.corrupt == "image-noise" else None,
         }
         data["compare_exact_heads"] = comparison
-        table, fmt = _write_table(att.table(), args.out)
+        table = write_table(att.table(), args.out / "attribution")
         data["run"]["table"] = table.name
         (args.out / "attribution.json").write_text(
             json.dumps(json_safe(data), indent=2, allow_nan=False)
@@ -186,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             att.plot(args.out / "heatmaps")
         bar.update()
     _summary(att, comparison)
-    print(f"wrote {args.out / 'attribution.json'}, {table.name} ({fmt})", end="")
+    print(f"wrote {args.out / 'attribution.json'}, {table.name}", end="")
     print(", heatmaps.png/.svg" if plotted else " (no heatmaps: matplotlib is not importable)")
     return 0
 

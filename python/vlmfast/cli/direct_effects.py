@@ -4,10 +4,9 @@
     vlmfast direct-effects --model synthetic:tiny --data synthetic:n=300,seed=7 --out de/ \\
         --ladder-classes circle,square,triangle,diamond,cross,star --ladder-template "a {}"
 
-Writes ``DIR/direct_effects.json`` (summary, checks, null), ``DIR/parts.parquet`` (or
-``parts.csv`` when pyarrow is not installed: one row per part and example),
-``DIR/heads_<tower>.png`` / ``.svg`` (layers x heads heatmap) and, with
-``--ladder-classes``, ``DIR/ladder.parquet|csv`` and ``DIR/ladder.png``. Ladder labels
+Writes ``DIR/direct_effects.json`` (summary, checks, null), ``DIR/parts.parquet`` (one row
+per part and example), ``DIR/heads_<tower>.png`` / ``.svg`` (layers x heads heatmap) and, with
+``--ladder-classes``, ``DIR/ladder.parquet`` and ``DIR/ladder.png``. Ladder labels
 come from the captions: the one class named in a caption (whole word); records naming
 none or several classes are left out of the ladder.
 """
@@ -15,13 +14,13 @@ none or several classes are left out of the ladder.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmfast.cli._tables import image_caption_records, write_table
 from vlmfast.errors import InputError
 
 
@@ -68,17 +67,8 @@ def register(subparsers: Any) -> None:
 
 def read_pairs(spec: str, limit: int | None) -> tuple[list[Any], list[str]]:
     """Images and captions of the records that have both."""
-    from vlmfast.data import open_source
-
-    images: list[Any] = []
-    captions: list[str] = []
-    for rec in open_source(spec, limit=limit):
-        if rec.image is not None and rec.caption:
-            images.append(rec.image)
-            captions.append(rec.caption)
-    if not images:
-        raise InputError(f"--data {spec!r} yielded no records with both an image and a caption")
-    return images, captions
+    records = image_caption_records(spec, limit)
+    return [r.image for r in records], [str(r.caption) for r in records]
 
 
 def labels_from_captions(captions: Sequence[str], classes: Sequence[str]) -> list[int | None]:
@@ -89,23 +79,6 @@ def labels_from_captions(captions: Sequence[str], classes: Sequence[str]) -> lis
         hits = [k for k, pat in enumerate(pats) if pat.search(cap)]
         out.append(hits[0] if len(hits) == 1 else None)
     return out
-
-
-def write_table(rows: list[dict[str, Any]], stem: Path) -> Path:
-    """``stem.parquet`` when pyarrow imports, else ``stem.csv``."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        path = stem.with_suffix(".csv")
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else [])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
-    path = stem.with_suffix(".parquet")
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 def run(args: argparse.Namespace) -> int:

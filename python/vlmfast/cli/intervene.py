@@ -3,7 +3,7 @@
 Reads a scoring result DIR (``vlmfast score`` / ``ScoringResult.save``), picks the top
 ``--n`` units per concept (``vf.causal.top_units``), runs ``concept_intervention`` for each
 concept and writes ``OUT/intervene.json`` (every result) and ``OUT/intervene.parquet``
-(one row per target x measured concept x metric; ``.csv`` when pyarrow is missing).
+(one row per target x measured concept x metric).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from vlmfast.cli._tables import write_table
 
 
 def register(subparsers: Any) -> None:
@@ -48,26 +50,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-rows", type=int, default=2048, help="batch rows per forward")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _write_table(rows: list[dict[str, Any]], out: Path) -> Path:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        import csv
-
-        path = out / "intervene.csv"
-        with path.open("w", newline="") as f:
-            keys = list(dict.fromkeys(k for r in rows for k in r))
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        return path
-    path = out / "intervene.parquet"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in keys}), path)
-    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,6 +121,6 @@ def run(args: argparse.Namespace) -> int:
     (out / "intervene.json").write_text(
         json.dumps({"meta": meta, "results": results}, default=float)
     )
-    table = _write_table(rows, out)
+    table = write_table(rows, out / "intervene")
     print(f"wrote {out / 'intervene.json'} and {table}")
     return 0

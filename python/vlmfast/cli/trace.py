@@ -4,7 +4,7 @@
     vlmfast trace --model open_clip:ViT-B-32 --data DIR --tower image --noise 3x --null 200
 
 Writes, per traced tower, ``trace_{tower}.json`` (everything, ``TraceResult.to_json``),
-a long table ``trace_{tower}.parquet`` (or ``.csv`` when pyarrow is not installed),
+a long table ``trace_{tower}.parquet``,
 ``trace_{tower}.npz`` (the tables as arrays) and ``trace_{tower}.png`` / ``.svg`` heatmaps,
 and prints the clean/corrupt metric, the best cell of each kind and its null p-value.
 """
@@ -12,11 +12,10 @@ and prints the clean/corrupt metric, the best cell of each kind and its null p-v
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
 from pathlib import Path
 from typing import Any
 
+from vlmfast.cli._tables import image_caption_records, write_table
 from vlmfast.errors import InputError
 
 
@@ -64,30 +63,11 @@ def _noise(text: str) -> str | float:
 
 
 def _load_inputs(pair: Any, spec: str, n: int) -> tuple[Any, Any, list[str]]:
-    from vlmfast.data.sources import open_source
-
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
-    records = [r for r in open_source(spec, limit=n) if r.image is not None and r.caption]
-    if not records:
-        raise InputError(f"--data {spec!r} yielded no image-caption pairs")
+    records = image_caption_records(spec, n)
     captions = [str(r.caption) for r in records]
     return pair.preprocess([r.image for r in records]), pair.tokenize(captions), captions
-
-
-def _write_table(rows: list[dict[str, Any]], stem: Path) -> Path:
-    if importlib.util.find_spec("pyarrow") is not None:
-        import pandas as pd
-
-        path = stem.with_suffix(".parquet")
-        pd.DataFrame(rows).to_parquet(path)
-        return path
-    path = stem.with_suffix(".csv")
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def _save(res: Any, out: Path, formats: list[str]) -> list[Path]:
@@ -96,7 +76,7 @@ def _save(res: Any, out: Path, formats: list[str]) -> list[Path]:
     stem = out / f"trace_{res.tower}"
     written = [stem.with_suffix(".json")]
     written[0].write_text(res.to_json(indent=1))
-    written.append(_write_table(res.rows(), stem))
+    written.append(write_table(res.rows(), stem))
     arrays = {f"effect_{k}": v.numpy() for k, v in res.effect.items()}
     arrays |= {f"recovery_{k}": v.numpy() for k, v in res.recovery.items()}
     if res.null:
@@ -139,10 +119,6 @@ def run(args: argparse.Namespace) -> int:
     pair = vf.load_pair(args.model, device=args.device)
     images, texts, _ = _load_inputs(pair, args.data, args.n)
     towers = ["image", "text"] if args.tower == "both" else [args.tower]
-    if importlib.util.find_spec("pyarrow") is None:
-        print(
-            "note: pyarrow is not installed; tables are written as CSV (+ .npz) instead of parquet"
-        )
     for tower in towers:
         counts = prepare_counts(pair, tower, images if tower == "image" else texts, kinds)
         layers = pair.config.tower(tower).layers
