@@ -1,0 +1,394 @@
+"""Batched evaluation of circuits: component families and the layer-trie ablation engine.
+
+A *circuit* is a set of nodes (:class:`~vlmfast.causal.circuit_types.CircuitNode`); the
+metric of a circuit ``m(C)`` is the pair's metric with **every node outside C ablated**.
+The engine evaluates many circuits ("variants") at once from a bool keep matrix
+``keep[n_variants, n_nodes]`` (True = the node is in the circuit, i.e. left alone).
+
+Component family protocol (the extension point; SAE features plug in here)
+--------------------------------------------------------------------------
+A family is any object with these members (see :class:`HeadFamily` for an example)::
+
+    tower: str                       # "image" or "text": the tower its nodes live in
+    kind: str                        # e.g. "heads", "neurons", "features"
+    def nodes(self) -> list[CircuitNode]        # fixed order: keep-matrix columns follow it
+    def hooks(self) -> list[str]                # hooks whose values prepare() needs
+    def prepare(self, sources: AblationSources) -> None
+    def interventions(self, keep: Tensor, n_rows: int) -> list[Intervention]
+    # optional: def scores(self, ranking: str) -> Tensor   # [n_nodes], for ranked search
+
+Contract:
+
+* ``nodes()`` are all of this family's tower; ``node.layer`` is the block the node acts
+  in, and its interventions must act **only at hooks of that block**
+  (``{tower}.blocks.{layer}.*``, resid_pre to resid_post). The engine runs one block at
+  a time and shares the computation of variants whose kept sets agree on every layer
+  ``<= L`` (a trie over layers), so an intervention at another block's hook would be
+  applied to the wrong group of rows.
+* ``prepare(sources)`` is called once before any ``interventions`` call, with the values
+  of ``hooks()`` at the inputs that define the ablation (see :class:`AblationSources`):
+  ``sources.mode`` is ``"zero"``, ``"mean"`` or ``"resample"``; ``sources.reference``
+  holds each hook at the batch the mean is taken over (the clean batch unless
+  ``reference=`` was given), ``sources.resample`` each hook's per-row replacement source
+  ``[n_rows, ...]`` (row ``i`` of the clean batch takes row ``i`` of it). The family
+  turns these into its ablated values (e.g. a mean SAE latent activation).
+* ``interventions(keep, n_rows)``: ``keep`` is bool ``[n_variants, n_nodes]`` on the CPU
+  (columns in ``nodes()`` order); the batch has ``n_variants * n_rows`` rows and variant
+  ``v`` owns rows ``[v * n_rows, (v + 1) * n_rows)`` (each a copy of the clean batch).
+  Return interventions that, in variant ``v``'s rows, replace every node with
+  ``keep[v, j] == False`` by its ablated value and leave everything else **bitwise**
+  unchanged (a variant keeping every node must reproduce the clean forward, so that
+  ``f(full) = 1``). ``n_variants == 1`` is how the serial reference calls it.
+* ``scores(ranking)`` (optional): one attribution magnitude per node for
+  ``ranking="atp" | "atp*" | "exact"``; without it, a family can only be searched with
+  an explicit order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from vlmfast.causal.circuit_types import CircuitNode
+from vlmfast.causal.metrics import similarity
+from vlmfast.errors import InputError
+from vlmfast.models.hooks import HookContext
+from vlmfast.models.interventions import Intervention, PerRow
+
+ABLATIONS = ("zero", "mean", "resample")
+DEFAULT_MAX_ROWS = 512
+
+
+@dataclass
+class AblationSources:
+    """What a family's ablated values are computed from (one tower)."""
+
+    mode: str
+    """``"zero"``, ``"mean"`` or ``"resample"``."""
+    n_rows: int
+    """Rows of the clean batch (and of each variant)."""
+    reference: dict[str, Tensor]
+    """Hook -> value at the batch the mean is over ``[n_ref, ...]`` (clean unless ``reference=``)."""
+    resample: dict[str, Tensor] = field(default_factory=dict)
+    """Hook -> per-row replacement ``[n_rows, ...]`` (mode ``resample`` only)."""
+
+
+@runtime_checkable
+class ComponentFamily(Protocol):
+    """Structural type of a component family (see the module docstring for the contract)."""
+
+    tower: str
+    kind: str
+
+    def nodes(self) -> list[CircuitNode]: ...
+
+    def hooks(self) -> list[str]: ...
+
+    def prepare(self, sources: AblationSources) -> None: ...
+
+    def interventions(self, keep: Tensor, n_rows: int) -> list[Intervention]: ...
+
+
+class SetAblated(Intervention):
+    """Replaces the selected elements (per-row ``PerRow`` masks) by a precomputed value.
+
+    ``value`` is ``[1, ...]`` (zero or a mean: the same for every row) or ``[n, ...]`` (one
+    per clean row; the batch is ``n_variants`` copies of those rows, so it is tiled).
+    """
+
+    def __init__(self, hook: str, value: Tensor, **sel: Any) -> None:
+        super().__init__(hook, **sel)
+        self.value = value
+
+    def apply(self, name: str, x: Tensor) -> Tensor:
+        v = self.value.to(device=x.device, dtype=x.dtype)
+        if v.shape[0] not in (1, x.shape[0]):
+            if x.shape[0] % v.shape[0]:
+                raise InputError(
+                    f"ablated value for {name} has {v.shape[0]} rows; the batch has {x.shape[0]}"
+                )
+            v = v.repeat(x.shape[0] // v.shape[0], *([1] * (v.dim() - 1)))
+        return self._blend(name, x, v.expand_as(x))
+
+
+class _UnitFamily:
+    """Heads (``attn.z``, axis 2) or neurons (``mlp.post``, axis 2) of one tower."""
+
+    kind = ""
+    point = ""
+    selector = ""
+
+    def __init__(self, tower: str, n_layers: int, width: int, layers: Sequence[int] | None = None):
+        self.tower = tower
+        self.layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+        self.width = width
+        self.values: dict[str, Tensor] = {}
+
+    def hook(self, layer: int) -> str:
+        return f"{self.tower}.blocks.{layer}.{self.point}"
+
+    def nodes(self) -> list[CircuitNode]:
+        return [
+            CircuitNode(self.tower, self.kind, layer, i)
+            for layer in self.layers
+            for i in range(self.width)
+        ]
+
+    def hooks(self) -> list[str]:
+        return [self.hook(layer) for layer in self.layers]
+
+    def prepare(self, sources: AblationSources) -> None:
+        self.values = {}
+        for h in self.hooks():
+            ref = sources.reference[h]
+            if sources.mode == "zero":
+                self.values[h] = torch.zeros_like(ref[:1])
+            elif sources.mode == "mean":
+                self.values[h] = ref.float().mean(0, keepdim=True).to(ref.dtype)
+            else:
+                self.values[h] = sources.resample[h]
+
+    def interventions(self, keep: Tensor, n_rows: int) -> list[Intervention]:
+        if not self.values:
+            raise InputError(f"{type(self).__name__}.prepare() must run before interventions()")
+        out: list[Intervention] = []
+        k = keep.view(keep.shape[0], len(self.layers), self.width)
+        for li, layer in enumerate(self.layers):
+            ablated = ~k[:, li]
+            if not bool(ablated.any()):
+                continue
+            mask = ablated.repeat_interleave(n_rows, 0)
+            sel = {self.selector: PerRow(mask)}
+            out.append(SetAblated(self.hook(layer), self.values[self.hook(layer)], **sel))
+        return out
+
+
+class HeadFamily(_UnitFamily):
+    """Every attention head of the given layers of one tower, at ``blocks.L.attn.z``."""
+
+    kind = "heads"
+    point = "attn.z"
+    selector = "heads"
+
+
+class NeuronFamily(_UnitFamily):
+    """Every MLP neuron of the given layers of one tower, at ``blocks.L.mlp.post``."""
+
+    kind = "neurons"
+    point = "mlp.post"
+    selector = "neurons"
+
+
+# ---------------------------------------------------------------------- the evaluator
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Evaluation:
+    """Metrics of many circuits: ``metric[v]`` and the similarities ``sim[v, n_img, n_txt]``."""
+
+    metric: Tensor
+    sim: Tensor
+
+
+class CircuitEvaluator:
+    """Evaluates ``m(C)`` for many keep masks over the families of both towers.
+
+    The towers meet only in the logit, so each tower runs once per *distinct* kept set of
+    its own nodes; within a tower, variants are evaluated in chunks of at most
+    ``max_rows`` rows, block by block, and variants whose kept sets agree on every block
+    ``<= L`` share block ``L``'s computation (a trie over layers; a group that ablates
+    nothing up to ``L`` reuses the clean run). ``method="serial"`` is the reference: one
+    full forward of the pair per variant with the same interventions.
+    """
+
+    def __init__(
+        self,
+        pair: Any,
+        inputs: dict[str, Tensor],
+        families: Sequence[Any],
+        metric: ScoreFn,
+        space: str,
+        *,
+        ablation: str,
+        reference: dict[str, Tensor] | None = None,
+        resample: dict[str, Tensor] | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> None:
+        if ablation not in ABLATIONS:
+            raise InputError(f"ablation must be one of {list(ABLATIONS)}, got {ablation!r}")
+        self.pair = pair
+        self.ablation = ablation
+        self.inputs = inputs
+        self.families = list(families)
+        self.metric_fn = metric
+        self.space = space
+        self.max_rows = max_rows
+        self.n_rows = int(inputs["image"].shape[0])
+        self.scale, self.bias = _scale_bias(pair)
+        self.nodes: list[CircuitNode] = []
+        self.columns: dict[str, list[int]] = {"image": [], "text": []}
+        self._fam_cols: list[tuple[Any, list[int]]] = []
+        for fam in self.families:
+            nodes = list(fam.nodes())
+            bad = [n for n in nodes if n.tower != fam.tower]
+            if bad:
+                raise InputError(f"family {fam!r} returned nodes of another tower: {bad[:3]}")
+            start = len(self.nodes)
+            cols = list(range(start, start + len(nodes)))
+            self.nodes += nodes
+            self.columns[fam.tower] += cols
+            self._fam_cols.append((fam, cols))
+        self.layer_of = torch.tensor([n.layer for n in self.nodes], dtype=torch.long)
+        self._clean: dict[str, dict[str, Tensor]] = {}
+        self._clean_embed: dict[str, Tensor] = {}
+        with torch.no_grad():
+            for tower in ("image", "text"):
+                self._prepare_tower(tower, reference, resample)
+
+    # ---- setup ---------------------------------------------------------------------
+    def _tower_families(self, tower: str) -> list[tuple[Any, list[int]]]:
+        return [(f, c) for f, c in self._fam_cols if f.tower == tower]
+
+    def _prepare_tower(
+        self,
+        tower: str,
+        reference: dict[str, Tensor] | None,
+        resample: dict[str, Tensor] | None,
+    ) -> None:
+        fams = self._tower_families(tower)
+        mod = self.pair.tower(tower)
+        n_layers = len(mod.blocks)
+        resid = [f"{tower}.blocks.{L}.resid_pre" for L in range(n_layers)]
+        resid.append(f"{tower}.blocks.{n_layers - 1}.resid_post")
+        fam_hooks = list(dict.fromkeys(h for f, _ in fams for h in f.hooks()))
+        out = mod.run(self.inputs[tower], cache=list(dict.fromkeys(resid + fam_hooks)))
+        self._clean[tower] = {h: out.cache[h] for h in resid}
+        self._clean_embed[tower] = out.embed
+        if not fams:
+            return
+        ref_cache = {h: out.cache[h] for h in fam_hooks}
+        if reference is not None and reference.get(tower) is not None:
+            ref_cache = mod.run(reference[tower], cache=fam_hooks).cache
+        res_cache: dict[str, Tensor] = {}
+        if resample is not None and resample.get(tower) is not None:
+            res_cache = mod.run(resample[tower], cache=fam_hooks).cache
+        sources = AblationSources(self.ablation, self.n_rows, ref_cache, res_cache)
+        for fam, _ in fams:
+            fam.prepare(sources)
+
+    # ---- evaluation ------------------------------------------------------------------
+    def evaluate(self, keep: Tensor, method: str = "batched") -> Evaluation:
+        """Metric and similarities of every variant (row) of ``keep`` ``[V, n_nodes]``."""
+        keep = torch.as_tensor(keep, dtype=torch.bool).cpu()
+        if keep.dim() != 2 or keep.shape[1] != len(self.nodes):
+            raise InputError(
+                f"keep must be bool [n_variants, {len(self.nodes)}], got {tuple(keep.shape)}"
+            )
+        if method not in ("batched", "serial"):
+            raise InputError(f"method must be 'batched' or 'serial', got {method!r}")
+        with torch.no_grad():
+            if method == "serial":
+                sims = [self._serial_one(keep[v : v + 1]) for v in range(keep.shape[0])]
+                sim = torch.stack(sims) if sims else torch.empty(0, self.n_rows, self.n_rows)
+            else:
+                sim = self._batched(keep)
+            metric = self.metric_fn(sim)
+        return Evaluation(metric.detach().double().cpu(), sim.detach().double().cpu())
+
+    def _serial_one(self, keep: Tensor) -> Tensor:
+        ivs: list[Intervention] = []
+        for fam, cols in self._fam_cols:
+            ivs += fam.interventions(keep[:, cols], self.n_rows)
+        out = self.pair.run(
+            images=self.inputs["image"], texts=self.inputs["text"], interventions=ivs or None
+        )
+        return similarity(out.image_embeds, out.text_embeds, self.scale, self.bias, self.space)
+
+    def _batched(self, keep: Tensor) -> Tensor:
+        embeds: dict[str, Tensor] = {}
+        inverse: dict[str, Tensor] = {}
+        for tower in ("image", "text"):
+            cols = self.columns[tower]
+            if not cols:
+                embeds[tower] = self._clean_embed[tower].unsqueeze(0)
+                inverse[tower] = torch.zeros(keep.shape[0], dtype=torch.long)
+                continue
+            patterns, inv = torch.unique(keep[:, cols], dim=0, return_inverse=True)
+            per_chunk = max(1, self.max_rows // self.n_rows)
+            parts = [
+                self._run_tower(tower, patterns[s : s + per_chunk])
+                for s in range(0, patterns.shape[0], per_chunk)
+            ]
+            embeds[tower] = torch.cat(parts)
+            inverse[tower] = inv
+        img = embeds["image"][inverse["image"]]
+        txt = embeds["text"][inverse["text"]]
+        return similarity(img, txt, self.scale, self.bias, self.space)
+
+    def _run_tower(self, tower: str, patterns: Tensor) -> Tensor:
+        """Embeddings ``[u, n, e]`` of one tower for ``u`` distinct kept sets of its nodes."""
+        mod = self.pair.tower(tower)
+        n_layers = len(mod.blocks)
+        cols = self.columns[tower]
+        layer_of = self.layer_of[cols]
+        fams = [(f, [cols.index(c) for c in fc]) for f, fc in self._tower_families(tower)]
+        causal = bool(mod._causal())
+        n = self.n_rows
+        clean = self._clean[tower]
+        # group[p]: the trie node of pattern p after the blocks run so far (-1 = clean)
+        group = torch.full((patterns.shape[0],), -1, dtype=torch.long)
+        states: Tensor | None = None  # [G * n, T, d]
+        for layer in range(n_layers):
+            upto = patterns[:, layer_of <= layer]
+            is_clean = upto.all(1)
+            if bool(is_clean.all()):
+                continue
+            key = torch.cat([group.unsqueeze(1) + 1, upto.long()], 1)
+            uniq, inv = torch.unique(key[~is_clean], dim=0, return_inverse=True)
+            # representative pattern of each new group and its parent's state
+            reps = torch.zeros(uniq.shape[0], dtype=torch.long)
+            idx = torch.nonzero(~is_clean).flatten()
+            reps[inv] = idx
+            parent = group[reps]
+            x_clean = clean[f"{tower}.blocks.{layer}.resid_pre"]
+            blocks_in = []
+            for g in range(uniq.shape[0]):
+                p = int(parent[g])
+                blocks_in.append(x_clean if p < 0 else states[p * n : (p + 1) * n])  # type: ignore[index]
+            x = torch.cat(blocks_in)
+            ivs: list[Intervention] = []
+            rep_keep = patterns[reps]
+            for fam, fcols in fams:
+                ivs += fam.interventions(rep_keep[:, fcols], n)
+            ctx = HookContext.for_names(mod.hook_points(), None, ivs)
+            states = mod.blocks[layer](x, ctx, causal=causal)
+            new_group = torch.full_like(group, -1)
+            new_group[~is_clean] = inv
+            group = new_group
+        final = clean[f"{tower}.blocks.{n_layers - 1}.resid_post"]
+        if states is None:
+            x = final
+            rows = torch.zeros(patterns.shape[0], dtype=torch.long)
+            n_groups = 0
+        else:
+            x = torch.cat([final, states])
+            rows = group + 1
+            n_groups = states.shape[0] // n
+        tokens = None
+        if tower == "text":
+            tokens = self.inputs["text"].repeat(n_groups + 1, 1)
+        emb = mod.run_from(n_layers, x, tokens=tokens).embed
+        emb = emb.view(n_groups + 1, n, -1)
+        return emb[rows]
+
+
+def _scale_bias(pair: Any) -> tuple[Tensor, Tensor | None]:
+    scale = pair.logit_scale.detach()
+    bias = pair.logit_bias.detach() if pair.logit_bias is not None else None
+    return scale, bias
