@@ -15,6 +15,12 @@ Default (collected) case, small: 1 pair, 2 samples, layers 0/6/11 x 50 positions
 ``VLMFAST_BENCH_TRACE_FULL=1``: the issue's size, 4 pairs, 10 samples, 12 layers x 50
 positions (a long run on a 2-core CPU). ``VLMFAST_BENCH_TRACE_PAIRS`` / ``_SAMPLES`` /
 ``_LAYERS`` (comma-separated) override the sizes. Results must agree within 1e-5.
+
+``VLMFAST_BENCH_TRACE_SERIAL_SAMPLE=N`` (with the full size): the batched trace runs over
+all 12 x 50 cells, ROME's loop over N cells drawn at random (seeded) and is extrapolated
+linearly to all cells. That extrapolation is exact up to timing noise: every serial
+restoration is the same full forward of ``1 + samples`` rows per example, whatever its
+layer and position. The sampled cells are also checked against the batched table.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ SAMPLES = int(os.environ.get("VLMFAST_BENCH_TRACE_SAMPLES", 10 if FULL else 2))
 LAYERS = list(range(12)) if FULL else [0, 6, 11]
 if os.environ.get("VLMFAST_BENCH_TRACE_LAYERS"):
     LAYERS = [int(x) for x in os.environ["VLMFAST_BENCH_TRACE_LAYERS"].split(",")]
+SERIAL_SAMPLE = int(os.environ.get("VLMFAST_BENCH_TRACE_SERIAL_SAMPLE", 0))
 CAPTIONS = ["a red cube left of a blue sphere", "a green cone", "two purple cylinders", "a ball"]
 
 
@@ -81,6 +88,30 @@ def _report(benchmark: Any, label: str, t_serial: float, diff: float) -> None:
     )
 
 
+@pytest.mark.skipif(SERIAL_SAMPLE == 0, reason="set VLMFAST_BENCH_TRACE_SERIAL_SAMPLE=N")
+def test_vs_rome_serial_loop_sampled(benchmark: Any, setup: Any) -> None:
+    pair, px, tok = setup
+    fast = benchmark.pedantic(lambda: trace(pair, px, tok, **_kw()), rounds=1, iterations=1)
+    prep = prepare_trace(pair, px, tok, "image", **_kw())
+    cells = [(i, j) for i in range(len(LAYERS)) for j in range(len(prep.traced))]
+    gen = torch.Generator().manual_seed(1)
+    picked = [cells[int(c)] for c in torch.randperm(len(cells), generator=gen)[:SERIAL_SAMPLE]]
+    t0 = time.perf_counter()
+    got = [
+        float(prep.setup.restore("resid", LAYERS[i], [(prep.traced[j],)], "serial")[0])
+        for i, j in picked
+    ]
+    t_sample = time.perf_counter() - t0
+    diff = max(abs(g - float(fast.effect["resid"][i, j])) for g, (i, j) in zip(got, picked))
+    assert diff <= 1e-5
+    t_serial = t_sample * len(cells) / len(picked)
+    benchmark.extra_info.update(serial_cells_timed=len(picked), serial_sample_s=t_sample)
+    _report(
+        benchmark, f"ROME serial loop ({len(picked)} cells timed, extrapolated)", t_serial, diff
+    )
+
+
+@pytest.mark.skipif(SERIAL_SAMPLE > 0, reason="sampled serial mode runs instead")
 def test_vs_rome_serial_loop(benchmark: Any, setup: Any) -> None:
     pair, px, tok = setup
     t0 = time.perf_counter()
