@@ -1,0 +1,70 @@
+"""The stages of ``vlmfast run``, one module each, and their registry (in run order).
+
+Each entry names the stage's upstream stages, its config slice (the dotted config paths
+whose values enter its key) and its schema version: bump ``schema`` when what a stage
+writes changes, so existing runs recompute it.
+"""
+
+from __future__ import annotations
+
+from vlmfast.pipeline.runner import StageDef
+from vlmfast.pipeline.stages import (
+    attribute,
+    cache,
+    circuit,
+    intervene,
+    report,
+    score,
+    trace,
+    train_sae,
+)
+
+_MODEL = ("model.spec", "model.pretrained", "run.seed")
+
+STAGES: dict[str, StageDef] = {
+    "cache": StageDef(
+        "cache",
+        (),
+        (
+            *_MODEL,
+            "data",
+            "hooks",
+            "cache.batch_size",
+            "cache.dtype",
+            "cache.chunk_rows",
+            "cache.compression",
+            "concepts.labels",
+            "quality",
+        ),
+        1,
+        cache.run,
+    ),
+    "train-sae": StageDef(
+        "train-sae",
+        ("cache",),
+        ("sae.n_latents", "sae.k", "sae.steps", "sae.batch_size", "sae.lr", "run.seed"),
+        1,
+        train_sae.run,
+    ),
+    "score": StageDef("score", ("cache", "train-sae"), ("score",), 1, score.run),
+    "trace": StageDef("trace", (), (*_MODEL, "data", "trace"), 1, trace.run),
+    "attribute": StageDef("attribute", (), (*_MODEL, "data", "attribute"), 1, attribute.run),
+    "circuit": StageDef(
+        "circuit", (), (*_MODEL, "data", "circuit", "concepts.circuit"), 1, circuit.run
+    ),
+    "intervene": StageDef(
+        "intervene",
+        ("train-sae", "score"),
+        (*_MODEL, "intervene", "concepts.intervene"),
+        1,
+        intervene.run,
+    ),
+    "report": StageDef(
+        "report",
+        ("cache", "train-sae", "score", "trace", "attribute", "circuit", "intervene"),
+        ("report",),
+        1,
+        report.run,
+    ),
+}
+"""Every stage, in run order (a topological order of ``upstream``)."""

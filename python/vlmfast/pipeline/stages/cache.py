@@ -1,0 +1,73 @@
+"""Stage ``cache``: both towers' activations into ``RUN/cache/store.zarr`` (+ model quality)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.stages._common import is_synthetic, neuron_hooks, resolve_hook, sae_hooks
+
+
+def cached_hooks(ctx: StageContext) -> list[str]:
+    """The SAE hooks, the neuron hooks and the extra hooks, resolved and deduplicated."""
+    pair = ctx.pair()
+    cfg = ctx.config
+    hooks = [*sae_hooks(cfg, pair).values(), *neuron_hooks(cfg, pair)]
+    hooks += [resolve_hook(h, pair) for h in cfg.hooks.extra]
+    return list(dict.fromkeys(hooks))
+
+
+def model_quality(ctx: StageContext) -> dict[str, Any] | None:
+    """The held-out synthetic-benchmark table of the model (synthetic data only)."""
+    cfg = ctx.config
+    if not (cfg.quality.enabled and is_synthetic(cfg.data.spec)):
+        return None
+    from vlmfast.data.synthetic.evaluate import evaluate_model, format_table
+
+    pair = ctx.pair()
+    result = evaluate_model(
+        pair, pair.tokenize, seed=cfg.run.seed + 1000, n=cfg.quality.eval_samples
+    )
+    ctx.log("  " + format_table(result).replace("\n", "\n  "))
+    return result
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from vlmfast.store.cache import CacheConfig, run_cache
+
+    cfg = ctx.config
+    quality = model_quality(ctx)
+    store = run_cache(
+        CacheConfig(
+            model=cfg.model.spec,
+            pretrained=cfg.model.pretrained,
+            data=cfg.data.spec,
+            hooks=cached_hooks(ctx),
+            out=ctx.dir / "store.zarr",
+            positions=cfg.hooks.positions,
+            batch_size=cfg.cache.batch_size,
+            device=cfg.model.device,
+            dtype=cfg.cache.dtype,
+            limit=cfg.data.limit,
+            concepts=cfg.concepts.labels,
+            decode_workers=cfg.cache.decode_workers,
+            overwrite=True,
+            chunk_rows=cfg.cache.chunk_rows,
+            compression=cfg.cache.compression,
+            progress=ctx.progress,
+        ),
+        log=lambda _msg: None,
+    )
+    hooks = {h: {"rows": int(store.n_rows(h)), "width": int(store.width(h))} for h in store.hooks}
+    for hook, info in hooks.items():
+        ctx.log(f"  {hook:<28} rows={info['rows']:>7} width={info['width']}")
+    labels = store.attrs.get("labels") or {}
+    return {
+        "store": "store.zarr",
+        "model": cfg.model.spec,
+        "data": cfg.data.spec,
+        "hooks": hooks,
+        "samples": int((store.attrs.get("progress") or {}).get("samples_done", 0)),
+        "concepts": labels.get("concepts") if isinstance(labels, dict) else None,
+        "quality": quality,
+    }
