@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from vlmfast.causal.attribution import attribute, exact_effects
 from vlmfast.causal.attribution_result import AttributionResult
+from vlmfast.causal.circuit import find_circuit
+from vlmfast.causal.circuit_result import Circuit
 from vlmfast.causal.components import ComponentSpec, component_spec
 from vlmfast.causal.concept_intervention import (
     InterventionResult,
@@ -35,6 +37,7 @@ __all__ = [
     "AblationLadder",
     "Alignment",
     "AttributionResult",
+    "Circuit",
     "ComponentSpec",
     "DirectEffects",
     "DirectEffectsBoth",
@@ -54,6 +57,7 @@ __all__ = [
     "concept_intervention",
     "direct_effects",
     "exact_effects",
+    "find_circuit",
     "load_scores",
     "patch_heads",
     "patch_sweep",
