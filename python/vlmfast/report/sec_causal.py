@@ -1,0 +1,188 @@
+"""Sections from the trace and attribute stages: causal layer ranges, top heads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vlmfast.report.fmt import interval
+from vlmfast.report.model import col, not_run, section, table
+from vlmfast.report.paper_claims import claim
+from vlmfast.report.run_dir import RunDir
+
+TRACE_TITLE = "Causal tracing"
+HEADS_TITLE = "Head patching and attribution"
+TOP_HEADS = 3
+
+
+def _towers(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(t, res[t]) for t in ("image", "text") if isinstance(res.get(t), dict)]
+
+
+def layer_range(peak: np.ndarray, frac: float = 0.5) -> tuple[int, int, int]:
+    """``(lo, best, hi)`` row indices: the contiguous rows around the best whose peak is
+    at least ``frac`` of the best peak."""
+    best = int(np.nanargmax(peak))
+    cut = frac * float(peak[best])
+    lo = hi = best
+    while lo > 0 and peak[lo - 1] >= cut:
+        lo -= 1
+    while hi < len(peak) - 1 and peak[hi + 1] >= cut:
+        hi += 1
+    return lo, best, hi
+
+
+def _null_at(tr: dict[str, Any], kind: str, i: int, j: int) -> tuple[Any, Any]:
+    null = (tr.get("null") or {}).get(kind)
+    if not null:
+        return None, None
+    return (
+        interval(null["mean"][i], null["low"][i], null["high"][i]),
+        null["p_value"][i][j],
+    )
+
+
+def tracing(run: RunDir) -> dict[str, Any]:
+    res = run.result("trace")
+    if res is None:
+        return not_run("tracing", TRACE_TITLE, run.why_missing("trace"))
+    rows = []
+    for tower, tr in _towers(res):
+        layers = list(tr["layers"])
+        for kind in tr["kinds"]:
+            if kind == "heads":
+                continue
+            rec = np.asarray(tr["recovery"][kind], dtype=np.float64)
+            peak = np.nanmax(rec, axis=1)
+            lo, best, hi = layer_range(peak)
+            j = int(np.nanargmax(rec[best]))
+            null, p = _null_at(tr, kind, best, j)
+            rows.append(
+                {
+                    "tower": tower,
+                    "kind": kind,
+                    "layers": f"{layers[lo]}-{layers[hi]}" if lo != hi else f"{layers[best]}",
+                    "traced": f"{layers[0]}-{layers[-1]}",
+                    "peak": float(rec[best, j]),
+                    "at": f"layer {layers[best]}, {tr['labels'][j]}",
+                    "null": null,
+                    "p": p,
+                    "paper": claim(f"layers.{tower}"),
+                }
+            )
+    note = (
+        "Recovery = (m(restored) - m(corrupt)) / (m(clean) - m(corrupt)) on the pair's "
+        "score; the range holds the layers whose best position recovers at least half the "
+        "peak. Null: random restorations of as many units at the same layer, mean "
+        "[interval]; p: permutation p-value of the peak cell."
+    )
+    return section(
+        "tracing",
+        TRACE_TITLE,
+        [
+            table(
+                "trace_layers",
+                "Layer ranges with the largest causal effect",
+                [
+                    col("tower", "tower", "text"),
+                    col("kind", "restored", "text"),
+                    col("layers", "layer range", "text"),
+                    col("traced", "traced layers", "text"),
+                    col("peak", "peak recovery", "num"),
+                    col("at", "peak at", "text"),
+                    col("null", "null recovery at that layer", "num"),
+                    col("p", "p", "p"),
+                    col("paper", "paper's claim", "text"),
+                ],
+                rows,
+                note,
+            )
+        ],
+    )
+
+
+def heads(run: RunDir) -> dict[str, Any]:
+    tr_res, at_res = run.result("trace"), run.result("attribute")
+    if tr_res is None and at_res is None:
+        return not_run("heads", HEADS_TITLE, run.why_missing("trace"))
+    tables = []
+    if tr_res is not None:
+        rows = []
+        for tower, tr in _towers(tr_res):
+            if "heads" not in tr["recovery"]:
+                continue
+            rec = np.asarray(tr["recovery"]["heads"], dtype=np.float64)
+            order = np.argsort(-rec, axis=None, kind="stable")[:TOP_HEADS]
+            for rank, flat in enumerate(order.tolist()):
+                i, j = divmod(int(flat), rec.shape[1])
+                null, p = _null_at(tr, "heads", i, j)
+                rows.append(
+                    {
+                        "tower": tower,
+                        "rank": rank + 1,
+                        "head": f"L{tr['layers'][i]}.H{j}",
+                        "recovery": float(rec[i, j]),
+                        "null": null,
+                        "p": p,
+                        "paper": claim("heads.patching") if tower == "image" and rank == 0 else "",
+                    }
+                )
+        tables.append(
+            table(
+                "top_heads",
+                "Patching recovery of the top heads",
+                [
+                    col("tower", "tower", "text"),
+                    col("rank", "rank", "int"),
+                    col("head", "head", "text"),
+                    col("recovery", "recovery", "num"),
+                    col("null", "null recovery [interval]", "num"),
+                    col("p", "p", "p"),
+                    col("paper", "paper's claim", "text"),
+                ],
+                rows,
+                "Each head's output restored from the clean run into the corrupted one "
+                "(the trace's heads table); null as above.",
+            )
+        )
+    if at_res is not None:
+        rows = []
+        total = at_res.get("total_change")
+        for key in sorted(at_res.get("scores") or {}):
+            tower, kind = key.split("/")
+            if kind != "heads":
+                continue
+            s = np.asarray(at_res["scores"][key], dtype=np.float64)
+            order = np.argsort(-np.abs(s), axis=None, kind="stable")[:TOP_HEADS]
+            gap = (at_res.get("completeness_gap") or {}).get(tower)
+            for rank, flat in enumerate(order.tolist()):
+                i, j = divmod(int(flat), s.shape[1])
+                rows.append(
+                    {
+                        "tower": tower,
+                        "rank": rank + 1,
+                        "head": f"L{i}.H{j}",
+                        "score": float(s[i, j]),
+                        "share": float(s[i, j]) / total if total else None,
+                        "gap": gap,
+                    }
+                )
+        tables.append(
+            table(
+                "atp_heads",
+                f"Attribution ({at_res.get('method')}, {at_res.get('direction')}) of the top heads",
+                [
+                    col("tower", "tower", "text"),
+                    col("rank", "rank", "int"),
+                    col("head", "head", "text"),
+                    col("score", "score change", "delta"),
+                    col("share", "share of clean - corrupt", "num"),
+                    col("gap", "tower completeness gap", "delta"),
+                ],
+                rows,
+                "Linear estimate of each head's patching effect; the completeness gap is the "
+                "sum of the input-cut scores minus the tower's real change.",
+            )
+        )
+    return section("heads", HEADS_TITLE, tables)

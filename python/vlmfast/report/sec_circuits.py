@@ -1,0 +1,168 @@
+"""The circuit section: per studied concept, sparsity with its null, faithfulness, the
+annotated diagram (``vlmfast.causal.circuit_svg``) and its node / edge tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmfast.report.fmt import interval
+from vlmfast.report.model import col, not_run, section, table
+from vlmfast.report.paper_claims import claim
+from vlmfast.report.run_dir import RunDir
+from vlmfast.report.svg import strip_namespace
+
+TITLE = "Circuits"
+MAX_EDGES = 40
+
+
+def _nodes(entry: dict[str, Any]) -> list[Any]:
+    from vlmfast.causal.circuit_types import CircuitNode
+
+    out = []
+    for n in entry.get("nodes") or []:
+        out.append(
+            CircuitNode(
+                str(n["tower"]), str(n["kind"]), int(n["layer"]), int(n["index"]), n.get("hook")
+            )
+        )
+    return out
+
+
+def _edges(entry: dict[str, Any], nodes: list[Any]) -> tuple[list[Any], str]:
+    """The circuit's edges, or (without them) each node's ranking score as its edge into
+    the logit; returns the edges and what they are."""
+    from vlmfast.causal.circuit_types import LOGIT, CircuitEdge
+
+    keys = {n.key for n in nodes}
+    if entry.get("edges"):
+        es = [
+            CircuitEdge(str(e["src"]), str(e["dst"]), float(e["effect"]))
+            for e in entry["edges"]
+            if e["src"] in keys and (e["dst"] in keys or e["dst"] == LOGIT)
+        ]
+        return es, "edge effects (attribution with the other circuit nodes frozen)"
+    order, scores = entry.get("order") or [], entry.get("scores") or []
+    score = {k: float(s) for k, s in zip(order, scores, strict=False) if s is not None}
+    es = [CircuitEdge(n.key, LOGIT, score.get(n.key, 0.0)) for n in nodes]
+    return es, (
+        f"edges into the logit carry each node's {entry.get('ranking', 'ranking')} score "
+        "(the run computed no node-to-node edges)"
+    )
+
+
+def diagram(entry: dict[str, Any], concept: str) -> tuple[str | None, list[Any], str]:
+    """Inline SVG (or None when drawing is unavailable), the edges and their meaning."""
+    nodes = _nodes(entry)
+    edges, what = _edges(entry, nodes)
+    try:
+        from vlmfast.causal.circuit_svg import circuit_to_svg
+    except ImportError:
+        return None, edges, what
+    labels = {n.key: f"{n.kind[:-1] if n.kind.endswith('s') else n.kind} {n.index}" for n in nodes}
+    try:
+        svg = circuit_to_svg(nodes, edges, labels, title=f"circuit for {concept}")
+    except Exception:  # an unexpected graph must not break the whole report
+        return None, edges, what
+    return strip_namespace(svg), edges, what
+
+
+def circuits(run: RunDir) -> dict[str, Any]:
+    res = run.result("circuit")
+    if not res:
+        reason = run.why_missing("circuit") if res is None else "not run: no concept configured"
+        return not_run("circuits", TITLE, reason)
+    summary, node_rows, edge_rows = [], [], []
+    for concept in sorted(res):
+        e = res[concept]
+        null = e.get("null") or {}
+        fi = e.get("faithfulness_interval") or [None, None]
+        summary.append(
+            {
+                "concept": concept,
+                "size": e.get("size"),
+                "candidates": e.get("n_nodes"),
+                "sparsity": e.get("sparsity"),
+                "null": interval(
+                    null.get("sparsity_mean"), null.get("sparsity_low"), null.get("sparsity_high")
+                )
+                if null
+                else None,
+                "p": null.get("pvalue") if null else None,
+                "faithfulness": interval(e.get("faithfulness"), fi[0], fi[1]),
+                "completeness": e.get("completeness"),
+                "ranking": f"{e.get('ranking')}, {e.get('ablation')} ablation",
+                "paper": claim("circuit.sparsity"),
+            }
+        )
+        nodes = _nodes(e)
+        order, scores = e.get("order") or [], e.get("scores") or []
+        score = {k: s for k, s in zip(order, scores, strict=False)}
+        for n in nodes:
+            node_rows.append(
+                {
+                    "concept": concept,
+                    "node": n.key,
+                    "tower": n.tower,
+                    "kind": n.kind,
+                    "layer": n.layer,
+                    "index": n.index,
+                    "score": score.get(n.key),
+                }
+            )
+        edges, _ = _edges(e, nodes)
+        for ed in sorted(edges, key=lambda x: (-abs(x.effect), x.src, x.dst))[:MAX_EDGES]:
+            edge_rows.append(
+                {"concept": concept, "src": ed.src, "dst": ed.dst, "effect": ed.effect}
+            )
+    return section(
+        "circuits",
+        TITLE,
+        [
+            table(
+                "circuit_summary",
+                "Circuit sparsity per concept, with its null",
+                [
+                    col("concept", "concept", "text"),
+                    col("size", "nodes in circuit", "int"),
+                    col("candidates", "candidates", "int"),
+                    col("sparsity", "sparsity", "num"),
+                    col("null", "null sparsity [interval]", "num"),
+                    col("p", "p", "p"),
+                    col("faithfulness", "faithfulness [interval]", "num"),
+                    col("completeness", "completeness", "num"),
+                    col("ranking", "ranking", "text"),
+                    col("paper", "paper's claim", "text"),
+                ],
+                summary,
+                "Sparsity = circuit size / candidates: the smallest size whose faithfulness "
+                "f = (m(C) - m(empty)) / (m(model) - m(empty)) reaches the target from there "
+                "on. Null: random orderings of the same candidates; p: share of null "
+                "sparsities at most ours.",
+            ),
+            table(
+                "circuit_nodes",
+                "Circuit nodes",
+                [
+                    col("concept", "concept", "text"),
+                    col("node", "node", "text"),
+                    col("tower", "tower", "text"),
+                    col("kind", "kind", "text"),
+                    col("layer", "layer", "int"),
+                    col("index", "index", "int"),
+                    col("score", "ranking score", "delta"),
+                ],
+                node_rows,
+            ),
+            table(
+                "circuit_edges",
+                f"Circuit edges (strongest {MAX_EDGES} per concept)",
+                [
+                    col("concept", "concept", "text"),
+                    col("src", "from", "text"),
+                    col("dst", "to", "text"),
+                    col("effect", "effect", "delta"),
+                ],
+                edge_rows,
+            ),
+        ],
+    )
