@@ -27,6 +27,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "direct_effects",
     "trace",
     "run",
+    "report",
 )
 
 
