@@ -241,7 +241,7 @@ def test_batched_equals_serial(planted: Any, ablation: str) -> None:
 
 
 def test_full_circuit_is_the_model_and_empty_ablates_everything(planted: Any) -> None:
-    pair, px, tok, px_c = planted
+    pair, px, tok, _ = planted
     ev = _evaluator(planted, "mean")
     n = len(ev.nodes)
     got = ev.evaluate(
