@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "intervene",
     "direct_effects",
     "trace",
+    "circuit",
     "run",
     "report",
 )

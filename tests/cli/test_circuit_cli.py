@@ -1,0 +1,55 @@
+"""``vlmfast circuit`` on the bundled model writes the circuit's JSON, table, curve and drawings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from vlmfast.cli import main
+
+
+def test_circuit_cli_writes_json_table_curve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "c"
+    code = main(
+        [
+            "circuit", "--model", "synthetic:tiny", "--data", "synthetic:n=4,seed=0",
+            "--n", "4", "--out", str(out), "--corrupt", "image", "--components", "heads",
+            "--null", "20", "--grid", "8", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "circuit.json").read_text())
+    assert data["ablation"] == "mean" and data["ranking"] == "atp"
+    assert data["n_nodes"] == len(data["order"]) > 0
+    assert len(data["components"]) == data["size"] >= 1
+    assert data["curve"]["f"][0] == 0.0 and data["curve"]["f"][-1] == 1.0
+    assert data["null"]["size"] == 20 and 0 < data["null"]["pvalue"] <= 1
+    assert data["meta"]["run"]["corrupt"] == "image-shift"
+    table = pq.read_table(out / "circuit.parquet").to_pylist()
+    curve = [r for r in table if r["table"] == "curve"]
+    comps = [r for r in table if r["table"] == "component"]
+    assert [r["k"] for r in curve] == data["curve"]["k"]
+    assert len(comps) == data["n_nodes"]
+    assert sum(bool(r["in_circuit"]) for r in comps) == data["size"]
+    assert (out / "circuit_curve.png").stat().st_size > 0
+    assert "<svg" in (out / "circuit.svg").read_text()
+    assert "digraph" in (out / "circuit.dot").read_text()
+    assert f"circuit: {data['size']} of {data['n_nodes']}" in capsys.readouterr().out
+
+
+def test_circuit_cli_bad_target_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "circuit", "--model", "synthetic:tiny", "--data", "synthetic:n=4,seed=0",
+            "--out", str(tmp_path / "c"), "--target", "1.5", "--null", "0", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 1
+    assert "target" in capsys.readouterr().err
