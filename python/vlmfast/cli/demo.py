@@ -1,4 +1,4 @@
-"""``vlmfast demo``: the whole loop on the bundled model and synthetic data."""
+"""``vlmfast demo``: the whole pipeline on the bundled model and synthetic data."""
 
 from __future__ import annotations
 
@@ -8,22 +8,26 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
+    from vlmfast.cli.run import add_run_options
+
     parser = subparsers.add_parser(
         "demo",
-        help="run the end-to-end demo on the bundled model and synthetic data",
+        help="run the end-to-end demo pipeline on the bundled model and synthetic data",
         description=(
-            "Cache both towers of the bundled synthetic:tiny CLIP at every token, train top-k "
-            "SAEs on image patch rows and caption token rows, score features and neurons for "
-            "concept selectivity per sample (max over tokens; images against what they show, "
-            "captions against what they say), print the ground-truth table, and rank attention "
-            "heads by batched activation patching."
+            "Runs the bundled demo config (vlmfast/pipeline/demo.toml, also examples/demo.toml) "
+            "through `vlmfast run`'s stages on the bundled synthetic:tiny CLIP: cache both "
+            "towers at every token, train top-k SAEs on image patch rows and caption token "
+            "rows, score features and neurons for concept selectivity (the ground-truth "
+            "table), trace, attribute, find circuits, ablate and steer, and write the report. "
+            "A re-run skips the stages that are up to date."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--samples", type=int, default=3000, help="image-caption pairs to cache")
-    parser.add_argument("--sae-steps", type=int, default=3000, help="SAE training steps")
-    parser.add_argument("--seed", type=int, default=11, help="seed of the synthetic data")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    add_run_options(parser)
+    parser.set_defaults(out=Path("runs/demo"))
+    parser.add_argument("--samples", type=int, default=None, help="image-caption pairs to cache")
+    parser.add_argument("--sae-steps", type=int, default=None, help="SAE training steps")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the data and the stages")
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -31,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from vlmfast.demo import DemoConfig, run_demo
     from vlmfast.errors import InputError
 
-    if args.samples < 50:
+    if args.samples is not None and args.samples < 50:
         raise InputError(f"--samples must be at least 50, got {args.samples}")
-    if args.sae_steps < 1:
+    if args.sae_steps is not None and args.sae_steps < 1:
         raise InputError(f"--sae-steps must be at least 1, got {args.sae_steps}")
     run_demo(
         DemoConfig(
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
             n_samples=args.samples,
             sae_steps=args.sae_steps,
             seed=args.seed,
-            progress=args.progress,
-        )
+            progress=False if getattr(args, "no_progress", False) else None,
+        ),
+        force=getattr(args, "force", []) or [],
+        dry_run=bool(getattr(args, "dry_run", False)),
     )
     return 0

@@ -86,11 +86,15 @@ def _score(
     with tqdm(total=total, unit="row", desc=f"score {hook}", disable=not ctx.progress) as bar:
         res = score_store(
             store, hook, sae=sae, tokens=ctx.config.score.tokens, config=_config(ctx),
-            progress=bar.update,
+            progress=bar.update, device=_device(ctx),
         )  # fmt: skip
     res.meta.update(meta)
     res.save(out)
     return res
+
+
+def _device(ctx: StageContext) -> str:
+    return ctx.config.sae.device or ctx.config.model.device
 
 
 def _modality_summary(summary: dict[str, Any], mod: str, hook: str, source: str) -> dict[str, Any]:
@@ -120,7 +124,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     out: dict[str, Any] = {"modalities": {}, "neurons": {}}
     definitions: dict[str, Any] = {}
     for mod, hook in sae_hooks(cfg, pair).items():
-        sae = TopKSAE.load(ctx.upstream("train-sae") / mod)
+        sae = TopKSAE.load(ctx.upstream("train-sae") / mod, device=_device(ctx))
         meta = {"store": "cache/store.zarr", "sae": f"train-sae/{mod}"}
         res = _score(ctx, store, hook, sae, ctx.dir / mod, meta)
         results[mod] = res
