@@ -187,3 +187,25 @@ class SAEFamily:
                 "(use ranking='atp')"
             )
         return self.attribution[ranking]
+
+
+def sae_codes_with_grad(sae: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Like :func:`sae_codes` but differentiable in ``x`` (float32).
+
+    The top-k selection is taken from ``sae.encode`` (no gradient); on it the code is the
+    encoder's affine pre-activation (``relu`` is the identity on active latents), so
+    ``dz/dx`` is the encoder Jacobian of the selected latents, and ``err = x - decode(z)``.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    scale = float(sae.input_scale)
+    with torch.no_grad():
+        values, indices = sae.encode(flat.detach().to(sae.W_dec.dtype))
+    idx = indices.long()
+    w_enc = sae.W_enc.detach().float()
+    pre = (flat.float() * scale - sae.b_dec.detach().float()) @ w_enc.T + sae.b_enc.detach().float()
+    sel = torch.where(values > 0, pre.gather(1, idx) / scale, torch.zeros_like(values.float()))
+    z = torch.zeros(flat.shape[0], int(sae.n_latents), device=x.device, dtype=torch.float32)
+    z = z.scatter(1, idx, sel)
+    recon = z @ sae.W_dec.detach().float() + sae.b_dec.detach().float() / scale
+    err = flat.float() - recon
+    return z.view(*x.shape[:-1], -1), err.view(*x.shape[:-1], -1)

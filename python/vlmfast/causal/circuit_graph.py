@@ -4,8 +4,11 @@
     # [CircuitEdge(src="image.L0.H1", dst="image.L1.N7", effect=...), ...,
     #  CircuitEdge(src="image.L1.N7", dst="logit", effect=...)]
 
-**Nodes** are heads (``attn.z`` of one head, all positions and batch rows together) and
-MLP neurons (``mlp.post`` of one neuron, all positions), as ``CircuitNode``. Node ``u``
+**Nodes** are heads (``attn.z`` of one head, all positions and batch rows together),
+MLP neurons (``mlp.post`` of one neuron, all positions), and, with ``saes={hook: sae}``,
+SAE features (the latent's codes at every position) and SAE error nodes (the error
+``x - decode(z)`` at one position; see ``vf.causal.feature_circuit``), as
+``CircuitNode``. Node ``u``
 is *upstream* of ``v`` when ``u``'s hook comes first in the tower's forward (``attn.z`` of
 block ``L`` is before ``mlp.post`` of block ``L``, so a head feeds the neurons of its own
 block; heads of one block never feed each other, nor do neurons of one block). The two
@@ -23,8 +26,12 @@ attribution is ``A_v = <g_v, delta_v>``, the AtP node score (``vf.causal.attribu
 
 **Frozen.** For the edge ``u -> v``, every *other* circuit node is frozen: its value is
 held at its corrupt-run value whatever ``u`` does, so ``u`` reaches ``v`` only through
-non-circuit components (the residual stream, other heads and neurons). For the gradient
-this is a stop-gradient at those nodes. Nodes upstream of ``u`` or downstream of ``v``
+non-circuit components (the residual stream, other heads and neurons, the other latents
+and positions of a spliced SAE). For the gradient this is a stop-gradient at those
+nodes. At an SAE hook the activation is rebuilt as ``decode(z') + err'`` from the
+(partly frozen) codes and errors, so a frozen feature blocks exactly its own decoder
+direction and a frozen error node its position's error; gradients reach an SAE feature
+through the encoder of its (fixed) top-k selection. Nodes upstream of ``u`` or downstream of ``v``
 do not lie on a ``u -> v`` path, so this freezes exactly the intermediate nodes.
 
 **Edges** (``method="atp"``): ``e(u -> v) = <g_v, J_frozen(v <- u) delta_u>``, the
@@ -61,7 +68,8 @@ import torch
 from torch import Tensor
 
 from vlmfast.causal import _backend as backend
-from vlmfast.causal._attr_capture import KIND_POINT, Capture, hook, reduce_score
+from vlmfast.causal._attr_capture import KIND_POINT, Capture, hook
+from vlmfast.causal._feature_family import block_of, sae_codes, sae_codes_with_grad
 from vlmfast.causal.attribution import DEFAULT_MAX_ROWS, prepare_inputs
 from vlmfast.causal.circuit_types import LOGIT, CircuitEdge, CircuitNode
 from vlmfast.causal.conventions import TOWERS, check_choice, check_metric_output
@@ -72,7 +80,7 @@ from vlmfast.models.interventions import Intervention
 
 __all__ = ["EDGE_KINDS", "EDGE_METHODS", "circuit_edges"]
 
-EDGE_KINDS = ("heads", "neurons")
+EDGE_KINDS = ("heads", "neurons", "features", "errors")
 EDGE_METHODS = ("atp", "exact")
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -88,6 +96,7 @@ def circuit_edges(
     nodes: Sequence[CircuitNode],
     metric: str | Metric = "score",
     method: str = "atp",
+    saes: Mapping[str, Any] | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> list[CircuitEdge]:
     """Edges between the circuit ``nodes`` and from each node into the logit.
@@ -96,9 +105,11 @@ def circuit_edges(
         pair: a HookedPair in eval mode.
         images, texts: clean inputs, image ``i`` paired with caption ``i``.
         corrupt_images, corrupt_texts: corrupted inputs (same shapes; at least one).
-        nodes: heads and neurons (``CircuitNode`` with kind ``"heads"`` / ``"neurons"``).
+        nodes: ``CircuitNode`` of kind ``"heads"``, ``"neurons"``, ``"features"`` or
+            ``"errors"`` (the last two need ``saes``).
         metric: as in ``vf.causal.attribute``.
         method: ``"atp"`` (gradients, see the module doc) or ``"exact"`` (patching).
+        saes: ``{hook: TopKSAE}`` of the feature / error nodes (``node.hook``).
         max_rows: the most rows in one replicated forward (targets x batch rows).
 
     Returns:
@@ -115,23 +126,22 @@ def circuit_edges(
     inputs, _changed, _, _ = prepare_inputs(
         pair, images, texts, corrupt_images, corrupt_texts, ("heads",), TOWERS, "denoising"
     )
-    node_list = check_nodes(pair, nodes)
+    node_list = check_nodes(pair, nodes, saes, inputs["text"][0])
+    sites = _sites(node_list, saes or {})
     scale, bias = backend.logit_scale_bias(pair)
 
     def score(img: Tensor, txt: Tensor) -> Tensor:
         return metric_fn(similarity(img, txt, scale, bias, space))
 
-    runs = _base_runs(pair, inputs, node_list, score)
+    runs = _base_runs(pair, inputs, sites, score)
     edges: list[CircuitEdge] = []
     for t in TOWERS:
-        tower_nodes = [n for n in node_list if n.tower == t]
-        if not tower_nodes:
+        tower_sites = [s for s in sites if s.tower == t]
+        if not tower_sites:
             continue
-        if method == "atp":
-            table = _atp_edges(pair, t, inputs[t][0], tower_nodes, runs, score, max_rows)
-        else:
-            table = _exact_edges(pair, t, inputs[t][0], tower_nodes, runs, score, max_rows)
-        edges += _as_edges(pair, tower_nodes, table)
+        run = _atp_edges if method == "atp" else _exact_edges
+        table = run(pair, t, inputs[t][0], tower_sites, runs, score, max_rows)
+        edges += _as_edges(pair, [n for n in node_list if n.tower == t], table)
     return edges
 
 
@@ -139,8 +149,10 @@ def circuit_edges(
 
 
 def node_hook(node: CircuitNode) -> str:
-    """The hook a head / neuron node lives at (``attn.z`` / ``mlp.post`` of its block)."""
-    return hook(node.tower, node.layer, KIND_POINT[node.kind])
+    """The hook a node lives at: ``attn.z`` / ``mlp.post`` of its block, or its SAE's hook."""
+    if node.kind in KIND_POINT:
+        return hook(node.tower, node.layer, KIND_POINT[node.kind])
+    return str(node.hook)
 
 
 def node_order(pair: Any, node: CircuitNode) -> tuple[int, int]:
@@ -149,8 +161,13 @@ def node_order(pair: Any, node: CircuitNode) -> tuple[int, int]:
     return points.index(node_hook(node)), node.index
 
 
-def check_nodes(pair: Any, nodes: Sequence[CircuitNode]) -> list[CircuitNode]:
-    """Distinct, valid head / neuron nodes of ``pair`` in forward order (InputError otherwise)."""
+def check_nodes(
+    pair: Any,
+    nodes: Sequence[CircuitNode],
+    saes: Mapping[str, Any] | None = None,
+    tokens: Tensor | None = None,
+) -> list[CircuitNode]:
+    """Distinct, valid nodes of ``pair`` in forward order (InputError otherwise)."""
     if isinstance(nodes, CircuitNode) or not nodes:
         raise InputError("nodes must be a non-empty sequence of vf.causal CircuitNode")
     out: dict[str, CircuitNode] = {}
@@ -160,14 +177,11 @@ def check_nodes(pair: Any, nodes: Sequence[CircuitNode]) -> list[CircuitNode]:
         if n.tower not in TOWERS:
             raise InputError(f"node {n.key}: tower must be one of {list(TOWERS)}")
         if n.kind not in EDGE_KINDS:
-            raise InputError(
-                f"node {n.key}: kind {n.kind!r} has no edges here; expected one of "
-                f"{list(EDGE_KINDS)} (SAE features: vf.causal.feature_circuit)"
-            )
+            raise InputError(f"node {n.key}: kind {n.kind!r} is not one of {list(EDGE_KINDS)}")
         depth = backend.n_layers(pair, n.tower)
         if not 0 <= n.layer < depth:
             raise InputError(f"node {n.key}: layer {n.layer} out of range 0..{depth - 1}")
-        size = _n_components(pair, n.tower, n.kind)
+        size = _n_components(pair, n, saes, tokens)
         if not 0 <= n.index < size:
             raise InputError(f"node {n.key}: index {n.index} out of range 0..{size - 1}")
         if n.key in out and out[n.key] != n:
@@ -176,23 +190,171 @@ def check_nodes(pair: Any, nodes: Sequence[CircuitNode]) -> list[CircuitNode]:
     return sorted(out.values(), key=lambda n: (TOWERS.index(n.tower), node_order(pair, n)))
 
 
-def _n_components(pair: Any, tower: str, kind: str) -> int:
-    return backend.n_heads(pair, tower) if kind == "heads" else backend.mlp_width(pair, tower)
+def _n_components(
+    pair: Any, node: CircuitNode, saes: Mapping[str, Any] | None, tokens: Tensor | None
+) -> int:
+    if node.kind == "heads":
+        return backend.n_heads(pair, node.tower)
+    if node.kind == "neurons":
+        return backend.mlp_width(pair, node.tower)
+    from vlmfast.causal.feature_circuit import check_saes
+
+    if not saes or node.hook not in saes:
+        raise InputError(
+            f"node {node.key} is an SAE {node.kind[:-1]} of hook {node.hook!r}: pass "
+            f"saes={{{node.hook!r}: sae}}"
+        )
+    check_saes(pair, {str(node.hook): saes[str(node.hook)]})
+    if block_of(str(node.hook)) != (node.tower, node.layer):
+        raise InputError(f"node {node.key}: hook {node.hook!r} is not in its tower and layer")
+    if node.kind == "features":
+        return int(saes[str(node.hook)].n_latents)
+    if node.tower == "image":
+        return int(pair.config.image.n_tokens)
+    return int(tokens.shape[1]) if tokens is not None else int(pair.config.text.context_length)
 
 
-def _part(x: Tensor, node: CircuitNode) -> Tensor:
-    """The node's slice of its hook value: ``[B, T, dh]`` for a head, ``[B, T]`` for a neuron."""
-    return x[:, :, node.index]
+# ---- sites: the nodes of one hook ------------------------------------------------------
 
 
-def _component_mask(nodes: Sequence[CircuitNode], x: Tensor) -> Tensor:
-    """Bool mask broadcastable to ``x`` selecting the nodes' components (axis 2)."""
-    size = x.shape[2]
-    mask = torch.zeros(size, dtype=torch.bool, device=x.device)
-    mask[[n.index for n in nodes]] = True
-    shape = [1] * x.dim()
-    shape[2] = size
-    return mask.view(shape)
+class _Site:
+    """The circuit nodes at one hook: how to read their activations, freeze and patch them.
+
+    An activation is a float32 tensor ``[B, ...]`` per node key; ``grads(g_x)`` maps the
+    metric's gradient at the hook's value to each node's ``dm/da``.
+    """
+
+    def __init__(self, name: str, nodes: Sequence[CircuitNode]) -> None:
+        self.hook = name
+        self.tower = nodes[0].tower
+        self.nodes = list(nodes)
+
+    def acts(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def grads(self, g_x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def freeze_grad(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor], list[Tensor]]:
+        """``(new hook value, node activations with their graph, gradient leaves)``."""
+        raise NotImplementedError
+
+    def leaf_grads(self, grads: Sequence[Tensor | None]) -> dict[str, Tensor | None]:
+        """The gradient w.r.t. each node's activation from the leaves' gradients."""
+        raise NotImplementedError
+
+    def patch(self, x: Tensor, values: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(hook value with every node set to values[key], node activations before)``."""
+        raise NotImplementedError
+
+
+class _UnitSite(_Site):
+    """Heads of one ``attn.z`` or neurons of one ``mlp.post``: slices along axis 2."""
+
+    def _mask(self, x: Tensor) -> Tensor:
+        mask = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
+        mask[[n.index for n in self.nodes]] = True
+        shape = [1] * x.dim()
+        shape[2] = x.shape[2]
+        return mask.view(shape)
+
+    def acts(self, x: Tensor) -> dict[str, Tensor]:
+        return {n.key: x[:, :, n.index].float() for n in self.nodes}
+
+    def grads(self, g_x: Tensor) -> dict[str, Tensor]:
+        return self.acts(g_x)
+
+    def freeze_grad(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor], list[Tensor]]:
+        leaf = torch.zeros_like(x, requires_grad=True)
+        raw = {n.key: x[:, :, n.index].float() for n in self.nodes}
+        return torch.where(self._mask(x), x.detach(), x) + leaf, raw, [leaf]
+
+    def leaf_grads(self, grads: Sequence[Tensor | None]) -> dict[str, Tensor | None]:
+        g = grads[0]
+        return {n.key: None if g is None else g[:, :, n.index].float() for n in self.nodes}
+
+    def patch(self, x: Tensor, values: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        raw = self.acts(x.detach())
+        out = x.clone()
+        for n in self.nodes:
+            out[:, :, n.index] = values[n.key].to(x.dtype)
+        return out, raw
+
+
+class _SAESite(_Site):
+    """Features (codes ``z[:, :, f]`` ``[B, T]``) and error nodes (``err[:, p]`` ``[B, d]``)."""
+
+    def __init__(self, name: str, nodes: Sequence[CircuitNode], sae: Any) -> None:
+        super().__init__(name, nodes)
+        self.sae = sae
+        self.features = [n for n in nodes if n.kind == "features"]
+        self.errors = [n for n in nodes if n.kind == "errors"]
+
+    def _split(self, z: Tensor, err: Tensor) -> dict[str, Tensor]:
+        out = {n.key: z[:, :, n.index] for n in self.features}
+        out.update({n.key: err[:, n.index] for n in self.errors})
+        return out
+
+    def acts(self, x: Tensor) -> dict[str, Tensor]:
+        return self._split(*sae_codes(self.sae, x))
+
+    def grads(self, g_x: Tensor) -> dict[str, Tensor]:
+        w = self.sae.W_dec.detach().float()
+        g = g_x.float()
+        out = {n.key: g @ w[n.index] for n in self.features}
+        out.update({n.key: g[:, n.index] for n in self.errors})
+        return out
+
+    def _masks(self, z: Tensor, err: Tensor) -> tuple[Tensor, Tensor]:
+        fmask = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
+        fmask[[n.index for n in self.features]] = True
+        pmask = torch.zeros(err.shape[1], dtype=torch.bool, device=z.device)
+        pmask[[n.index for n in self.errors]] = True
+        return fmask.view(1, 1, -1), pmask.view(1, -1, 1)
+
+    def freeze_grad(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor], list[Tensor]]:
+        z, err = sae_codes_with_grad(self.sae, x)
+        fmask, pmask = self._masks(z, err)
+        leaf_z = torch.zeros_like(z, requires_grad=True)
+        leaf_e = torch.zeros_like(err, requires_grad=True)
+        z2 = torch.where(fmask, z.detach(), z) + leaf_z
+        e2 = torch.where(pmask, err.detach(), err) + leaf_e
+        scale = float(self.sae.input_scale)
+        w = self.sae.W_dec.detach().float()
+        out = z2 @ w + self.sae.b_dec.detach().float() / scale + e2
+        return out.to(x.dtype), self._split(z, err), [leaf_z, leaf_e]
+
+    def leaf_grads(self, grads: Sequence[Tensor | None]) -> dict[str, Tensor | None]:
+        gz, ge = grads
+        out: dict[str, Tensor | None] = {
+            n.key: None if gz is None else gz[:, :, n.index] for n in self.features
+        }
+        out.update({n.key: None if ge is None else ge[:, n.index] for n in self.errors})
+        return out
+
+    def patch(self, x: Tensor, values: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        z, err = sae_codes(self.sae, x)
+        raw = self._split(z, err)
+        z2, e2 = z.clone(), err.clone()
+        for n in self.features:
+            z2[:, :, n.index] = values[n.key]
+        for n in self.errors:
+            e2[:, n.index] = values[n.key]
+        w = self.sae.W_dec.detach().float()
+        return x + ((z2 - z) @ w + (e2 - err)).to(x.dtype), raw
+
+
+def _sites(nodes: Sequence[CircuitNode], saes: Mapping[str, Any]) -> list[_Site]:
+    by_hook: dict[str, list[CircuitNode]] = {}
+    for n in nodes:
+        by_hook.setdefault(node_hook(n), []).append(n)
+    out: list[_Site] = []
+    for name, members in by_hook.items():
+        if members[0].kind in KIND_POINT:
+            out.append(_UnitSite(name, members))
+        else:
+            out.append(_SAESite(name, members, saes[name]))
+    return out
 
 
 # ---- the corrupt run with gradients, the clean run -----------------------------------
@@ -200,12 +362,14 @@ def _component_mask(nodes: Sequence[CircuitNode], x: Tensor) -> Tensor:
 
 @dataclass
 class _BaseRuns:
-    clean: dict[str, Tensor]
-    """Clean values of every node hook."""
+    delta: dict[str, Tensor]
+    """Node key -> clean minus corrupt activation."""
     corrupt: dict[str, Tensor]
-    """Corrupt values of every node hook."""
+    """Node key -> corrupt activation."""
+    clean: dict[str, Tensor]
+    """Node key -> clean activation."""
     grads: dict[str, Tensor]
-    """``dm/d hook`` at the corrupt run (all paths)."""
+    """Node key -> ``dm/da`` at the corrupt run (all paths)."""
     embeds: dict[str, Tensor]
     """Corrupt embeddings of both towers (detached)."""
     m_corrupt: float
@@ -214,15 +378,15 @@ class _BaseRuns:
 def _base_runs(
     pair: Any,
     inputs: Mapping[str, tuple[Tensor, Tensor]],
-    nodes: Sequence[CircuitNode],
+    sites: Sequence[_Site],
     score: ScoreFn,
 ) -> _BaseRuns:
-    hooks = {t: sorted({node_hook(n) for n in nodes if n.tower == t}) for t in TOWERS}
-    clean: dict[str, Tensor] = {}
+    hooks = {t: [s.hook for s in sites if s.tower == t] for t in TOWERS}
+    clean_x: dict[str, Tensor] = {}
     with torch.no_grad():
         for t in TOWERS:
             if hooks[t]:
-                clean.update(backend.run_cache(pair, t, inputs[t][1], hooks[t]))
+                clean_x.update(backend.run_cache(pair, t, inputs[t][1], hooks[t]))
     captures: dict[str, Capture] = {}
     embeds: dict[str, Tensor] = {}
     with torch.enable_grad():
@@ -236,76 +400,55 @@ def _base_runs(
         check_metric_output(m, None, "metric")
         leaves = {n: leaf for c in captures.values() for n, leaf in c.leaves.items()}
         got = torch.autograd.grad(m, list(leaves.values()), allow_unused=True)
-    grads = {
+    g_x = {
         n: (g if g is not None else torch.zeros_like(leaves[n])).detach()
         for n, g in zip(leaves, got, strict=True)
     }
-    corrupt = {n: v for c in captures.values() for n, v in c.values.items()}
+    corrupt_x = {n: v for c in captures.values() for n, v in c.values.items()}
+    clean: dict[str, Tensor] = {}
+    corrupt: dict[str, Tensor] = {}
+    grads: dict[str, Tensor] = {}
+    for s in sites:
+        clean.update(s.acts(clean_x[s.hook]))
+        corrupt.update(s.acts(corrupt_x[s.hook]))
+        grads.update(s.grads(g_x[s.hook]))
     return _BaseRuns(
-        clean=clean,
+        delta={k: clean[k] - corrupt[k] for k in clean},
         corrupt=corrupt,
+        clean=clean,
         grads=grads,
         embeds={t: e.detach() for t, e in embeds.items()},
         m_corrupt=float(m.detach()),
     )
 
 
-def node_attribution(node: CircuitNode, runs: _BaseRuns) -> float:
-    """``A_u = <g_u, delta_u>`` (the AtP score of the node)."""
-    name = node_hook(node)
-    delta = runs.clean[name] - runs.corrupt[name]
-    return float(reduce_score(node.kind, delta, runs.grads[name])[node.index])
-
-
 # ---- interventions of the replicated runs ------------------------------------------
 
 
-class _FreezeForGrad(Intervention):
-    """At each node hook: records the raw value, detaches the node components, adds a leaf.
+class _SiteRun(Intervention):
+    """Runs each site's ``freeze_grad`` (``values`` None) or ``patch`` at its hook."""
 
-    The raw value (with its graph) gives ``s_v``; the detach is the stop-gradient that
-    freezes every node for every other node; the zero leaf collects ``d target / d a_u``.
-    """
-
-    def __init__(self, by_hook: Mapping[str, Sequence[CircuitNode]]) -> None:
-        super().__init__(next(iter(by_hook)))
-        self.by_hook = dict(by_hook)
+    def __init__(
+        self, sites: Sequence[_Site], values: Mapping[str, Mapping[str, Tensor]] | None = None
+    ) -> None:
+        super().__init__(sites[0].hook)
+        self.sites = {s.hook: s for s in sites}
+        self.values = values
         self.raw: dict[str, Tensor] = {}
-        self.leaves: dict[str, Tensor] = {}
+        self.leaves: dict[str, list[Tensor]] = {}
 
     def targets(self, hook_points: Sequence[str]) -> list[str]:
-        return resolve_hooks(list(self.by_hook), hook_points)
+        return resolve_hooks(list(self.sites), hook_points)
 
     def apply(self, name: str, x: Tensor) -> Tensor:
-        self.raw[name] = x
-        mask = _component_mask(self.by_hook[name], x)
-        leaf = torch.zeros_like(x, requires_grad=True)
-        self.leaves[name] = leaf
-        return torch.where(mask, x.detach(), x) + leaf
-
-
-class _FreezePatch(Intervention):
-    """At each node hook: records the raw value, then sets the node components to ``value``."""
-
-    def __init__(self, values: Mapping[str, tuple[Tensor, Tensor]]) -> None:
-        super().__init__(next(iter(values)))
-        self.values = dict(values)
-        self.raw: dict[str, Tensor] = {}
-
-    def targets(self, hook_points: Sequence[str]) -> list[str]:
-        return resolve_hooks(list(self.values), hook_points)
-
-    def apply(self, name: str, x: Tensor) -> Tensor:
-        self.raw[name] = x.detach()
-        mask, value = self.values[name]
-        return torch.where(mask, value.to(dtype=x.dtype), x)
-
-
-def _by_hook(nodes: Sequence[CircuitNode]) -> dict[str, list[CircuitNode]]:
-    out: dict[str, list[CircuitNode]] = {}
-    for n in nodes:
-        out.setdefault(node_hook(n), []).append(n)
-    return out
+        site = self.sites[name]
+        if self.values is None:
+            out, raw, leaves = site.freeze_grad(x)
+            self.leaves[name] = leaves
+        else:
+            out, raw = site.patch(x, self.values[name])
+        self.raw.update(raw)
+        return out
 
 
 def _repeat(x: Tensor, r: int) -> Tensor:
@@ -323,6 +466,10 @@ def _metric_with(tower: str, embed: Tensor, runs: _BaseRuns, score: ScoreFn) -> 
     return score(runs.embeds["image"], embed)
 
 
+def _dot(a: Tensor, b: Tensor) -> float:
+    return float((a.float() * b.float()).sum())
+
+
 Table = dict[tuple[str, str], float]
 """``{(src key, dst key or LOGIT): effect}``."""
 
@@ -331,7 +478,7 @@ def _atp_edges(
     pair: Any,
     tower: str,
     corrupt_in: Tensor,
-    nodes: Sequence[CircuitNode],
+    sites: Sequence[_Site],
     runs: _BaseRuns,
     score: ScoreFn,
     max_rows: int,
@@ -340,17 +487,18 @@ def _atp_edges(
     the scalar ``s_v`` of one target node; every node's leaf then holds each target's
     gradient, dotted with the node's delta."""
     rows = int(corrupt_in.shape[0])
+    nodes = [n for s in sites for n in s.nodes]
+    nodes.sort(key=lambda n: node_order(pair, n))
     targets: list[CircuitNode | None] = [None, *nodes]  # None = the logit
     per = _replicas_per_chunk(rows, max_rows)
-    by_hook = _by_hook(nodes)
-    deltas = {n.key: _part(runs.clean[node_hook(n)] - runs.corrupt[node_hook(n)], n) for n in nodes}
     table: Table = {}
     for start in range(0, len(targets), per):
         chunk = targets[start : start + per]
-        r = len(chunk)
-        freeze = _FreezeForGrad(by_hook)
+        run = _SiteRun(sites)
         with torch.enable_grad():
-            embed = pair.tower(tower).run(_repeat(corrupt_in, r), interventions=[freeze]).embed
+            embed = (
+                pair.tower(tower).run(_repeat(corrupt_in, len(chunk)), interventions=[run]).embed
+            )
             total = embed.new_zeros((), dtype=torch.float32)
             for k, target in enumerate(chunk):
                 rows_k = slice(k * rows, (k + 1) * rows)
@@ -359,29 +507,25 @@ def _atp_edges(
                     check_metric_output(m, None, "metric")
                     total = total + m.float()
                 else:
-                    name = node_hook(target)
-                    raw = _part(freeze.raw[name][rows_k], target)
-                    g = _part(runs.grads[name], target)
-                    total = total + (raw.float() * g.float()).sum()
-            names = list(freeze.leaves)
-            grads: dict[str, Tensor | None] = dict.fromkeys(names)
+                    raw = run.raw[target.key][rows_k]
+                    total = total + (raw.float() * runs.grads[target.key].float()).sum()
+            names = [(s, i) for s in sites for i in range(len(run.leaves[s.hook]))]
+            flat = [run.leaves[s.hook][i] for s, i in names]
+            got: Sequence[Tensor | None] = [None] * len(flat)
             if total.requires_grad:  # False when no target depends on any node
-                got = torch.autograd.grad(
-                    total, [freeze.leaves[n] for n in names], allow_unused=True
-                )
-                grads = dict(zip(names, got, strict=True))
+                got = torch.autograd.grad(total, flat, allow_unused=True)
+        per_node: dict[str, Tensor | None] = {}
+        for s in sites:
+            mine = [g for (site, _), g in zip(names, got, strict=True) if site is s]
+            per_node.update(s.leaf_grads(mine))
         for k, target in enumerate(chunk):
             rows_k = slice(k * rows, (k + 1) * rows)
             dst = LOGIT if target is None else target.key
             for u in nodes:
                 if target is not None and not _upstream(pair, u, target):
                     continue
-                leaf_grad = grads[node_hook(u)]
-                if leaf_grad is None:
-                    table[u.key, dst] = 0.0
-                    continue
-                gu = _part(leaf_grad[rows_k], u)
-                table[u.key, dst] = float((gu.float() * deltas[u.key].float()).sum())
+                g = per_node[u.key]
+                table[u.key, dst] = 0.0 if g is None else _dot(g[rows_k], runs.delta[u.key])
     return table
 
 
@@ -389,43 +533,46 @@ def _exact_edges(
     pair: Any,
     tower: str,
     corrupt_in: Tensor,
-    nodes: Sequence[CircuitNode],
+    sites: Sequence[_Site],
     runs: _BaseRuns,
     score: ScoreFn,
     max_rows: int,
 ) -> Table:
     """Replica ``r`` restores source node ``u_r`` from clean with every other node frozen."""
     rows = int(corrupt_in.shape[0])
+    nodes = sorted((n for s in sites for n in s.nodes), key=lambda n: node_order(pair, n))
     per = _replicas_per_chunk(rows, max_rows)
-    by_hook = _by_hook(nodes)
     table: Table = {}
     for start in range(0, len(nodes), per):
-        chunk = list(nodes[start : start + per])
+        chunk = nodes[start : start + per]
         r = len(chunk)
-        values: dict[str, tuple[Tensor, Tensor]] = {}
-        for name, at_hook in by_hook.items():
-            corrupt = runs.corrupt[name]
-            value = _repeat(corrupt, r).clone()
-            for k, u in enumerate(chunk):
-                if node_hook(u) == name:
-                    value[k * rows : (k + 1) * rows, :, u.index] = runs.clean[name][:, :, u.index]
-            values[name] = (_component_mask(at_hook, corrupt), value)
-        patch = _FreezePatch(values)
+        values: dict[str, dict[str, Tensor]] = {}
+        for s in sites:
+            values[s.hook] = {}
+            for n in s.nodes:
+                value = _repeat(runs.corrupt[n.key], r).clone()
+                for k, u in enumerate(chunk):
+                    if u.key == n.key:
+                        value[k * rows : (k + 1) * rows] = runs.clean[n.key]
+                values[s.hook][n.key] = value
+        run = _SiteRun(sites, values)
         with torch.no_grad():
-            embed = pair.tower(tower).run(_repeat(corrupt_in, r), interventions=[patch]).embed
+            embed = pair.tower(tower).run(_repeat(corrupt_in, r), interventions=[run]).embed
             m = _metric_with(tower, embed.view(r, rows, -1), runs, score)
             check_metric_output(m, r, "metric")
         for k, u in enumerate(chunk):
             rows_k = slice(k * rows, (k + 1) * rows)
             for v in nodes:
-                if not _upstream(pair, u, v):
-                    continue
-                name = node_hook(v)
-                diff = _part(patch.raw[name][rows_k] - runs.corrupt[name], v)
-                g = _part(runs.grads[name], v)
-                table[u.key, v.key] = float((diff.float() * g.float()).sum())
+                if _upstream(pair, u, v):
+                    diff = run.raw[v.key][rows_k] - runs.corrupt[v.key]
+                    table[u.key, v.key] = _dot(diff, runs.grads[v.key])
             table[u.key, LOGIT] = float(m[k]) - runs.m_corrupt
     return table
+
+
+def node_attributions(runs: _BaseRuns) -> dict[str, float]:
+    """``A_u = <g_u, delta_u>`` of every node (the AtP score)."""
+    return {k: _dot(runs.grads[k], runs.delta[k]) for k in runs.delta}
 
 
 def _upstream(pair: Any, u: CircuitNode, v: CircuitNode) -> bool:
