@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -143,7 +144,7 @@ def test_error_share_and_completeness(pair: Any, planted: dict[str, Any]) -> Non
 
 def test_planted_feature_is_the_circuit(pair: Any, planted: dict[str, Any]) -> None:
     px = random_pixels(pair, 3)
-    kw: dict[str, Any] = dict(ablation="resample", target=0.8, null=0, n_boot=20)
+    kw: dict[str, Any] = dict(ablation="resample", target=0.8, null=0, n_boot=20, grid=8)
     fc = find_feature_circuit(
         pair, px, planted["tok"], corrupt_texts=planted["tok_c"], saes={HOOK: planted["sae"]}, **kw
     )
@@ -152,6 +153,14 @@ def test_planted_feature_is_the_circuit(pair: Any, planted: dict[str, Any]) -> N
     assert not fc.faithful_only_through_errors
     assert fc.circuit_error_share == 0.0
     assert fc.error_share[HOOK] < 1e-3
+    # edges and drawing through the circuit result: the one feature's edge into the logit
+    edges = fc.edges(pair, px, planted["tok"], corrupt_texts=planted["tok_c"],
+                     saes={HOOK: planted["sae"]})  # fmt: skip
+    assert [(e.src, e.dst) for e in edges] == [(fc.nodes[0].key, "logit")]
+    want = float(fc.attribution.features[HOOK][planted["feature"]])
+    assert edges[0].effect == pytest.approx(want, rel=1e-4)
+    root = ET.fromstring(fc.to_svg(labels={fc.nodes[0].key: "planted <w>"}))
+    assert "planted <w>" in [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     # a garbage SAE: only the error node at the changed position carries the effect
     junk = find_feature_circuit(
         pair, px, planted["tok"], corrupt_texts=planted["tok_c"], saes={HOOK: garbage_sae(64)}, **kw
