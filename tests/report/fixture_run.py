@@ -34,7 +34,7 @@ def _manifest(run: Path, stage: str, seconds: float) -> dict[str, Any]:
     return entry
 
 
-def build_run(run: Path, *, n_samples: int = 240, skip: tuple[str, ...] = ()) -> Path:
+def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) -> Path:
     """Writes ``run`` (run.json + every stage not in ``skip``); returns ``run``."""
     import numpy as np
 
@@ -42,7 +42,8 @@ def build_run(run: Path, *, n_samples: int = 240, skip: tuple[str, ...] = ()) ->
     from vlmfast.causal import attribute, concept_intervention, top_units, trace
     from vlmfast.causal.evalset import EvalSet
     from vlmfast.data import open_source
-    from vlmfast.demo import _shuffled, _training_rows, ground_truth_table
+    from vlmfast.pipeline.stages.score import ground_truth_table
+    from vlmfast.pipeline.stages.train_sae import shuffled, training_rows
     from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, train
     from vlmfast.scoring.from_store import score_store
     from vlmfast.store.cache import CacheConfig, run_cache
@@ -81,8 +82,8 @@ def build_run(run: Path, *, n_samples: int = 240, skip: tuple[str, ...] = ()) ->
     for mod, hook in hooks.items():
         torch.manual_seed(0)
         sae = TopKSAE(d_in=int(store.width(hook)), n_latents=64, k=8, hook=hook)
-        trainer = SAETrainer(sae, TrainConfig(seed=0), total_steps=250)
-        train(_shuffled(_training_rows(store, hook), 256, 0), [trainer])
+        trainer = SAETrainer(sae, TrainConfig(seed=0), total_steps=150)
+        train(shuffled(training_rows(store, hook), 256, 0), [trainer])
         sae.save(run / "train-sae" / mod)
         saes[mod] = sae
     stages.append(_manifest(run, "train-sae", round(time.perf_counter() - t0, 1)))
@@ -108,8 +109,7 @@ def build_run(run: Path, *, n_samples: int = 240, skip: tuple[str, ...] = ()) ->
         _dump(run / "score" / "result.json", out)
         stages.append(_manifest(run, "score", round(time.perf_counter() - t0, 1)))
 
-    records = list(open_source("synthetic:n=8,seed=9"))
-    clean, corrupt = records[:4], records[4:]
+    clean = list(open_source("synthetic:n=4,seed=9"))
     images = pair.preprocess([r.image for r in clean])
     texts = pair.tokenize([r.caption for r in clean])
     if "trace" not in skip:
@@ -122,12 +122,28 @@ def build_run(run: Path, *, n_samples: int = 240, skip: tuple[str, ...] = ()) ->
         stages.append(_manifest(run, "trace", round(time.perf_counter() - t0, 1)))
     if "attribute" not in skip:
         t0 = time.perf_counter()
-        c_img = pair.preprocess([r.image for r in corrupt])
-        c_txt = pair.tokenize([r.caption for r in corrupt])
-        at = attribute(pair, images, texts, c_img, c_txt, components=("resid", "heads"))
+        # image-shift: each image replaced by another pair's (the pipeline's default)
+        at = attribute(pair, images, texts, images.roll(1, 0), None, components=("resid", "heads"))
         (run / "attribute").mkdir(parents=True, exist_ok=True)
         (run / "attribute" / "result.json").write_text(at.to_json())
         stages.append(_manifest(run, "attribute", round(time.perf_counter() - t0, 1)))
+    if "circuit" not in skip:
+        from vlmfast.causal import find_circuit
+
+        t0 = time.perf_counter()
+        circ: dict[str, Any] = {}
+        from vlmfast.pipeline.stages.circuit import concept_pairs, corrupt_pair_inputs
+
+        for concept in ("red",):
+            # the pipeline's text-swap corruption: "red" -> the next color in each caption
+            recs = concept_pairs("synthetic:n=200,seed=9", concept, 6)
+            inp = corrupt_pair_inputs(pair, recs, concept, "text-swap", 0, 1.0)
+            args = (pair, inp["images"], inp["texts"], None, inp["corrupt_texts"])
+            c = find_circuit(*args, components=("heads",), null=20)
+            c.edges(*args)
+            circ[concept] = json.loads(c.to_json())
+        _dump(run / "circuit" / "result.json", circ)
+        stages.append(_manifest(run, "circuit", round(time.perf_counter() - t0, 1)))
     if "intervene" not in skip and "score" not in skip:
         t0 = time.perf_counter()
         ev = EvalSet.synthetic(96, seed=3, pair=pair)

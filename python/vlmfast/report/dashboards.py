@@ -134,13 +134,12 @@ def _encode(sae: Any, x: Any, feats: list[int]) -> npt.NDArray[np.float64]:
     with torch.no_grad():
         vals, idx = sae.encode(x.float())
     dense = np.zeros((x.shape[0], len(feats)))
-    col = {f: j for j, f in enumerate(feats)}
-    v, ix = vals.numpy(), idx.numpy()
-    for r in range(ix.shape[0]):
-        for k in range(ix.shape[1]):
-            j = col.get(int(ix[r, k]))
-            if j is not None:
-                dense[r, j] = v[r, k]
+    v, ix = vals.numpy().astype(np.float64), idx.numpy().astype(np.int64)
+    colmap = np.full(int(sae.n_latents), -1, dtype=np.int64)
+    colmap[np.asarray(feats, dtype=np.int64)] = np.arange(len(feats))
+    j = colmap[ix]
+    r, k = np.nonzero(j >= 0)
+    dense[r, j[r, k]] = v[r, k]
     return dense
 
 
@@ -166,17 +165,18 @@ def _tile(image: Any, patches: npt.NDArray[np.float64] | None, grid: int, upper:
     for p, v in enumerate(patches[: grid * grid]):
         if v <= 0:
             continue
-        a = round(200 * min(v / upper, 1.0))
+        # an outline, not a fill: the patch's own colours stay visible (color features)
+        a = round(255 * min(v / upper, 1.0))
         y, x = divmod(p, grid)
         draw.rectangle(
             [
-                round(x * step),
-                round(y * step),
-                round((x + 1) * step) - 1,
-                round((y + 1) * step) - 1,
+                round(x * step) + 1,
+                round(y * step) + 1,
+                round((x + 1) * step) - 2,
+                round((y + 1) * step) - 2,
             ],
-            fill=(255, 196, 0, a),
-            outline=(255, 120, 0, a),
+            outline=(255, 0, 255, a),
+            width=3,
         )
     return Image.alpha_composite(im.convert("RGBA"), over).convert("RGB")
 
@@ -190,21 +190,35 @@ def _sheet(tiles: list[Any]) -> Any:
     return sheet
 
 
-def _token_strings(tokenizer: Any, caption: str, n: int) -> list[str]:
+def _tokenizer(model_spec: str) -> tuple[Any, Any] | None:
+    """``(tokenize(list[str]) -> ids[B, T], token_text(id) -> str)`` of the run's model:
+    the bundled word tokenizer without building the model, else the loaded pair's."""
+    if model_spec.startswith("synthetic:"):
+        from vlmfast.data.synthetic.tokenizer import WordTokenizer
+
+        tok = WordTokenizer()
+        return tok, lambda i: tok.vocab[i] if 0 <= i < len(tok.vocab) else f"<{i}>"
     try:
-        ids = [int(i) for i in tokenizer([caption])[0].tolist()][:n]
-    except Exception:
-        return [f"#{i}" for i in range(n)]
-    out = []
-    inner = getattr(tokenizer, "_tokenizer", None) or tokenizer
-    for i in ids:
-        text = ""
+        import vlmfast as vf
+
+        pair = vf.load_pair(model_spec)
+    except Exception:  # no weights here: captions are shown without token shading
+        return None
+    inner = getattr(pair, "_tokenizer", None)
+
+    def text(i: int) -> str:
         try:
-            text = str(inner.decode([i])).strip()
+            return str(inner.decode([i])).strip() or f"<{i}>"  # type: ignore[union-attr]
         except Exception:
-            text = ""
-        out.append(text or f"<{i}>")
-    return out
+            return f"<{i}>"
+
+    return pair.tokenize, text
+
+
+def _token_strings(tokenizer: tuple[Any, Any], caption: str, n: int) -> list[str]:
+    tokenize, text = tokenizer
+    ids = [int(i) for i in tokenize([caption])[0].tolist()][:n]
+    return [text(i) for i in ids] + [f"#{k}" for k in range(len(ids), n)]
 
 
 def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
@@ -228,13 +242,7 @@ def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
     records = _records(spec, wanted) if spec else {}
     tokenizer = None
     if store is not None and any(f.table.modality == "text" for f in feats):
-        try:
-            import vlmfast as vf
-
-            pair = vf.load_pair((store.attrs.get("model") or {}).get("spec", ""))
-            tokenizer = pair.tokenize
-        except Exception:
-            tokenizer = None
+        tokenizer = _tokenizer(str((store.attrs.get("model") or {}).get("spec", "")))
     for group in by_table.values():
         t = group[0].table
         sae_dir = run.stage_dir("train-sae") / t.modality
@@ -246,8 +254,16 @@ def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
         if can and store is not None:
             index = store.index(t.hook)
             rows = _sample_rows(index, wanted)
-            for sid, (a, b) in rows.items():
-                acts[sid] = _encode(sae, store.read(t.hook, a, b), idx_list)
+            if rows:
+                import torch
+
+                spans = list(rows.items())
+                x = torch.cat([store.read(t.hook, a, b) for _, (a, b) in spans])
+                dense_top = _encode(sae, x, idx_list)
+                at = 0
+                for sid, (a, b) in spans:
+                    acts[sid] = dense_top[at : at + b - a]
+                    at += b - a
             n = min(store.n_rows(t.hook), HIST_ROWS)
             dense = _encode(sae, store.read(t.hook, 0, n), idx_list)
             samples = np.asarray(index.sample)[:n]
@@ -314,7 +330,7 @@ def _card(
             )
             parts.append(
                 f'<p class="meta">samples {", ".join(str(s) for s in shown)}; '
-                f"patch overlay opacity = value / upper, upper = {number(upper)}</p>"
+                f"magenta patch outline opacity = value / upper, upper = {number(upper)}</p>"
             )
     if t.modality == "text" and top:
         lines = []

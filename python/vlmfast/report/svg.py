@@ -84,10 +84,10 @@ def heatmap(
     ``[-lim, lim]`` and a ``<title>`` per cell with its value."""
     a = np.asarray(data, dtype=np.float64)
     n_r, n_c = a.shape
-    left = 12.0 + 6.5 * max((len(s) for s in row_labels), default=2)
+    left = 24.0 + 6.0 * max((len(s) for s in row_labels), default=2)
     top, bar_w = 28.0, 12.0
     gw, gh = n_c * cell_w, n_r * cell_h
-    width = left + gw + 70.0
+    width = max(left + gw + 70.0, 12.0 + 6.2 * len(title))
     height = top + gh + 40.0
     out = [
         f'<svg width="{_n(width)}" height="{_n(height)}" viewBox="0 0 {_n(width)} {_n(height)}" '
@@ -153,6 +153,7 @@ def histogram(
     height: float = 150.0,
     log: bool = False,
 ) -> str:
+    width = max(width, 40.0 + 5.6 * len(title))
     """Bars of ``counts`` over bins ``edges``; ``null`` (same bins) as a grey step line;
     ``marks`` as dashed vertical lines with a label."""
     e = np.asarray(edges, dtype=np.float64)
