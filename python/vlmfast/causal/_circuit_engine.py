@@ -319,7 +319,12 @@ class CircuitEvaluator:
                 embeds[tower] = self._clean_embed[tower].unsqueeze(0)
                 inverse[tower] = torch.zeros(keep.shape[0], dtype=torch.long)
                 continue
-            patterns, inv = torch.unique(keep[:, cols], dim=0, return_inverse=True)
+            # distinct kept sets, sorted by their early layers first, so that a chunk holds
+            # sets that share long prefixes (more trie sharing)
+            by_layer = torch.argsort(self.layer_of[cols], stable=True)
+            uniq, inv = torch.unique(keep[:, cols][:, by_layer], dim=0, return_inverse=True)
+            patterns = torch.empty_like(uniq)
+            patterns[:, by_layer] = uniq
             per_chunk = max(1, self.max_rows // self.n_rows)
             parts = [
                 self._run_tower(tower, patterns[s : s + per_chunk])
@@ -363,7 +368,10 @@ class CircuitEvaluator:
                 blocks_in.append(x_clean if p < 0 else states[p * n : (p + 1) * n])  # type: ignore[index]
             x = torch.cat(blocks_in)
             ivs: list[Intervention] = []
-            rep_keep = patterns[reps]
+            # only block `layer` runs now: nodes of other layers count as kept (their
+            # hooks do not fire here), so families build no masks for them
+            rep_keep = patterns[reps].clone()
+            rep_keep[:, layer_of != layer] = True
             for fam, fcols in fams:
                 ivs += fam.interventions(rep_keep[:, fcols], n)
             ctx = HookContext.for_names(mod.hook_points(), None, ivs)

@@ -1,0 +1,122 @@
+"""Faithfulness curve of every head of both towers: batched engine vs one forward per size.
+
+Run: ``.venv/bin/python -m pytest benches/bench_circuit.py -q --benchmark-enable -s
+-p no:randomly``. Model ``VLMFAST_BENCH_CIRCUIT_MODEL`` (default ``open_clip:ViT-B-32``,
+random weights, offline), ``VLMFAST_BENCH_CIRCUIT_PAIRS`` pairs (default 8: random images,
+eight short captions), ``VLMFAST_BENCH_CIRCUIT_SIZES`` sizes on the log grid (default 32),
+``VLMFAST_BENCH_THREADS`` torch threads (default 1). Mean ablation; the order is the AtP
+ranking of the 288 heads (computed once, not timed).
+
+Measured in the same process (one round each; the loops are long):
+
+- ``loop``: one full forward of the pair per circuit size on the captions as tokenised
+  (77 tokens), ``vf.Ablate``-style per-row masks (``CircuitEvaluator(method="serial")``);
+  what a user writes;
+- ``loop_cut``: the same loop on the captions cut after the last EOT (what
+  ``find_circuit`` does for causal EOT-pooled text towers; exact);
+- ``batched``: ``CircuitEvaluator.evaluate`` (all sizes stacked, each tower once per
+  distinct kept set, the layer trie sharing blocks below the first difference).
+
+The batched and loop metrics must agree within 1e-4 (float32, different batch shapes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+import torch
+
+import vlmfast as vf
+from vlmfast.causal._circuit_engine import CircuitEvaluator, HeadFamily
+from vlmfast.causal._circuit_null import keep_masks, log_grid
+from vlmfast.causal.circuit import _inputs
+from vlmfast.causal.metrics import MatchedScore
+
+MODEL = os.environ.get("VLMFAST_BENCH_CIRCUIT_MODEL", "open_clip:ViT-B-32")
+PAIRS = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_PAIRS", 8))
+SIZES = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_SIZES", 32))
+THREADS = int(os.environ.get("VLMFAST_BENCH_THREADS", 1))
+CAPTIONS = [
+    "a red cube left of a blue sphere",
+    "a green cone",
+    "two purple cylinders on a table",
+    "a small yellow ball",
+    "a photo of a dog",
+    "a large gray metal cube",
+    "three cyan spheres",
+    "a brown rubber cylinder behind a red cone",
+]
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.set_num_threads(THREADS)
+    pair = vf.load_pair(MODEL).eval()
+    s = pair.config.image.image_size
+    gen = torch.Generator().manual_seed(0)
+    px, px_c = torch.randn(2, PAIRS, 3, s, s, generator=gen)
+    tok = pair.tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(PAIRS)])
+    return pair, px, tok, px_c
+
+
+def _evaluator(pair: Any, px: torch.Tensor, tok: torch.Tensor) -> CircuitEvaluator:
+    fams = [
+        HeadFamily(t, pair.config.tower(t).layers, pair.config.tower(t).heads)
+        for t in ("image", "text")
+    ]
+    return CircuitEvaluator(
+        pair, {"image": px, "text": tok}, fams, MatchedScore(), "logits", ablation="mean"
+    )
+
+
+def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
+    pair, px, tok, px_c = case
+    clean, _, _ = _inputs(pair, px, tok, px_c, None, None)
+    tok_cut = clean["text"]
+    att = vf.causal.attribute(pair, px, tok_cut, px_c, components=("heads",))
+    ev_cut = _evaluator(pair, px, tok_cut)
+    scores = torch.cat([att.ranking((t, "heads")).flatten() for t in ("image", "text")]).double()
+    order = torch.argsort(-scores, stable=True)
+    n = len(ev_cut.nodes)
+    ks = log_grid(n, SIZES)
+    keep = keep_masks(order, ks, n)
+
+    t0 = time.perf_counter()
+    batched = ev_cut.evaluate(keep).metric
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loop_cut = ev_cut.evaluate(keep, "serial").metric
+    t_loop_cut = time.perf_counter() - t0
+    ev_full = _evaluator(pair, px, tok)
+    t0 = time.perf_counter()
+    loop = ev_full.evaluate(keep, "serial").metric
+    t_loop = time.perf_counter() - t0
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+    info = {
+        "model": MODEL,
+        "pairs": PAIRS,
+        "sizes": len(ks),
+        "nodes": n,
+        "threads": torch.get_num_threads(),
+        "text_tokens": int(tok.shape[1]),
+        "text_tokens_cut": int(tok_cut.shape[1]),
+        "batched_s": t_batched,
+        "loop_s": t_loop,
+        "loop_cut_s": t_loop_cut,
+        "loop_over_batched": t_loop / t_batched,
+        "loop_cut_over_batched": t_loop_cut / t_batched,
+        "max_abs_diff": float((batched - loop).abs().max()),
+    }
+    benchmark.extra_info.update(info)
+    print(
+        f"\n{MODEL}, {PAIRS} pairs, {n} heads, {len(ks)} sizes, {info['threads']} thread(s): "
+        f"batched {t_batched:.2f} s; loop {t_loop:.2f} s ({t_loop / t_batched:.2f}x); loop on "
+        f"cut captions ({tok.shape[1]} -> {tok_cut.shape[1]} tokens) {t_loop_cut:.2f} s "
+        f"({t_loop_cut / t_batched:.2f}x); max |diff| {info['max_abs_diff']:.2e}"
+    )
+    assert float((batched - loop).abs().max()) < 1e-4
+    assert float((batched - loop_cut).abs().max()) < 1e-4
