@@ -140,3 +140,10 @@ def test_dot_renders_with_graphviz() -> None:
     )  # fmt: skip
     ET.fromstring(done.stdout)
     ET.fromstring(circuit_to_svg(nodes, edges, LABELS, engine="dot"))
+
+
+def test_zero_edges_are_not_drawn() -> None:
+    nodes, edges = _graph()
+    zero = [*edges, CircuitEdge("text.L1.H0", LOGIT, 0.0)]
+    assert circuit_to_svg(nodes, zero) == circuit_to_svg(nodes, edges)
+    assert circuit_to_dot(nodes, zero) == circuit_to_dot(nodes, edges)

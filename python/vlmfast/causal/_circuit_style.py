@@ -74,8 +74,8 @@ def check_graph(
     """Distinct nodes in a fixed order and the drawn edges, or InputError.
 
     Nodes are sorted by (tower, layer, kind, hook, index); edges must join known node
-    keys (or end at ``"logit"``) and have finite effects; edges with
-    ``|effect| < min_effect`` are dropped.
+    keys (or end at ``"logit"``) and have finite effects; edges with an effect of exactly
+    0 or ``|effect| < min_effect`` are not drawn.
     """
     if isinstance(nodes, CircuitNode):
         raise InputError("nodes must be a sequence of CircuitNode, got a single node")
@@ -111,7 +111,7 @@ def check_graph(
             raise InputError(f"edge {e.src} -> {e.dst}: destination {e.dst!r} is not in nodes")
         if not math.isfinite(float(e.effect)):
             raise InputError(f"edge {e.src} -> {e.dst} has a non-finite effect {e.effect!r}")
-        if abs(float(e.effect)) >= min_effect:
+        if float(e.effect) != 0.0 and abs(float(e.effect)) >= min_effect:
             drawn.append(e)
     return ordered, drawn
 

@@ -57,7 +57,7 @@ def circuit_to_dot(
         edges: edges between them and into ``"logit"``; every endpoint must be a node.
         labels: optional ``{node key: text}``, drawn as the node's second line (e.g.
             ``"red (0.97)"`` under ``"L3 H2"``).
-        min_effect: edges with ``|effect|`` below it are left out.
+        min_effect: edges with ``|effect|`` below it are left out (and zero edges always).
     """
     ordered, drawn = check_graph(nodes, edges, min_effect)
     drawn = sorted(drawn, key=lambda e: (e.src, e.dst))

@@ -98,7 +98,7 @@ def circuit_to_svg(
         edges: edges between them and into ``"logit"``; every endpoint must be a node.
         labels: optional ``{node key: text}``, the node's second line (cut at 18 chars;
             the full text is in the node's ``<title>``).
-        min_effect: edges with ``|effect|`` below it are left out.
+        min_effect: edges with ``|effect|`` below it are left out (and zero edges always).
         title: optional caption drawn at the top left.
         engine: ``"python"`` (this layout) or ``"dot"`` (Graphviz, if installed).
     """
