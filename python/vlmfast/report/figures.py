@@ -104,6 +104,29 @@ def attribution_figures(run: RunDir) -> list[Figure]:
                     ),
                 )
             )
+    exact = res.get("exact_heads") or {}
+    mats = {k: np.asarray(v["effect"], dtype=np.float64) for k, v in sorted(exact.items())}
+    lim = symmetric_limit(*mats.values())
+    for key, s in mats.items():
+        tower = key.split("/")[0]
+        out.append(
+            Figure(
+                "heads",
+                f"Exact patching of every {tower} head (score change), layer x head; "
+                f"limits +/-{number(lim)} shared by both towers.",
+                heatmap(
+                    s,
+                    [str(i) for i in range(s.shape[0])],
+                    [f"h{j}" for j in range(s.shape[1])],
+                    lim,
+                    title=f"{tower} heads: exact patching score change",
+                    xlabel="head",
+                    ylabel="layer",
+                    value="change",
+                    cell_w=22.0,
+                ),
+            )
+        )
     return out
 
 

@@ -68,7 +68,10 @@ def render_table(sid: str, t: dict[str, Any]) -> str:
             if c["key"] == "paper" and text:
                 cls = ' class="claim"'
             key = f"{sid}/{t['id']}/{i}/{c['key']}"
-            tds.append(f'<td{cls} data-key="{escape(key)}">{escape(text)}</td>')
+            inner = escape(text)
+            if c["key"] == "page" and text.startswith("features/"):
+                inner = f'<a href="{escape(text)}">{inner}</a>'
+            tds.append(f'<td{cls} data-key="{escape(key)}">{inner}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     out = [f'<table id="t-{escape(sid)}-{escape(t["id"])}"><caption>{escape(t["title"])}</caption>']
     if any(c["label"] for c in cols):
