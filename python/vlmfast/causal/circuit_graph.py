@@ -53,9 +53,14 @@ corrupt run with every other circuit node frozen (patched to its corrupt value);
 ``e(u -> logit) = m(patched) - m(corrupt)``. AtP equals it when the tower is linear in
 the nodes and the metric is linear in that tower's embedding (``MatchedScore("dot")``).
 
-Cost (atp): a clean forward, a corrupt forward and backward (``g``), and per tower
-``ceil((n_nodes + 1) * rows / max_rows)`` forwards + backwards of a batch replicated once
-per target (``s_v`` of each node and the metric): batched VJPs, not one backward per node.
+Cost: both methods are linear in the number of nodes. ``atp``: a clean forward, a corrupt
+forward and backward (``g``), then per tower ``ceil((n_nodes + 1) * rows / max_rows)``
+forwards + backwards of a batch replicated once per target (``s_v`` of each node and the
+metric): batched VJPs, not one backward per node (feature-circuits' loop). ``exact``: the
+same base runs, then ``ceil(n_nodes * rows / max_rows)`` forwards (one replica per
+source; one forward reads every target), so it is *cheaper* than ``atp``
+(``benches/bench_circuit_edges.py``); ``atp`` is the linearisation whose outgoing edges
+add up to the node attributions, the quantity EAP / feature-circuits report.
 """
 
 from __future__ import annotations
