@@ -7,12 +7,11 @@
 **Nodes** are heads (``attn.z`` of one head, all positions and batch rows together),
 MLP neurons (``mlp.post`` of one neuron, all positions), and, with ``saes={hook: sae}``,
 SAE features (the latent's codes at every position) and SAE error nodes (the error
-``x - decode(z)`` at one position; see ``vf.causal.feature_circuit``), as
-``CircuitNode``. Node ``u``
-is *upstream* of ``v`` when ``u``'s hook comes first in the tower's forward (``attn.z`` of
-block ``L`` is before ``mlp.post`` of block ``L``, so a head feeds the neurons of its own
-block; heads of one block never feed each other, nor do neurons of one block). The two
-towers meet only in the logit, so there are no cross-tower edges except through it.
+``x - decode(z)`` at one position; see ``vf.causal.feature_circuit``), as ``CircuitNode``.
+Node ``u`` is *upstream* of ``v`` when ``u``'s hook comes first in the tower's forward
+(``attn.z`` of block ``L`` is before ``mlp.post`` of block ``L``, so a head feeds the
+neurons of its own block; the nodes of one hook never feed each other). The two towers
+meet only in the logit, so there are no cross-tower edges except through it.
 
 **Convention** (the project's denoising one, as ``vf.causal.attribute``): gradients are
 taken at the corrupt run, ``delta_u = a_clean(u) - a_corrupt(u)``, the metric is the
@@ -28,11 +27,11 @@ attribution is ``A_v = <g_v, delta_v>``, the AtP node score (``vf.causal.attribu
 held at its corrupt-run value whatever ``u`` does, so ``u`` reaches ``v`` only through
 non-circuit components (the residual stream, other heads and neurons, the other latents
 and positions of a spliced SAE). For the gradient this is a stop-gradient at those
-nodes. At an SAE hook the activation is rebuilt as ``decode(z') + err'`` from the
-(partly frozen) codes and errors, so a frozen feature blocks exactly its own decoder
-direction and a frozen error node its position's error; gradients reach an SAE feature
-through the encoder of its (fixed) top-k selection. Nodes upstream of ``u`` or downstream of ``v``
-do not lie on a ``u -> v`` path, so this freezes exactly the intermediate nodes.
+nodes. Nodes upstream of ``u`` or downstream of ``v`` do not lie on a ``u -> v`` path,
+so this freezes exactly the intermediate nodes. At an SAE hook the activation is rebuilt
+as ``decode(z') + err'`` from the (partly frozen) codes and errors, so a frozen feature
+blocks exactly its own decoder direction and a frozen error node its position's error;
+gradients reach an SAE feature through the encoder of its (fixed) top-k selection.
 
 **Edges** (``method="atp"``): ``e(u -> v) = <g_v, J_frozen(v <- u) delta_u>``, the
 Jacobian-vector product of ``s_v`` along ``delta_u`` with the other nodes frozen; and the
