@@ -75,6 +75,10 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
         ),
         log=lambda _m: None,
     )
+    from vlmfast.data.synthetic.evaluate import evaluate_model
+
+    quality = evaluate_model(pair, pair.tokenize, seed=1000, n=50)
+    _dump(run / "cache" / "result.json", {"store": "store.zarr", "quality": quality})
     stages.append(_manifest(run, "cache", round(time.perf_counter() - t0, 1)))
 
     t0 = time.perf_counter()

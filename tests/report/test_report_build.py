@@ -125,6 +125,7 @@ def test_empty_run_reads_not_run(tmp_path: Path) -> None:
     results = json.loads(paths["results"].read_text())
     by_id = {s["id"]: s for s in results["sections"]}
     for sid in (
+        "quality",
         "selectivity",
         "tracing",
         "heads",
@@ -138,8 +139,8 @@ def test_empty_run_reads_not_run(tmp_path: Path) -> None:
     assert by_id["tracing"]["note"] == "not run: not configured"
     assert "did not finish" in by_id["selectivity"]["note"]
     html, md = paths["html"].read_text(), paths["markdown"].read_text()
-    assert html.count('data-status="not-run"') == 7
-    assert md.count("> not run") == 7
+    assert html.count('data-status="not-run"') == 8
+    assert md.count("> not run") == 8
     assert "abc123" in html and "abc123" in md
 
 
@@ -174,6 +175,7 @@ def test_results_match_the_stage_files(run_dir: Path, report: dict[str, Path]) -
     assert all(
         sec[s]["status"] == "ran"
         for s in (
+            "quality",
             "selectivity",
             "tracing",
             "heads",
@@ -193,8 +195,11 @@ def test_results_match_the_stage_files(run_dir: Path, report: dict[str, Path]) -
             assert r["selective"] == {"value": k["count"], "low": k["low"], "high": k["high"]}
     trace = json.loads((run_dir / "trace" / "result.json").read_text())
     for row in sec["tracing"]["tables"][0]["rows"]:
-        rec = trace[row["tower"]]["recovery"][row["kind"]]
-        assert row["peak"] == max(max(r) for r in rec)
+        tr = trace[row["tower"]]
+        keep = [j for j, lab in enumerate(tr["labels"]) if lab != "CLS"]
+        rec = tr["recovery"][row["kind"]]
+        assert row["peak"] == max(r[j] for r in rec for j in keep)
+        assert row["at"].split(", ")[1] != "CLS"
     gt = {(r["concept"], r["modality"]): r for r in sec["ground_truth"]["tables"][1]["rows"]}
     for name, per in score["ground_truth"]["concepts"].items():
         for mod, e in per.items():

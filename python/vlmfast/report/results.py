@@ -14,6 +14,7 @@ from vlmfast.report.run_dir import STAGES, RunDir
 from vlmfast.report.sec_causal import heads, tracing
 from vlmfast.report.sec_circuits import circuits
 from vlmfast.report.sec_interventions import interventions
+from vlmfast.report.sec_quality import quality
 from vlmfast.report.sec_scores import ground_truth, selectivity
 
 SCHEMA_VERSION = 1
@@ -139,6 +140,7 @@ def collect(run: RunDir, feats: list[Any]) -> dict[str, Any]:
     """The whole results object (strict JSON: no NaN)."""
     sections = [
         header(run),
+        quality(run),
         selectivity(run),
         tracing(run),
         heads(run),

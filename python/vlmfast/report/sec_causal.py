@@ -54,9 +54,14 @@ def tracing(run: RunDir) -> dict[str, Any]:
             if kind == "heads":
                 continue
             rec = np.asarray(tr["recovery"][kind], dtype=np.float64)
-            peak = np.nanmax(rec, axis=1)
+            # the image's CLS is left out: restoring it late restores the output trivially
+            # (the pipeline's trace localization uses the same rule)
+            cols = [
+                j for j, lab in enumerate(tr["labels"]) if not (tower == "image" and lab == "CLS")
+            ] or list(range(rec.shape[1]))
+            peak = np.nanmax(rec[:, cols], axis=1)
             lo, best, hi = layer_range(peak)
-            j = int(np.nanargmax(rec[best]))
+            j = cols[int(np.nanargmax(rec[best, cols]))]
             null, p = _null_at(tr, kind, best, j)
             rows.append(
                 {
@@ -73,8 +78,8 @@ def tracing(run: RunDir) -> dict[str, Any]:
             )
     note = (
         "Recovery = (m(restored) - m(corrupt)) / (m(clean) - m(corrupt)) on the pair's "
-        "score; the range holds the layers whose best position recovers at least half the "
-        "peak. Null: random restorations of as many units at the same layer, mean "
+        "score; the range holds the layers whose best position (the image CLS left out) "
+        "recovers at least half the peak. Null: random restorations of as many units at the same layer, mean "
         "[interval]; p: permutation p-value of the peak cell."
     )
     return section(
