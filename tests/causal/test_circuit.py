@@ -150,3 +150,17 @@ def test_resample_without_corrupt_text_rolls_the_batch(tiny: Any) -> None:
     rows = c.rows()
     assert {r["table"] for r in rows} == {"curve", "component"}
     assert len({tuple(r) for r in rows}) == 1  # one set of columns
+
+
+def test_mean_over_a_reference_batch(tiny: Any) -> None:
+    pair, px, tok = tiny
+    kw: dict[str, Any] = dict(
+        components=("heads",), towers=("image",), ranking="exact", null=0, grid=6, n_boot=0
+    )
+    base = vf.causal.find_circuit(pair, px, tok, **kw)
+    same = vf.causal.find_circuit(pair, px, tok, reference={"images": px}, **kw)
+    other = vf.causal.find_circuit(pair, px, tok, reference={"images": px.flip(-1) * 2}, **kw)
+    assert same.metric == base.metric
+    assert abs(other.metric_empty - base.metric_empty) > 1e-3
+    assert "reference=" in other.meta["ablation_detail"]
+    assert base.metric_model == other.metric_model  # nothing ablated: the reference is moot
