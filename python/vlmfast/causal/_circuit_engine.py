@@ -245,6 +245,8 @@ class CircuitEvaluator:
             self.columns[fam.tower] += cols
             self._fam_cols.append((fam, cols))
         self.layer_of = torch.tensor([n.layer for n in self.nodes], dtype=torch.long)
+        self.stats = {"block_rows": 0, "loop_block_rows": 0}
+        """Rows x blocks the batched path ran, and what one forward per variant would run."""
         self._clean: dict[str, dict[str, Tensor]] = {}
         self._clean_embed: dict[str, Tensor] = {}
         with torch.no_grad():
@@ -311,6 +313,9 @@ class CircuitEvaluator:
         return similarity(out.image_embeds, out.text_embeds, self.scale, self.bias, self.space)
 
     def _batched(self, keep: Tensor) -> Tensor:
+        for tower in ("image", "text"):
+            depth = len(self.pair.tower(tower).blocks)
+            self.stats["loop_block_rows"] += keep.shape[0] * self.n_rows * depth
         embeds: dict[str, Tensor] = {}
         inverse: dict[str, Tensor] = {}
         for tower in ("image", "text"):
@@ -376,6 +381,7 @@ class CircuitEvaluator:
                 ivs += fam.interventions(rep_keep[:, fcols], n)
             ctx = HookContext.for_names(mod.hook_points(), None, ivs)
             states = mod.blocks[layer](x, ctx, causal=causal)
+            self.stats["block_rows"] += int(x.shape[0])
             new_group = torch.full_like(group, -1)
             new_group[~is_clean] = inv
             group = new_group
