@@ -32,6 +32,8 @@ TILE = 96
 INLINE_MAX = 32
 PAGES_PER_CONCEPT = 3
 HIST_ROWS = 16384
+ENCODE_ELEMENTS = 2**26
+"""Rows x latents encoded at once (256 MiB of float32 pre-activations)."""
 
 
 @dataclass
@@ -131,15 +133,18 @@ def _encode(sae: Any, x: Any, feats: list[int]) -> npt.NDArray[np.float64]:
     """Dense activations ``[rows, len(feats)]`` of the chosen features."""
     import torch
 
-    with torch.no_grad():
-        vals, idx = sae.encode(x.float())
     dense = np.zeros((x.shape[0], len(feats)))
-    v, ix = vals.numpy().astype(np.float64), idx.numpy().astype(np.int64)
     colmap = np.full(int(sae.n_latents), -1, dtype=np.int64)
     colmap[np.asarray(feats, dtype=np.int64)] = np.arange(len(feats))
-    j = colmap[ix]
-    r, k = np.nonzero(j >= 0)
-    dense[r, j[r, k]] = v[r, k]
+    # blocks of rows: the encoder's pre-activations are [rows, n_latents] (65k wide)
+    step = max(1, ENCODE_ELEMENTS // max(int(sae.n_latents), 1))
+    for lo in range(0, x.shape[0], step):
+        with torch.no_grad():
+            vals, idx = sae.encode(x[lo : lo + step].float())
+        v, ix = vals.numpy().astype(np.float64), idx.numpy().astype(np.int64)
+        j = colmap[ix]
+        r, k = np.nonzero(j >= 0)
+        dense[lo + r, j[r, k]] = v[r, k]
     return dense
 
 
