@@ -17,6 +17,7 @@ from vlmfast.causal.feature_circuit import (
     feature_families,
     find_feature_circuit,
 )
+from vlmfast.causal.metrics import MatchedScore, similarity
 from vlmfast.errors import InputError
 from vlmfast.models.config import PairConfig, TowerConfig
 from vlmfast.models.pair import HookedPair
@@ -163,8 +164,9 @@ def test_planted_feature_is_the_circuit(pair: Any, planted: dict[str, Any]) -> N
     assert "planted <w>" in [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     # a garbage SAE: only the error node at the changed position carries the effect
     junk = find_feature_circuit(
-        pair, px, planted["tok"], corrupt_texts=planted["tok_c"], saes={HOOK: garbage_sae(64)}, **kw
-    )
+        pair, px, planted["tok"], corrupt_texts=planted["tok_c"], saes={HOOK: garbage_sae(64)},
+        ranking="exact", **kw,
+    )  # fmt: skip
     assert ("errors", POS) in [(n.kind, n.index) for n in junk.nodes]
     assert junk.faithfulness >= 0.8
     assert junk.faithfulness_without_errors < 0.8
@@ -187,4 +189,24 @@ def test_families_restrict_latents(pair: Any, planted: dict[str, Any]) -> None:
     assert scores.shape == (len(nodes),)
     assert abs(float(scores[0])) > 100 * abs(float(scores[1]))
     with pytest.raises(InputError, match="ranking='atp'"):
+        fam.scores("atp+")
+    with pytest.raises(InputError, match="prepare"):
         fam.scores("exact")
+    # exact: ablate one node at a time to its corrupt value (resample from the corrupt run)
+    src = pair.text.run(planted["tok_c"], cache=[HOOK]).cache[HOOK]
+    fam.prepare(AblationSources("resample", 3, {}, {HOOK: src}))
+    exact = fam.scores("exact")
+    assert exact.shape == (len(nodes),)
+    assert int(exact.abs().argmax()) == 0  # the planted feature
+    # ablating the planted feature to its corrupt value is the corrupt run at this hook
+    img = pair.image.run(px).embed
+    m = [
+        float(
+            MatchedScore()(
+                similarity(img, pair.text.run(t).embed, pair.logit_scale, None, "logits")
+            )
+        )
+        for t in (planted["tok"], planted["tok_c"])
+    ]
+    assert float(exact[0]) == pytest.approx(m[1] - m[0], rel=1e-3)
+    assert abs(float(exact[1])) < 1e-3 * abs(m[1] - m[0])

@@ -19,7 +19,8 @@ zeros): the spliced model with nothing ablated is the original model (the engine
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,6 +55,18 @@ def sae_codes(sae: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     z.scatter_(1, indices.long(), values.float())
     err = flat.float() - recon
     return z.view(*x.shape[:-1], -1), err.view(*x.shape[:-1], -1)
+
+
+@dataclass
+class ExactContext:
+    """What a family's exact single-node ablation scores run on."""
+
+    pair: Any
+    inputs: dict[str, Tensor]
+    """Clean pixels and token ids."""
+    score: Callable[[Tensor, Tensor], Tensor]
+    """``metric(similarity(img, txt))``; leading dims of the embeddings are variants."""
+    max_rows: int = 512
 
 
 def _tile(v: Tensor, rows: int) -> Tensor:
@@ -129,6 +142,8 @@ class SAEFamily:
         self.latents = torch.tensor(chosen, dtype=torch.long)
         self.n_positions = int(n_positions)
         self.attribution = dict(attribution) if attribution is not None else None
+        self.exact_context: ExactContext | None = None
+        """Set by ``feature_families``: what ``scores("exact")`` runs on."""
         self.z_ablated: Tensor | None = None
         self.err_ablated: Tensor | None = None
 
@@ -175,7 +190,11 @@ class SAEFamily:
         ]
 
     def scores(self, ranking: str) -> Tensor:
-        """Signed attribution per node (``"atp"``; ``"atp*"`` = the same: see feature_circuit)."""
+        """Score per node: signed AtP (``"atp"``; ``"atp*"`` = the same, see feature_circuit),
+        or ``"exact"``: ``m(clean with only that node ablated) - m(clean)`` under the
+        ablation ``prepare`` was given (one batched forward per ``max_rows`` rows)."""
+        if ranking == "exact" and self.exact_context is not None:
+            return self._exact_scores(self.exact_context)
         if self.attribution is None:
             raise InputError(
                 f"SAEFamily {self.hook!r} has no attribution; build it with "
@@ -187,6 +206,39 @@ class SAEFamily:
                 "(use ranking='atp')"
             )
         return self.attribution[ranking]
+
+    @torch.no_grad()
+    def _exact_scores(self, ctx: ExactContext) -> Tensor:
+        if self.z_ablated is None:
+            raise InputError("SAEFamily.prepare() must run before scores('exact')")
+        n_nodes = len(self.nodes())
+        inputs = dict(ctx.inputs)
+        if self.tower == "text" and inputs["text"].shape[1] > self.z_ablated.shape[1]:
+            # find_circuit cuts a causal EOT-pooled text after the last EOT (exact)
+            inputs["text"] = inputs["text"][:, : self.z_ablated.shape[1]]
+        rows = int(inputs[self.tower].shape[0])
+        other = "text" if self.tower == "image" else "image"
+        tower = ctx.pair.tower(self.tower)
+        fixed = ctx.pair.tower(other).run(inputs[other]).embed
+        base = tower.run(inputs[self.tower]).embed
+
+        def metric(embed: Tensor) -> Tensor:
+            img, txt = (embed, fixed) if self.tower == "image" else (fixed, embed)
+            return ctx.score(img, txt)
+
+        m_model = float(metric(base))
+        per = max(1, ctx.max_rows // rows)
+        out = torch.zeros(n_nodes, dtype=torch.float64)
+        for start in range(0, n_nodes, per):
+            cols = torch.arange(start, min(start + per, n_nodes))
+            keep = torch.ones(len(cols), n_nodes, dtype=torch.bool)
+            keep[torch.arange(len(cols)), cols] = False
+            x = inputs[self.tower]
+            x = x.repeat(len(cols), *([1] * (x.dim() - 1)))
+            embed = tower.run(x, interventions=self.interventions(keep, rows)).embed
+            m = metric(embed.view(len(cols), rows, -1))
+            out[cols] = m.double().cpu() - m_model
+        return out
 
 
 def sae_codes_with_grad(sae: Any, x: Tensor) -> tuple[Tensor, Tensor]:

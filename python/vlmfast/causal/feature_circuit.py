@@ -33,7 +33,8 @@ one that does not (a random SAE). Deviation from feature-circuits: there the res
 gradient is zeroed, so gradients reach *upstream* hooks through the SAE encoder; here the
 splice passes them through exactly (``dx'/dx = I``), so every node's score linearises
 the original model (with one hook both agree). ``"atp*"`` ranks the same as ``"atp"``
-(features and errors have no softmax to fix; GradDrop is not applied to them).
+(features and errors have no softmax to fix; GradDrop is not applied to them);
+``"exact"`` ablates one node at a time under the circuit's ablation.
 
 **Circuit.** ``find_feature_circuit`` runs ``vf.causal.find_circuit`` with these nodes as
 a component family (:func:`feature_families`), then evaluates the circuit once more with
@@ -54,7 +55,7 @@ from torch import Tensor
 
 from vlmfast.causal import _backend as backend
 from vlmfast.causal._attr_capture import Capture
-from vlmfast.causal._feature_family import SAEFamily, block_of, sae_codes
+from vlmfast.causal._feature_family import ExactContext, SAEFamily, block_of, sae_codes
 from vlmfast.causal.attribution import prepare_inputs
 from vlmfast.causal.circuit_types import CircuitNode
 from vlmfast.causal.conventions import TOWERS, check_metric_output
@@ -209,13 +210,16 @@ def feature_families(
     metric: str | Metric = "score",
     latents: Mapping[str, Sequence[int]] | None = None,
     attribution: FeatureAttribution | None = None,
+    max_rows: int = 512,
 ) -> list[SAEFamily]:
     """One ``SAEFamily`` per SAE of ``towers`` with its AtP scores (for ``find_circuit``).
 
     ``latents={hook: [...]}`` restricts a hook's feature nodes (default: every latent);
     error nodes are always every position. Without corrupt inputs the families carry no
     scores (rank them with ``ranking=[...]``). ``attribution``: precomputed scores of these
-    inputs (``feature_attribution``), to skip recomputing them.
+    inputs (``feature_attribution``), to skip recomputing them. ``ranking="exact"``
+    scores a node by ``m(clean with only it ablated) - m(clean)`` under ``find_circuit``'s
+    ablation, ``max_rows`` rows per forward.
     """
     chosen = check_saes(pair, saes, towers)
     att = attribution
@@ -223,7 +227,15 @@ def feature_families(
         att = feature_attribution(
             pair, images, texts, corrupt_images, corrupt_texts, saes=chosen, metric=metric
         )
-    _, tok = backend.as_inputs(pair, images, texts)
+    px, tok = backend.as_inputs(pair, images, texts)
+    metric_fn = resolve_metric(metric)
+    space = metric_space(metric_fn)
+    scale, bias = backend.logit_scale_bias(pair)
+
+    def score(img: Tensor, txt: Tensor) -> Tensor:
+        return metric_fn(similarity(img, txt, scale, bias, space))
+
+    context = ExactContext(pair, {"image": px, "text": tok}, score, max_rows)
     out = []
     for hook, sae in chosen.items():
         tower = hook.split(".", 1)[0]
@@ -236,7 +248,9 @@ def feature_families(
                 feats = feats[torch.as_tensor(list(lat), dtype=torch.long)]
             signed = torch.cat([feats, att.errors[hook][:n_pos]]).double()
             scores = {"atp": signed, "atp*": signed}
-        out.append(SAEFamily(hook, sae, n_pos, lat, scores))
+        fam = SAEFamily(hook, sae, n_pos, lat, scores)
+        fam.exact_context = context
+        out.append(fam)
     return out
 
 
