@@ -147,3 +147,19 @@ def test_zero_edges_are_not_drawn() -> None:
     zero = [*edges, CircuitEdge("text.L1.H0", LOGIT, 0.0)]
     assert circuit_to_svg(nodes, zero) == circuit_to_svg(nodes, edges)
     assert circuit_to_dot(nodes, zero) == circuit_to_dot(nodes, edges)
+
+
+def test_wide_rows_wrap() -> None:
+    hook = "image.blocks.1.resid_pre"
+    nodes = [CircuitNode("image", "features", 1, i, hook) for i in range(20)]
+    nodes.append(CircuitNode("image", "heads", 0, 0))
+    edges = [CircuitEdge(n.key, LOGIT, 1.0 + i) for i, n in enumerate(nodes)]
+    root = ET.fromstring(circuit_to_svg(nodes, edges))
+    width = float(root.attrib["viewBox"].split()[2])
+    assert width < 8 * 100 + 300  # 8 columns, not 20
+    ys = set()
+    for g in root.iter(SVG + "g"):
+        title, text = g.find(SVG + "title"), g.find(SVG + "text")
+        if title is not None and text is not None and "F" in (title.text or ""):
+            ys.add(float(text.attrib["y"]))
+    assert len(ys) == 3  # 20 features on lines of 8, 8, 4

@@ -3,8 +3,9 @@
     svg = vf.causal.circuit_to_svg(nodes, edges, labels={"image.L3.H2": "red (0.97)"})
 
 Layout: a grid with one row per (layer, hook point) present, layers bottom to top (a
-head's ``attn.z`` row sits below its block's ``mlp.post`` row); the image tower's nodes in
-the left column block, the text tower's on the right (each row centred in its tower);
+head's ``attn.z`` row sits below its block's ``mlp.post`` row; a row of more than 8
+nodes wraps onto more lines); the image tower's nodes in the left column block, the
+text tower's on the right (each line centred in its tower);
 the ``logit`` node, where the towers meet, at the top centre. Heads are rounded boxes,
 neurons ellipses, SAE features hexagons, error nodes dashed boxes; a node's fill is the
 sum of its outgoing effects (its AtP attribution for ``circuit_edges`` output) on a
@@ -20,6 +21,7 @@ installed; its output is Graphviz's, not byte-stable across Graphviz versions).
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -56,6 +58,8 @@ LOGIT_BAND = 64.0
 FOOT = 34.0
 LEGEND = 56.0
 MAX_LABEL = 18
+MAX_COLS = 8
+"""Nodes per line of a row; wider rows wrap."""
 MIN_WIDTH = 420.0
 """Room for the legend."""
 _STAGES = [p.split(".", 1)[1] for p in block_hook_points("x")]
@@ -142,31 +146,46 @@ class _Layout:
 
 
 def _layout(ordered: Sequence[CircuitNode]) -> _Layout:
+    """Grid rows per (layer, hook point), bottom to top; a row wider than ``MAX_COLS`` nodes
+    (SAE features, error nodes) wraps onto extra lines of the same row."""
     rows = sorted({(n.layer, _stage(n)) for n in ordered})
-    row_of = {r: i for i, r in enumerate(rows)}
-    grid_top = TOP + LOGIT_BAND
-    grid_h = max(len(rows), 1) * ROW_H
-
-    def row_y(i: int) -> float:
-        return grid_top + (len(rows) - 1 - i) * ROW_H + ROW_H / 2
-
-    cells: dict[tuple[str, int], list[CircuitNode]] = {}
+    cells: dict[tuple[str, tuple[int, int]], list[CircuitNode]] = {}
     for n in ordered:
-        cells.setdefault((n.tower, row_of[n.layer, _stage(n)]), []).append(n)
+        cells.setdefault((n.tower, (n.layer, _stage(n))), []).append(n)
+    lines = {
+        r: max([math.ceil(len(v) / MAX_COLS) for (_, rr), v in cells.items() if rr == r] or [1])
+        for r in rows
+    }
+    grid_top = TOP + LOGIT_BAND
+    n_lines = sum(lines.values()) or 1
+    grid_h = n_lines * ROW_H
+    # line 0 is the bottom line; a row's first (lowest) line holds its first nodes
+    first_line: dict[tuple[int, int], int] = {}
+    acc = 0
+    for r in rows:
+        first_line[r] = acc
+        acc += lines[r]
+
+    def line_y(i: int) -> float:
+        return grid_top + (n_lines - 1 - i) * ROW_H + ROW_H / 2
+
     tower_w = {
-        t: COL_W * max([len(v) for (tw, _), v in cells.items() if tw == t] or [1])
+        t: COL_W * min(MAX_COLS, max([len(v) for (tw, _), v in cells.items() if tw == t] or [1]))
         for t in ("image", "text")
     }
     x0 = {"image": LEFT, "text": LEFT + tower_w["image"] + GAP}
     width = max(x0["text"] + tower_w["text"] + RIGHT, MIN_WIDTH)
     pos: dict[str, tuple[float, float]] = {}
-    for (t, i), members in sorted(cells.items()):
-        offset = x0[t] + (tower_w[t] - COL_W * len(members)) / 2
-        for j, n in enumerate(members):
-            pos[n.key] = (offset + COL_W * (j + 0.5), row_y(i))
+    for (t, r), members in sorted(cells.items()):
+        for start in range(0, len(members), MAX_COLS):
+            chunk = members[start : start + MAX_COLS]
+            offset = x0[t] + (tower_w[t] - COL_W * len(chunk)) / 2
+            y = line_y(first_line[r] + start // MAX_COLS)
+            for j, n in enumerate(chunk):
+                pos[n.key] = (offset + COL_W * (j + 0.5), y)
     layer_y: dict[int, float] = {}
-    for (layer, _), i in row_of.items():
-        layer_y.setdefault(layer, row_y(i))
+    for r in rows:
+        layer_y.setdefault(r[0], line_y(first_line[r]))
     return _Layout(
         pos=pos,
         logit=((LEFT + x0["text"] + tower_w["text"]) / 2, TOP + LOGIT_BAND / 2 - 6),
