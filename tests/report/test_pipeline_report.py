@@ -24,7 +24,7 @@ def _config() -> object:
     cfg.attribute.data, cfg.attribute.pairs = "synthetic:n=4,seed=12", 4
     cfg.concepts.circuit = ["red"]
     cfg.circuit.pairs, cfg.circuit.data = 4, "synthetic:n=200,seed=13"
-    cfg.circuit.options = {"components": ["heads"], "null": 20}
+    cfg.circuit.components, cfg.circuit.null = ["heads"], 20
     cfg.concepts.intervene = ["red"]
     cfg.intervene.n, cfg.intervene.null, cfg.intervene.modes = 3, 20, ["ablate", "steer"]
     cfg.intervene.eval_data = "synthetic:test:32"

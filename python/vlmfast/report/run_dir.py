@@ -48,7 +48,9 @@ class RunDir:
             named = st.get("name") == stage and st.get("status") == "skipped"
             if named and st.get("reason") and not self.done(stage):
                 return f"not run: {st['reason']}"
-        if (self.path / stage).is_dir() and not self.done(stage):
+        if self.done(stage):
+            return "not run: the stage finished but left no result.json for the report"
+        if (self.path / stage).is_dir():
             return "not run: the stage did not finish (no manifest.json)"
         return "not run: this stage is not in the run's configuration"
 

@@ -13,13 +13,17 @@ from vlmfast.report.svg import strip_namespace
 
 TITLE = "Circuits"
 MAX_EDGES = 40
+MAX_DRAWN = 40
+"""Nodes drawn per diagram: a larger circuit shows its highest-ranked nodes."""
+MAX_LISTED = 60
 
 
-def _nodes(entry: dict[str, Any]) -> list[Any]:
+def _nodes(entry: dict[str, Any], limit: int | None = None) -> list[Any]:
+    """The circuit's nodes in ranking order (the first ``limit``)."""
     from vlmfast.causal.circuit_types import CircuitNode
 
     out = []
-    for n in entry.get("nodes") or []:
+    for n in (entry.get("nodes") or [])[:limit]:
         out.append(
             CircuitNode(
                 str(n["tower"]), str(n["kind"]), int(n["layer"]), int(n["index"]), n.get("hook")
@@ -52,8 +56,11 @@ def _edges(entry: dict[str, Any], nodes: list[Any]) -> tuple[list[Any], str]:
 
 def diagram(entry: dict[str, Any], concept: str) -> tuple[str | None, list[Any], str]:
     """Inline SVG (or None when drawing is unavailable), the edges and their meaning."""
-    nodes = _nodes(entry)
+    nodes = _nodes(entry, MAX_DRAWN)
     edges, what = _edges(entry, nodes)
+    total = len(entry.get("nodes") or [])
+    if total > len(nodes):
+        what += f"; the {len(nodes)} highest-ranked of its {total} nodes drawn"
     try:
         from vlmfast.causal.circuit_svg import circuit_to_svg
     except ImportError:
@@ -94,7 +101,7 @@ def circuits(run: RunDir) -> dict[str, Any]:
                 "paper": claim("circuit.sparsity"),
             }
         )
-        nodes = _nodes(e)
+        nodes = _nodes(e, MAX_LISTED)
         order, scores = e.get("order") or [], e.get("scores") or []
         score = {k: s for k, s in zip(order, scores, strict=False)}
         for n in nodes:
@@ -109,7 +116,7 @@ def circuits(run: RunDir) -> dict[str, Any]:
                     "score": score.get(n.key),
                 }
             )
-        edges, _ = _edges(e, nodes)
+        edges, _ = _edges(e, _nodes(e))
         for ed in sorted(edges, key=lambda x: (-abs(x.effect), x.src, x.dst))[:MAX_EDGES]:
             edge_rows.append(
                 {"concept": concept, "src": ed.src, "dst": ed.dst, "effect": ed.effect}
@@ -141,7 +148,7 @@ def circuits(run: RunDir) -> dict[str, Any]:
             ),
             table(
                 "circuit_nodes",
-                "Circuit nodes",
+                f"Circuit nodes (the first {MAX_LISTED} in ranking order)",
                 [
                     col("concept", "concept", "text"),
                     col("node", "node", "text"),
