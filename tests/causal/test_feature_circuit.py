@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -173,6 +174,10 @@ def test_planted_feature_is_the_circuit(pair: Any, planted: dict[str, Any]) -> N
     assert junk.faithful_only_through_errors
     assert junk.circuit_error_share > 0.99
     assert junk.to_dict()["faithful_only_through_errors"] is True
+    back = json.loads(junk.to_json())
+    assert back["faithful_only_through_errors"] is True
+    assert back["error_share"][HOOK] == pytest.approx(junk.error_share[HOOK])
+    assert len(back["error_attribution"][HOOK]) == planted["tok"].shape[1]
 
 
 def test_families_restrict_latents(pair: Any, planted: dict[str, Any]) -> None:

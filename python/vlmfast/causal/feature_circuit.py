@@ -292,8 +292,18 @@ class FeatureCircuit:
             faithfulness_without_errors=self.faithfulness_without_errors,
             faithful_only_through_errors=self.faithful_only_through_errors,
             completeness={h: list(self.attribution.completeness(h)) for h in self.error_share},
+            feature_attribution={h: v.tolist() for h, v in self.attribution.features.items()},
+            error_attribution={h: v.tolist() for h, v in self.attribution.errors.items()},
         )
         return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """``to_dict`` as JSON (NaN / inf written as null)."""
+        import json
+
+        from vlmfast.causal.attribution_result import json_safe
+
+        return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
 
 def find_feature_circuit(
