@@ -133,24 +133,25 @@ def heads(run: RunDir) -> dict[str, Any]:
                         "paper": claim("heads.patching") if tower == "image" and rank == 0 else "",
                     }
                 )
-        tables.append(
-            table(
-                "top_heads",
-                "Patching recovery of the top heads",
-                [
-                    col("tower", "tower", "text"),
-                    col("rank", "rank", "int"),
-                    col("head", "head", "text"),
-                    col("recovery", "recovery", "num"),
-                    col("null", "null recovery [interval]", "num"),
-                    col("p", "p", "p"),
-                    col("paper", "paper's claim", "text"),
-                ],
-                rows,
-                "Each head's output restored from the clean run into the corrupted one "
-                "(the trace's heads table); null as above.",
+        if rows:
+            tables.append(
+                table(
+                    "top_heads",
+                    "Patching recovery of the top heads",
+                    [
+                        col("tower", "tower", "text"),
+                        col("rank", "rank", "int"),
+                        col("head", "head", "text"),
+                        col("recovery", "recovery", "num"),
+                        col("null", "null recovery [interval]", "num"),
+                        col("p", "p", "p"),
+                        col("paper", "paper's claim", "text"),
+                    ],
+                    rows,
+                    "Each head's output restored from the clean run into the corrupted one "
+                    "(the trace's heads table); null as above.",
+                )
             )
-        )
     if at_res is not None:
         rows = []
         total = at_res.get("total_change")

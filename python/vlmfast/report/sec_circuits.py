@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmfast.report.fmt import interval
+from vlmfast.report.fmt import interval, number
 from vlmfast.report.model import col, not_run, section, table
 from vlmfast.report.paper_claims import claim
 from vlmfast.report.run_dir import RunDir
@@ -16,6 +16,8 @@ MAX_EDGES = 40
 MAX_DRAWN = 40
 """Nodes drawn per diagram: a larger circuit shows its highest-ranked nodes."""
 MAX_LISTED = 60
+EDGE_FLOOR = 0.05
+"""Edges weaker than this share of the strongest are left out of the drawing (not the table)."""
 
 
 def _nodes(entry: dict[str, Any], limit: int | None = None) -> list[Any]:
@@ -65,9 +67,16 @@ def diagram(entry: dict[str, Any], concept: str) -> tuple[str | None, list[Any],
         from vlmfast.causal.circuit_svg import circuit_to_svg
     except ImportError:
         return None, edges, what
-    labels = {n.key: f"{n.kind[:-1] if n.kind.endswith('s') else n.kind} {n.index}" for n in nodes}
+    order, scores = entry.get("order") or [], entry.get("scores") or []
+    score = {k: s for k, s in zip(order, scores, strict=False) if s is not None}
+    rank = entry.get("ranking", "score")
+    labels = {n.key: f"{rank} {number(score[n.key], 'delta')}" for n in nodes if n.key in score}
+    strongest = max((abs(e.effect) for e in edges), default=0.0)
+    cut = EDGE_FLOOR * strongest
+    if cut > 0:
+        what += f"; edges under {number(EDGE_FLOOR * 100, 'pct')} of the strongest not drawn"
     try:
-        svg = circuit_to_svg(nodes, edges, labels, title=f"circuit for {concept}")
+        svg = circuit_to_svg(nodes, edges, labels, min_effect=cut, title=f"circuit for {concept}")
     except Exception:  # an unexpected graph must not break the whole report
         return None, edges, what
     return strip_namespace(svg), edges, what

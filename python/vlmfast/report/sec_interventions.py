@@ -15,7 +15,9 @@ TITLE = "Concept interventions"
 def _units(r: dict[str, Any]) -> str:
     units = (r.get("units") or {}).get("units") or []
     hooks = sorted({u.get("hook", "?") for u in units})
-    return f"{len(units)} of {', '.join(hooks)}"
+    kinds = sorted({str(u.get("kind") or "unit") for u in units})
+    what = "/".join("SAE feature" if k == "feature" else k for k in kinds)
+    return f"{len(units)} {what}{'s' if len(units) != 1 else ''} of {', '.join(hooks)}"
 
 
 def _null(r: dict[str, Any], m: str) -> Any:
