@@ -72,6 +72,14 @@ def _records(spec: str, limit: int) -> list[Any]:
 
 
 def _inputs(pair: Any, records: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    return corrupt_inputs(pair, records, args.corrupt, seed=args.seed, noise_std=args.noise_std)
+
+
+def corrupt_inputs(
+    pair: Any, records: list[Any], corrupt: str, *, seed: int = 0, noise_std: float = 1.0
+) -> dict[str, Any]:
+    """Clean pixels / tokens of ``records`` and their ``corrupt`` counterpart (one of
+    :data:`CORRUPTIONS`): ``{images, texts, corrupt_images, corrupt_texts}``."""
     import torch
 
     px = pair.preprocess([r.image for r in records])
@@ -79,15 +87,15 @@ def _inputs(pair: Any, records: list[Any], args: argparse.Namespace) -> dict[str
     tok = pair.tokenize(captions)
     out: dict[str, Any] = {"images": px, "texts": tok, "corrupt_images": None}
     out["corrupt_texts"] = None
-    if args.corrupt == "image-shift":
+    if corrupt == "image-shift":
         out["corrupt_images"] = px.roll(1, 0)
-    elif args.corrupt == "image-noise":
-        gen = torch.Generator().manual_seed(args.seed)
+    elif corrupt == "image-noise":
+        gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(px.shape, generator=gen).to(device=px.device, dtype=px.dtype)
-        out["corrupt_images"] = px + args.noise_std * noise
-    elif args.corrupt == "text-shift":
+        out["corrupt_images"] = px + noise_std * noise
+    elif corrupt == "text-shift":
         out["corrupt_texts"] = tok.roll(1, 0)
-    else:
+    elif corrupt == "text-negative":
         negatives = []
         for r in records:
             neg = r.meta.get("negatives") or {}
@@ -98,6 +106,8 @@ def _inputs(pair: Any, records: list[Any], args: argparse.Namespace) -> dict[str
                 )
             negatives.append(neg[sorted(neg)[0]])
         out["corrupt_texts"] = pair.tokenize(negatives)
+    else:
+        raise InputError(f"corrupt must be one of {list(CORRUPTIONS)}, got {corrupt!r}")
     return out
 
 
