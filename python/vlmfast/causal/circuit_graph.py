@@ -429,15 +429,27 @@ def _base_runs(
 # ---- interventions of the replicated runs ------------------------------------------
 
 
+class _Stop(Exception):
+    """Ends a forward early: every target of the chunk has been read."""
+
+
 class _SiteRun(Intervention):
-    """Runs each site's ``freeze_grad`` (``values`` None) or ``patch`` at its hook."""
+    """Runs each site's ``freeze_grad`` (``values`` None) or ``patch`` at its hook.
+
+    ``stop_at``: a hook after which the rest of the forward is not needed (the deepest
+    target node of an AtP chunk without the metric); ``apply`` raises ``_Stop`` there.
+    """
 
     def __init__(
-        self, sites: Sequence[_Site], values: Mapping[str, Mapping[str, Tensor]] | None = None
+        self,
+        sites: Sequence[_Site],
+        values: Mapping[str, Mapping[str, Tensor]] | None = None,
+        stop_at: str | None = None,
     ) -> None:
         super().__init__(sites[0].hook)
         self.sites = {s.hook: s for s in sites}
         self.values = values
+        self.stop_at = stop_at
         self.raw: dict[str, Tensor] = {}
         self.leaves: dict[str, list[Tensor]] = {}
 
@@ -452,6 +464,8 @@ class _SiteRun(Intervention):
         else:
             out, raw = site.patch(x, self.values[name])
         self.raw.update(raw)
+        if name == self.stop_at:
+            raise _Stop
         return out
 
 
@@ -487,39 +501,49 @@ def _atp_edges(
     score: ScoreFn,
     max_rows: int,
 ) -> Table:
-    """Batched VJPs: replica 0 of the first chunk backpropagates the metric, replica ``r``
-    the scalar ``s_v`` of one target node; every node's leaf then holds each target's
-    gradient, dotted with the node's delta."""
+    """Batched VJPs: replica ``r`` of a chunk backpropagates the scalar ``s_v`` of one target
+    node (or the metric, last); every node's leaf then holds each target's gradient,
+    dotted with the node's delta. A chunk without the metric stops its forward at its
+    deepest target's hook."""
     rows = int(corrupt_in.shape[0])
     nodes = [n for s in sites for n in s.nodes]
     nodes.sort(key=lambda n: node_order(pair, n))
-    targets: list[CircuitNode | None] = [None, *nodes]  # None = the logit
+    # shallow targets first, the metric last: a chunk without it stops at its deepest node
+    targets: list[CircuitNode | None] = [*nodes, None]  # None = the logit
     per = _replicas_per_chunk(rows, max_rows)
     table: Table = {}
     for start in range(0, len(targets), per):
         chunk = targets[start : start + per]
-        run = _SiteRun(sites)
+        last = chunk[-1]
+        run = _SiteRun(sites, stop_at=None if last is None else node_hook(last))
         with torch.enable_grad():
-            embed = (
-                pair.tower(tower).run(_repeat(corrupt_in, len(chunk)), interventions=[run]).embed
-            )
-            total = embed.new_zeros((), dtype=torch.float32)
+            embed: Tensor | None = None
+            try:
+                x = _repeat(corrupt_in, len(chunk))
+                embed = pair.tower(tower).run(x, interventions=[run]).embed
+            except _Stop:
+                pass
+            total = corrupt_in.new_zeros((), dtype=torch.float32)
             for k, target in enumerate(chunk):
                 rows_k = slice(k * rows, (k + 1) * rows)
                 if target is None:
+                    assert embed is not None
                     m = _metric_with(tower, embed[rows_k], runs, score)
                     check_metric_output(m, None, "metric")
                     total = total + m.float()
                 else:
                     raw = run.raw[target.key][rows_k]
                     total = total + (raw.float() * runs.grads[target.key].float()).sum()
-            names = [(s, i) for s in sites for i in range(len(run.leaves[s.hook]))]
+            names = [(s, i) for s in sites for i in range(len(run.leaves.get(s.hook, ())))]
             flat = [run.leaves[s.hook][i] for s, i in names]
             got: Sequence[Tensor | None] = [None] * len(flat)
             if total.requires_grad:  # False when no target depends on any node
                 got = torch.autograd.grad(total, flat, allow_unused=True)
         per_node: dict[str, Tensor | None] = {}
         for s in sites:
+            if s.hook not in run.leaves:  # after the stop: downstream of every target
+                per_node.update(dict.fromkeys((n.key for n in s.nodes), None))
+                continue
             mine = [g for (site, _), g in zip(names, got, strict=True) if site is s]
             per_node.update(s.leaf_grads(mine))
         for k, target in enumerate(chunk):
