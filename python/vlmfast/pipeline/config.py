@@ -235,10 +235,28 @@ class CircuitSection:
     """Where the pairs are drawn from (none: ``[data]``)."""
     noise_std: float = 1.0
     """Pixel noise std of ``image-noise``."""
+    components: list[str] = field(default_factory=lambda: ["heads", "neurons"])
+    """Candidate components: ``heads`` (``attn.z``) and/or ``neurons`` (``mlp.post``)."""
+    towers: list[str] = field(default_factory=list)
+    """Towers whose components are candidates (empty: the corrupted tower, ``text`` for
+    ``text-swap`` and ``image`` otherwise: attribution scores an unchanged tower 0)."""
+    ranking: str = "atp"
+    """Order the search adds components in: ``atp``, ``atp*`` or ``exact``."""
+    ablation: str = "mean"
+    """What a component outside the circuit is set to: ``mean``, ``resample`` or ``zero``."""
+    target: float = 0.8
+    """Faithfulness the circuit keeps, in (0, 1]."""
+    null: int = 100
+    """Random orderings of the same components (the sparsity null; >= 20 for a p-value)."""
+    grid: int = 32
+    """Sizes on the log-spaced faithfulness grid."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments passed to ``vf.causal.find_circuit`` as they are."""
+    """More keyword arguments for ``vf.causal.find_circuit``, passed as they are."""
     draw: bool = True
-    """Write ``<concept>.svg`` when circuit drawing is available."""
+    """Compute the circuit's edges and write ``<concept>.svg`` (and ``.dot``)."""
+    draw_nodes: int = 40
+    """Edges and drawing cover the circuit's this many highest-ranked nodes (0: all; the
+    edge computation grows with the square of the count)."""
 
 
 @dataclass
@@ -326,6 +344,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "attribute.method": ("atp", "atp*", "ig"),
     "circuit.corrupt": ("text-swap", "image-noise", "image-shift"),
     "intervene.units": ("image", "text", "neurons"),
+    "circuit.ranking": ("atp", "atp*", "exact"),
+    "circuit.ablation": ("mean", "resample", "zero"),
     "intervene.ablation": ("mean", "zero"),
     "trace.metric": ("score", "logit_diff", "alignment"),
 }
@@ -336,6 +356,8 @@ _LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "attribute.components": ("resid", "heads", "neurons"),
     "attribute.towers": ("image", "text"),
     "intervene.modes": ("ablate", "steer"),
+    "circuit.components": ("heads", "neurons"),
+    "circuit.towers": ("image", "text"),
 }
 _POSITIVE: tuple[str, ...] = (
     "cache.batch_size",
@@ -351,6 +373,7 @@ _POSITIVE: tuple[str, ...] = (
     "trace.window",
     "attribute.pairs",
     "circuit.pairs",
+    "circuit.grid",
     "intervene.n",
 )
 
@@ -428,6 +451,8 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
         )
     if cfg.attribute.pairs < 2:
         raise InputError(f"{where}: attribute.pairs must be >= 2, got {cfg.attribute.pairs}")
+    if not 0.0 < cfg.circuit.target <= 1.0:
+        raise InputError(f"{where}: circuit.target must be in (0, 1], got {cfg.circuit.target}")
     noise = cfg.trace.noise
     if isinstance(noise, str) and noise not in ("zero", "3x"):
         raise InputError(f"{where}: trace.noise must be 'zero', '3x' or a float, got {noise!r}")

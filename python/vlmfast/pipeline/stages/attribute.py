@@ -26,23 +26,15 @@ def _top_heads(grid: Any, n: int = 5) -> list[dict[str, Any]]:
 def run(ctx: StageContext) -> dict[str, Any]:
     import vlmfast as vf
     from vlmfast.causal.attribution_result import json_safe
-    from vlmfast.cli import attribute as cli_attribute
     from vlmfast.cli._tables import write_table
+    from vlmfast.cli.attribute import corrupt_inputs
 
     cfg = ctx.config
     a = cfg.attribute
     pair = ctx.pair()
     spec = a.data or cfg.data.spec
     records = read_records(spec, a.pairs, "[attribute]")
-    if hasattr(cli_attribute, "corrupt_inputs"):
-        inputs = cli_attribute.corrupt_inputs(
-            pair, records, a.corrupt, seed=cfg.run.seed, noise_std=a.noise_std
-        )
-    else:  # TEMP until corrupt_inputs is extracted
-        import types
-
-        ns = types.SimpleNamespace(corrupt=a.corrupt, seed=cfg.run.seed, noise_std=a.noise_std)
-        inputs = cli_attribute._inputs(pair, records, ns)  # type: ignore[arg-type]
+    inputs = corrupt_inputs(pair, records, a.corrupt, seed=cfg.run.seed, noise_std=a.noise_std)
     att = vf.causal.attribute(
         pair, **inputs, components=a.components, towers=a.towers, method=a.method,
         null=a.null, seed=cfg.run.seed,

@@ -5,12 +5,13 @@ inputs follow ``[circuit].corrupt``: ``text-swap`` replaces the concept's word i
 caption by the next concept of its kind (``red`` -> ``green``: the synthetic benchmark's
 shapes and colors, else the bundled color vocabulary), ``image-noise`` adds pixel noise,
 ``image-shift`` gives each image another pair's. ``RUN/circuit/result.json`` =
-``{concept: Circuit.to_json dict}`` and ``<concept>.svg`` when drawing is available.
+``{concept: Circuit.to_json dict}`` (its ``meta.run`` says how it was found),
+``<concept>.parquet`` (the faithfulness curve and the ranked components) and, with
+``draw``, the circuit's edges drawn as ``<concept>.svg`` / ``.dot``.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from collections.abc import Sequence
@@ -86,55 +87,50 @@ def corrupt_pair_inputs(
 
 
 def _find_circuit() -> Any:
+    """``vf.causal.find_circuit``, or None where it is not importable."""
     try:
-        from vlmfast.causal import find_circuit  # type: ignore[attr-defined,unused-ignore]
+        from vlmfast.causal import find_circuit
     except ImportError:
-        try:
-            from vlmfast.causal.circuit import find_circuit  # type: ignore[import-not-found,no-redef,unused-ignore]
-        except ImportError:
-            return None
+        return None
     return find_circuit
 
 
-def _call(
-    fn: Any, pair: Any, inputs: dict[str, Any], concept: str, seed: int, options: dict[str, Any]
-) -> Any:
-    """``fn`` with the inputs, and the concept and seed where it takes them."""
-    params = inspect.signature(fn).parameters
-    kwargs: dict[str, Any] = {}
-    for name in ("corrupt_images", "corrupt_texts"):
-        if name in params:
-            kwargs[name] = inputs[name]
-    if "seed" in params:
-        kwargs["seed"] = seed
-    if "concept" in params:
-        kwargs["concept"] = concept
-    kwargs.update(options)
-    return fn(pair, inputs["images"], inputs["texts"], **kwargs)
+def candidate_towers(cfg: Any) -> list[str]:
+    """``[circuit].towers``, or the tower the corruption changes."""
+    c = cfg.circuit
+    if c.towers:
+        return list(c.towers)
+    return ["text"] if c.corrupt == "text-swap" else ["image"]
 
 
-def _as_dict(circuit: Any) -> dict[str, Any]:
-    data = circuit.to_json()
-    return json.loads(data) if isinstance(data, str) else dict(data)
+def _draw(
+    ctx: StageContext, circuit: Any, pair: Any, inputs: dict[str, Any], concept: str, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Edges among the circuit's ``limit`` highest-ranked nodes (0: all) and into the logit,
+    drawn to ``<concept>.svg`` / ``.dot``; returns the edges and the SVG's name."""
+    from vlmfast.causal import circuit_edges, circuit_to_dot, circuit_to_svg
 
-
-def _draw(circuit: Any, path: Any) -> bool:
-    """Writes ``path`` (SVG) when the circuit can draw itself; returns whether it did."""
-    for name in ("draw", "plot", "to_svg"):
-        fn = getattr(circuit, name, None)
-        if fn is None:
-            continue
-        try:
-            got = fn(path)
-        except Exception:  # drawing is optional: a missing renderer never fails the stage
-            return False
-        if isinstance(got, str) and got.lstrip().startswith("<"):
-            path.write_text(got)
-        return bool(path.exists())
-    return False
+    nodes = list(circuit.nodes[:limit] if limit else circuit.nodes)
+    if not nodes:
+        return [], None
+    edges = circuit_edges(
+        pair, inputs["images"], inputs["texts"], inputs["corrupt_images"],
+        inputs["corrupt_texts"], nodes=nodes,
+    )  # fmt: skip
+    labels = {n.key: f"rank {r}" for r, n in enumerate(nodes)}
+    title = f"circuit for {concept}" + (
+        f" (its {len(nodes)} highest-ranked of {len(circuit.nodes)} nodes)"
+        if len(nodes) < len(circuit.nodes)
+        else ""
+    )
+    (ctx.dir / f"{concept}.dot").write_text(circuit_to_dot(nodes, edges, labels=labels))
+    (ctx.dir / f"{concept}.svg").write_text(circuit_to_svg(nodes, edges, labels, title=title))
+    return [e.to_dict() for e in edges], f"{concept}.svg"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    from vlmfast.cli._tables import write_table
+
     cfg = ctx.config
     c = cfg.circuit
     concepts = list(cfg.concepts.circuit)
@@ -144,34 +140,46 @@ def run(ctx: StageContext) -> dict[str, Any]:
     find_circuit = _find_circuit()
     if find_circuit is None:
         raise InputError(
-            "the circuit stage needs vf.causal.find_circuit, which is not importable yet; "
+            "the circuit stage needs vf.causal.find_circuit, which is not importable; "
             "leave 'circuit' out of [run].stages (or empty [concepts].circuit) to run the rest"
         )
     pair = ctx.pair()
     spec = c.data or cfg.data.spec
+    towers = candidate_towers(cfg)
     out: dict[str, Any] = {}
     for concept in concepts:
         records = concept_pairs(spec, concept, c.pairs)
         inputs = corrupt_pair_inputs(pair, records, concept, c.corrupt, cfg.run.seed, c.noise_std)
-        circuit = _call(find_circuit, pair, inputs, concept, cfg.run.seed, dict(c.options))
-        entry = _as_dict(circuit)
-        entry.setdefault(
-            "corruption",
-            {"kind": c.corrupt, "swap_to": inputs.get("swap"), "pairs": len(records), "data": spec},
+        circuit = find_circuit(
+            pair, inputs["images"], inputs["texts"], inputs["corrupt_images"],
+            inputs["corrupt_texts"], components=c.components, towers=towers, ranking=c.ranking,
+            ablation=c.ablation, target=c.target, null=c.null, seed=cfg.run.seed, grid=c.grid,
+            pvalue=c.null >= 20, progress=ctx.progress, **c.options,
+        )  # fmt: skip
+        edges, drawing = (
+            _draw(ctx, circuit, pair, inputs, concept, c.draw_nodes) if c.draw else ([], None)
         )
-        drawn = c.draw and _draw(circuit, ctx.dir / f"{concept}.svg")
-        entry.setdefault("drawing", f"{concept}.svg" if drawn else None)
-        out[concept] = entry
-        ctx.log(f"  {concept}: {_describe(entry)}")
+        circuit.meta["run"] = {
+            "concept": concept,
+            "corrupt": c.corrupt,
+            "swap_to": inputs.get("swap"),
+            "pairs": len(records),
+            "data": spec,
+            "towers": towers,
+            "drawing": drawing,
+            "edges_among": min(len(circuit.nodes), c.draw_nodes or len(circuit.nodes)),
+        }
+        write_table(circuit.rows(), ctx.dir / f"{concept}")
+        out[concept] = json.loads(circuit.to_json())
+        if c.draw:
+            out[concept]["edges"] = edges  # among the drawn nodes (meta.run.edges_among)
+        p = f", p = {circuit.pvalue:.3g}" if circuit.pvalue is not None else ""
+        lo, hi = circuit.faithfulness_interval
+        ctx.log(
+            f"  {concept} ({c.corrupt}"
+            + (f" -> {inputs['swap']}" if inputs.get("swap") else "")
+            + f"): {circuit.size} of {circuit.n_nodes} components (sparsity "
+            f"{circuit.sparsity:.4f}{p} vs {c.null} random orderings); faithfulness "
+            f"{circuit.faithfulness:.3f} [{lo:.3f}, {hi:.3f}]"
+        )
     return out
-
-
-def _describe(entry: dict[str, Any]) -> str:
-    parts = []
-    for key in ("nodes", "components"):
-        if isinstance(entry.get(key), list):
-            parts.append(f"{len(entry[key])} {key}")
-    for key in ("recovery", "faithfulness", "sparsity"):
-        if isinstance(entry.get(key), int | float):
-            parts.append(f"{key} {entry[key]:.3f}")
-    return ", ".join(parts) or "found"
