@@ -87,7 +87,8 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
     t0 = time.perf_counter()
     batched = ev_cut.evaluate(keep).metric
     t_batched = time.perf_counter() - t0
-    work = ev_cut.stats["block_rows"] / ev_cut.stats["loop_block_rows"]
+    st = ev_cut.stats
+    work = {t: st[f"{t}_rows"] / st[f"{t}_loop_rows"] for t in ("image", "text")}
     t0 = time.perf_counter()
     loop_cut = ev_cut.evaluate(keep, "serial").metric
     t_loop_cut = time.perf_counter() - t0
@@ -111,14 +112,16 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
         "loop_over_batched": t_loop / t_batched,
         "loop_cut_over_batched": t_loop_cut / t_batched,
         "max_abs_diff": float((batched - loop).abs().max()),
-        "block_rows_share": work,
+        "image_block_rows_share": work["image"],
+        "text_block_rows_share": work["text"],
     }
     benchmark.extra_info.update(info)
     print(
         f"\n{MODEL}, {PAIRS} pairs, {n} heads, {len(ks)} sizes, {info['threads']} thread(s): "
         f"batched {t_batched:.2f} s; loop {t_loop:.2f} s ({t_loop / t_batched:.2f}x); loop on "
         f"cut captions ({tok.shape[1]} -> {tok_cut.shape[1]} tokens) {t_loop_cut:.2f} s "
-        f"({t_loop_cut / t_batched:.2f}x); block rows run {work:.1%} of the loop's; max |diff| "
+        f"({t_loop_cut / t_batched:.2f}x); block rows run (image / text) {work['image']:.1%} / {work['text']:.1%} of "
+        f"the loop's; max |diff| "
         f"{info['max_abs_diff']:.2e}"
     )
     assert float((batched - loop).abs().max()) < 1e-4

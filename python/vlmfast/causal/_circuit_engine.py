@@ -245,8 +245,9 @@ class CircuitEvaluator:
             self.columns[fam.tower] += cols
             self._fam_cols.append((fam, cols))
         self.layer_of = torch.tensor([n.layer for n in self.nodes], dtype=torch.long)
-        self.stats = {"block_rows": 0, "loop_block_rows": 0}
-        """Rows x blocks the batched path ran, and what one forward per variant would run."""
+        self.stats = {f"{t}_{k}": 0 for t in ("image", "text") for k in ("rows", "loop_rows")}
+        """Per tower: rows x blocks the batched path ran (``image_rows``), and what one
+        forward per variant would run (``image_loop_rows``)."""
         self._clean: dict[str, dict[str, Tensor]] = {}
         self._clean_embed: dict[str, Tensor] = {}
         with torch.no_grad():
@@ -315,7 +316,7 @@ class CircuitEvaluator:
     def _batched(self, keep: Tensor) -> Tensor:
         for tower in ("image", "text"):
             depth = len(self.pair.tower(tower).blocks)
-            self.stats["loop_block_rows"] += keep.shape[0] * self.n_rows * depth
+            self.stats[f"{tower}_loop_rows"] += keep.shape[0] * self.n_rows * depth
         embeds: dict[str, Tensor] = {}
         inverse: dict[str, Tensor] = {}
         for tower in ("image", "text"):
@@ -381,7 +382,7 @@ class CircuitEvaluator:
                 ivs += fam.interventions(rep_keep[:, fcols], n)
             ctx = HookContext.for_names(mod.hook_points(), None, ivs)
             states = mod.blocks[layer](x, ctx, causal=causal)
-            self.stats["block_rows"] += int(x.shape[0])
+            self.stats[f"{tower}_rows"] += int(x.shape[0])
             new_group = torch.full_like(group, -1)
             new_group[~is_clean] = inv
             group = new_group
