@@ -49,3 +49,15 @@ def test_report_in_chromium(chromium: str, report: dict[str, Path], tmp_path: Pa
 
     with Image.open(png) as im:
         assert im.size[0] >= 1400 and im.size[1] > 2000
+
+
+def test_screenshot_command(chromium: str, report: dict[str, Path], tmp_path: Path) -> None:
+    from vlmfast.report.screenshot import main
+
+    run = report["html"].parent.parent
+    out = tmp_path / "shot.png"
+    assert main([str(run), str(out), "--width", "1200"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size[0] == 1200

@@ -267,6 +267,9 @@ def test_report_is_self_contained(report: dict[str, Path]) -> None:
         ET.fromstring(svg)
     assert 'id="s-circuits"' in html and "circuit for red" in html
     assert report["html"].stat().st_size < 8 * 2**20
+    # a byte budget per dashboard card (its page holds the card and the shared CSS)
+    for page in report["features"].glob("*.html"):
+        assert page.stat().st_size < 200_000, page.name
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from vlmfast.report.score_tables import ScoreTable, null_sd
 from vlmfast.report.svg import heatmap, histogram, symmetric_limit
 
 TOWERS = ("image", "text")
+P_WEAK = 0.05
+"""Trace cells whose null p-value is at least this are struck through."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,16 @@ def trace_figures(run: RunDir) -> list[Figure]:
             else:
                 rows = list(tr["labels"])
                 ylabel = "restored position"
+            null = (tr.get("null") or {}).get(kind)
+            weak = None
+            if null:
+                weak = (np.asarray(null["p_value"], dtype=np.float64) >= P_WEAK).T
             svg = heatmap(
                 rec.T,
                 rows,
                 layers,
                 lim,
+                weak=weak,
                 title=f"{tower} tower, {kind}: recovery (clean {number(tr['clean'])}, corrupt {number(tr['corrupt'])}, n={tr['samples']})",
                 xlabel="layer",
                 ylabel=ylabel,
@@ -64,7 +71,13 @@ def trace_figures(run: RunDir) -> list[Figure]:
                     section,
                     f"Causal trace of the {tower} tower ({kind}), layer x "
                     f"{'head' if kind == 'heads' else 'position'}; colour limits +/-{number(lim)} "
-                    "shared by both towers.",
+                    "shared by both towers"
+                    + (
+                        f"; struck-through cells: permutation p >= {number(P_WEAK)} against "
+                        "the random-restoration null."
+                        if weak is not None
+                        else "; no null was drawn."
+                    ),
                     svg,
                 )
             )

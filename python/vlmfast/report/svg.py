@@ -79,10 +79,13 @@ def heatmap(
     value: str = "value",
     cell_w: float = 26.0,
     cell_h: float = 13.0,
+    weak: npt.ArrayLike | None = None,
 ) -> str:
     """``data[rows, cols]`` as coloured cells (rows top to bottom), a colour bar at
-    ``[-lim, lim]`` and a ``<title>`` per cell with its value."""
+    ``[-lim, lim]`` and a ``<title>`` per cell with its value; cells where ``weak`` (bool,
+    same shape) is true are struck through with a grey diagonal."""
     a = np.asarray(data, dtype=np.float64)
+    hatch = None if weak is None else np.asarray(weak, dtype=bool)
     n_r, n_c = a.shape
     left = 24.0 + 6.0 * max((len(s) for s in row_labels), default=2)
     top, bar_w = 28.0, 12.0
@@ -109,6 +112,11 @@ def heatmap(
                 f'fill="{diverging(v, lim)}"><title>{escape(ylabel)} {escape(row_labels[i])}, '
                 f"{escape(xlabel)} {escape(col_labels[j])}: {value} {number(v)}</title></rect>"
             )
+            if hatch is not None and hatch[i, j]:
+                out.append(
+                    f'<line x1="{_n(x + 1)}" y1="{_n(y + cell_h - 1)}" x2="{_n(x + cell_w - 1)}" '
+                    f'y2="{_n(y + 1)}" stroke="#888888" stroke-width="0.8"/>'
+                )
     step = max(1, math.ceil(n_c / 24))
     for j in range(0, n_c, step):
         x = left + (j + 0.5) * cell_w
