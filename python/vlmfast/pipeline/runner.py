@@ -306,6 +306,24 @@ def run_pipeline(
             log(f"{'run ' if d.run else 'skip'}  {d.name:<10} {d.reason}")
         return RunResult(run_path, [], decisions)
     run_path.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    threads = torch.get_num_threads()
+    if config.run.threads is not None:
+        torch.set_num_threads(config.run.threads)
+    try:
+        return _run_all(config, run_path, decisions, registry, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_all(
+    config: PipelineConfig,
+    run_path: Path,
+    decisions: list[Decision],
+    registry: Mapping[str, StageDef],
+    log: Callable[[str], None],
+) -> RunResult:
     records: list[StageRecord] = []
     info: dict[str, Any] = {
         "config": config.to_dict(),
