@@ -13,11 +13,12 @@ import pytest
 from vlmfast.pipeline import PipelineConfig, StageContext, demo_config, run_pipeline
 from vlmfast.pipeline.stages import STAGES
 
-SMALL = ["cache", "train-sae", "score", "trace", "attribute", "intervene"]
+SMALL = ["cache", "train-sae", "score", "trace", "attribute", "intervene", "report"]
 
 
 def small_config() -> PipelineConfig:
-    """The bundled demo config, shrunk to seconds (every stage but circuit and report)."""
+    """The bundled demo config, shrunk to seconds (every stage but circuit: the report
+    runs without it; tests/pipeline/test_circuit_stage.py runs that one)."""
     cfg = demo_config()
     cfg.run.progress = False
     cfg.run.stages = list(SMALL)
@@ -85,6 +86,8 @@ def test_the_run_directory_follows_the_contract(run_dir: Path) -> None:
     assert (run_dir / "attribute" / "attribution.parquet").is_file()
     iv = _json(run_dir / "intervene" / "result.json")
     assert set(iv["ablate"]) == {"red"} and set(iv["steer"]) == {"red"}
+    report = _json(run_dir / "report" / "result.json")["files"]
+    assert (run_dir / report["html"]).is_file() and report["html"] == "report/report.html"
 
 
 @pytest.mark.slow

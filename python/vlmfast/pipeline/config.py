@@ -3,6 +3,7 @@
 Every section is a dataclass below and every field has a docstring (the reference in
 the README is generated from them). A key the dataclass does not have is an error naming
 the key, its section and the allowed keys: a typo never silently falls back to a default.
+TOML has no null: an optional field (default none) is left out to keep its default.
 Negative layer indices in hook names (``image.blocks.-1.resid_post``) are resolved
 against the model when a stage runs.
 """
@@ -84,9 +85,9 @@ class HooksSection:
 
     image: str | None = "image.blocks.-1.resid_post"
     """Hook of the image SAE (every patch row; CLS rows are left out of training);
-    none: no image SAE."""
+    ``""``: no image SAE (TOML has no null)."""
     text: str | None = "text.blocks.-1.resid_post"
-    """Hook of the text SAE (every caption token row); none: no text SAE."""
+    """Hook of the text SAE (every caption token row); ``""``: no text SAE."""
     neurons: list[str] = field(default_factory=lambda: ["image.blocks.-1.mlp.post"])
     """Hooks cached and scored as raw units (MLP neurons), max over tokens."""
     extra: list[str] = field(default_factory=list)

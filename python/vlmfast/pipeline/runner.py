@@ -72,6 +72,9 @@ class StageDef:
     """Dotted config paths whose values enter the key (``sae``, ``run.seed``)."""
     schema: int
     fn: StageFn
+    strict_upstream: bool = True
+    """False: the stage runs without some of its upstream stages (the report reads what
+    exists); their keys still enter its key."""
 
 
 @dataclass
@@ -165,9 +168,11 @@ def decide(
         if name not in selected:
             out.append(Decision(name, key, run=False, reason="not in run.stages"))
             continue
-        missing_up = [
-            u for u in stage.upstream if u not in selected and not _done(run_dir, u, keys[u])
-        ]
+        missing_up = (
+            []
+            if not stage.strict_upstream
+            else [u for u in stage.upstream if u not in selected and not _done(run_dir, u, keys[u])]
+        )
         if missing_up:
             raise InputError(
                 f"run.stages includes {name!r} but not its upstream {missing_up[0]!r}, whose "

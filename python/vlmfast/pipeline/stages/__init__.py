@@ -62,9 +62,10 @@ STAGES: dict[str, StageDef] = {
     "report": StageDef(
         "report",
         ("cache", "train-sae", "score", "trace", "attribute", "circuit", "intervene"),
-        ("report",),
+        ("report", "run.stages"),
         1,
         report.run,
+        strict_upstream=False,
     ),
 }
 """Every stage, in run order (a topological order of ``upstream``)."""
