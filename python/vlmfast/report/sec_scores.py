@@ -76,6 +76,7 @@ def selectivity(run: RunDir) -> dict[str, Any]:
     tables = score_tables(run)
     rows, poly_rows = [], []
     invariant = res.get("invariant")
+    inv_note = ""
     for key, mod, e in _entries(res):
         t = _match(run, tables, key, mod, e)
         hook = e.get("hook") or (t.hook if t else "?")
@@ -83,6 +84,8 @@ def selectivity(run: RunDir) -> dict[str, Any]:
         inv = e.get("invariant")
         if invariant is None and isinstance(inv, dict) and "percent" in inv:
             invariant = inv
+        elif isinstance(inv, dict) and inv.get("note"):
+            inv_note = str(inv["note"])
         kinds = t.kinds if t else []
         for kind in sorted(e["by_kind"]):
             k = e["by_kind"][kind]
@@ -151,9 +154,10 @@ def selectivity(run: RunDir) -> dict[str, Any]:
     )
     poly_note = (
         "Percent of selective units, Wilson interval. Null: each concept's selective units "
-        "reassigned to random units (200 permutations, seed 0), mean [2.5%, 97.5%]. "
+        "reassigned to random units (100 permutations, seed 0), mean [2.5%, 97.5%]. "
         "Modality-invariant needs units scored on both modalities (a shared-space SAE or "
         "matched unit pairs); n/a when the run has none."
+        + (f" The score stage: {inv_note}." if inv_note and invariant is None else "")
     )
     return section(
         "selectivity",
