@@ -102,18 +102,28 @@ def select(run: RunDir, tables: list[ScoreTable]) -> list[Feature]:
 
 
 def _records(spec: str, wanted: set[int]) -> dict[int, Any]:
+    """The records of ``wanted`` sample ids, decoding only those images (the others are
+    read past undecoded, as a resumed cache does)."""
     from vlmfast.data import open_source
 
     found: dict[int, Any] = {}
     if not wanted:
         return found
+    src: Any = open_source(spec)
     last = max(wanted)
-    for r in open_source(spec):
+
+    def only(report: Any) -> Any:
+        for r in src.candidates(report, after=min(wanted) - 1):
+            if r.sample_id > last:
+                return
+            if r.sample_id in wanted:
+                yield r
+
+    records = src.decoded(only) if hasattr(src, "candidates") else iter(src)
+    for r in records:
         if r.sample_id in wanted:
             found[r.sample_id] = r
-            if len(found) == len(wanted):
-                break
-        if r.sample_id > last:
+        if len(found) == len(wanted) or r.sample_id >= last:
             break
     return found
 
