@@ -234,9 +234,9 @@ def find_circuit(
     bar.set_postfix_str("circuit, complement")
     keep_c = keep_masks(order, [size], n_nodes)
     ev_c = evaluator.evaluate(torch.cat([keep_c, ~keep_c]), method)
-    m_circuit, m_complement = (float(x) for x in ev_c.metric)
+    m_circuit, m_complement = m_by_k[size], float(ev_c.metric[1])
     sim_by_k[size] = ev_c.sim[0]
-    f_size = f_of(m_by_k[size])
+    f_size = f_of(m_circuit)
     interval = _bootstrap(
         metric_fn, sim_by_k[size], sim_by_k[0], sim_by_k[n_nodes], n_boot, seed, level
     )
