@@ -280,3 +280,12 @@ def test_cli_report(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["report", "--run", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "report" / "report.html").is_file()
     assert "report.html" in capsys.readouterr().out
+
+
+def test_run_without_run_json(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    paths = build_report(tmp_path / "run")
+    results = json.loads(paths["results"].read_text())
+    assert results["sections"][0]["tables"][0]["rows"][1]["value"] == "n/a (no run.json)"
+    assert all(s["status"] == "not run" for s in results["sections"][1:-1])
+    assert "n/a (no run.json)" in paths["markdown"].read_text()
