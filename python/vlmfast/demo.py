@@ -115,7 +115,7 @@ def format_paper_table(score: dict[str, Any]) -> str:
     for m in mods.values():
         kinds += [k for k in m.get("by_kind", {}) if k not in kinds]
     head = f"  {'selective SAE features':<26}" + "".join(f"{m + ' (ours)':>18}" for m in mods)
-    head += f"{'paper (its claim)':>20}"
+    head += f"{'paper (its claim)':>28}"
     lines = [head]
     for kind in kinds:
         row = f"  {kind:<26}"
@@ -124,13 +124,13 @@ def format_paper_table(score: dict[str, Any]) -> str:
             cell = "-" if not c else "{} [{}, {}]".format(c["count"], c["low"], c["high"])
             row += f"{cell:>18}"
         claim = claims.get(kind)
-        lines.append(row + f"{'' if claim is None else f'{claim:,}':>20}")
+        lines.append(row + f"{'' if claim is None else f'{claim:,}':>28}")
     row = f"  {'% polysemantic':<26}"
     for m in mods.values():
         p = (m.get("polysemantic") or {}).get("percent")
         row += f"{'n/a' if p is None else f'{p:.1f}%':>18}"
     claim = claims.get("polysemantic_across_modalities_pct")
-    lines.append(row + f"{'' if claim is None else f'{claim}% (across modalities)':>20}")
+    lines.append(row + f"{'' if claim is None else f'{claim}% (across modalities)':>28}")
     truth = score.get("ground_truth")
     if truth:
         row = f"  {'planted concepts found':<26}"
@@ -138,7 +138,7 @@ def format_paper_table(score: dict[str, Any]) -> str:
             t = truth.get(m) or {}
             cell = "{}/{}".format(t.get("recovered"), t.get("of"))
             row += f"{cell:>18}"
-        lines.append(row + f"{'(AUROC >= ' + str(truth['target_auroc']) + ')':>20}")
+        lines.append(row + f"{'(AUROC >= ' + str(truth['target_auroc']) + ')':>28}")
     if claims:
         lines.append(
             f"  paper column: {claims.get('label', 'the paper')}"
