@@ -19,6 +19,7 @@ from vlmfast.causal._circuit_null import keep_masks, log_grid, run_null, sparsit
 from vlmfast.causal.circuit import _inputs
 from vlmfast.causal.circuit_types import CircuitNode
 from vlmfast.causal.metrics import MatchedScore
+from vlmfast.errors import InputError
 from vlmfast.models.interventions import Intervention, PerRow
 
 
@@ -164,3 +165,13 @@ def test_mean_over_a_reference_batch(tiny: Any) -> None:
     assert abs(other.metric_empty - base.metric_empty) > 1e-3
     assert "reference=" in other.meta["ablation_detail"]
     assert base.metric_model == other.metric_model  # nothing ablated: the reference is moot
+
+
+def test_a_family_with_nodes_outside_the_blocks_is_an_error(tiny: Any) -> None:
+    pair, px, tok = tiny
+    fam = ResidDims("image", 1, [0])
+    fam.layer = 9  # the bundled image tower has 4 blocks
+    with pytest.raises(InputError, match="outside blocks"):
+        CircuitEvaluator(
+            pair, {"image": px, "text": tok}, [fam], MatchedScore(), "logits", ablation="mean"
+        )

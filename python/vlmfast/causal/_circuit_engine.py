@@ -239,6 +239,13 @@ class CircuitEvaluator:
             bad = [n for n in nodes if n.tower != fam.tower]
             if bad:
                 raise InputError(f"family {fam!r} returned nodes of another tower: {bad[:3]}")
+            depth = len(pair.tower(fam.tower).blocks)
+            bad = [n for n in nodes if not 0 <= n.layer < depth]
+            if bad:
+                raise InputError(
+                    f"family {fam.tower}/{fam.kind} has nodes outside blocks 0..{depth - 1} "
+                    f"of the {fam.tower} tower: {bad[:3]}"
+                )
             start = len(self.nodes)
             cols = list(range(start, start + len(nodes)))
             self.nodes += nodes
