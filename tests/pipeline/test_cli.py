@@ -34,6 +34,7 @@ def test_run_then_dry_run_and_force(tmp_path: Path, capsys: pytest.CaptureFixtur
     result = json.loads((out / "cache" / "result.json").read_text())
     assert result["hooks"]["image.blocks.3.resid_post"]["rows"] == 60 * 17
     assert result["quality"] is None  # disabled
+    assert result["concepts"]["per_kind"]["color"] == 8 and "red" in result["concepts"]["names"]
     assert main(["run", "--config", str(cfg), "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("skip  cache") and "up to date" in lines[0]

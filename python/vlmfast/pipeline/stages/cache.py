@@ -61,13 +61,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     hooks = {h: {"rows": int(store.n_rows(h)), "width": int(store.width(h))} for h in store.hooks}
     for hook, info in hooks.items():
         ctx.log(f"  {hook:<28} rows={info['rows']:>7} width={info['width']}")
-    labels = store.attrs.get("labels") or {}
+    concepts = store.attrs.get("concepts") or {}
+    names, kinds = list(concepts.get("names") or []), list(concepts.get("kinds") or [])
+    per_kind = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
     return {
         "store": "store.zarr",
         "model": cfg.model.spec,
         "data": cfg.data.spec,
         "hooks": hooks,
         "samples": int((store.attrs.get("progress") or {}).get("samples_done", 0)),
-        "concepts": labels.get("concepts") if isinstance(labels, dict) else None,
+        "concepts": {"n": len(names), "per_kind": per_kind, "names": names},
         "quality": quality,
     }
