@@ -56,8 +56,8 @@ def test_screenshot_command(chromium: str, report: dict[str, Path], tmp_path: Pa
 
     run = report["html"].parent.parent
     out = tmp_path / "shot.png"
-    assert main([str(run), str(out), "--width", "1200"]) == 0
+    assert main([str(run), str(out), "--width", "1200", "--max-height", "900"]) == 0
     from PIL import Image
 
     with Image.open(out) as im:
-        assert im.size[0] >= 1200 and im.size[1] > 1000
+        assert im.size == (1200, 900)

@@ -1,6 +1,6 @@
 """A full-page screenshot of a run's report (for the README), with the browser checks.
 
-    python -m vlmfast.report.screenshot RUN OUT.png [--width 1400]
+    python -m vlmfast.report.screenshot RUN OUT.png [--width 1400] [--max-height 2400]
 
 Uses Playwright with the system Chromium (``shutil.which("chromium")``; it never
 downloads a browser) and builds the report first when ``RUN/report/report.html`` is
@@ -33,7 +33,9 @@ def browser_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def check_page(html_path: Path, png: Path | None = None, width: int = 1400) -> dict[str, Any]:
+def check_page(
+    html_path: Path, png: Path | None = None, width: int = 1400, max_height: int | None = None
+) -> dict[str, Any]:
     """Opens ``html_path`` headless; returns console errors, failed and external
     requests, image / SVG checks, the ``data-key`` cells and the page text."""
     from playwright.sync_api import sync_playwright
@@ -67,7 +69,13 @@ def check_page(html_path: Path, png: Path | None = None, width: int = 1400) -> d
             found.update(page.evaluate(CHECK_JS))
             if png is not None:
                 png.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(png), full_page=True)
+                if max_height is None:
+                    page.screenshot(path=str(png), full_page=True)
+                else:  # the top of the page (a README image)
+                    from playwright.sync_api import FloatRect
+
+                    clip = FloatRect(x=0, y=0, width=width, height=max_height)
+                    page.screenshot(path=str(png), full_page=True, clip=clip)
         finally:
             browser.close()
     return found
@@ -90,13 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", help="run directory")
     ap.add_argument("out", help="PNG to write")
     ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument(
+        "--max-height", type=int, default=None, help="keep only the top N pixels (README)"
+    )
     args = ap.parse_args(argv)
     html_path = Path(args.run) / "report" / "report.html"
     if not html_path.is_file():
         from vlmfast.report import build_report
 
         html_path = build_report(args.run)["html"]
-    found = check_page(html_path, Path(args.out), args.width)
+    found = check_page(html_path, Path(args.out), args.width, args.max_height)
     bad = problems(found)
     for line in bad:
         print(line, file=sys.stderr)

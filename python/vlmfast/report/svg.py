@@ -167,7 +167,7 @@ def histogram(
     e = np.asarray(edges, dtype=np.float64)
     c = np.asarray(counts, dtype=np.float64)
     nl = None if null is None else np.asarray(null, dtype=np.float64)
-    left, top, bottom, right = 36.0, 22.0, 30.0, 10.0
+    left, top, bottom, right = 36.0, 22.0, 30.0, 18.0
     pw, ph = width - left - right, height - top - bottom
 
     def tr(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
