@@ -118,7 +118,7 @@ class Circuit:
         """Permutation p-value of the sparsity against the null (None without one)."""
         return None if self.null is None else self.null.pvalue
 
-    # ---- edges and drawings (vlmfast.causal.circuit_graph / circuit_dot / circuit_svg) --
+    # ---- edges and drawings (circuit_graph / circuit_dot / circuit_svg, imported on use)
     def edges(
         self,
         pair: Any,
@@ -147,10 +147,8 @@ class Circuit:
         self, edges: list[CircuitEdge] | None = None, labels: dict[str, str] | None = None
     ) -> str:
         """Graphviz DOT of the circuit (``circuit_to_dot``)."""
-        try:
-            from vlmfast.causal.circuit_dot import circuit_to_dot
-        except ImportError:  # pragma: no cover - older layout
-            from vlmfast.causal.circuit_graph import circuit_to_dot  # type: ignore[attr-defined,no-redef]
+        from vlmfast.causal.circuit_dot import circuit_to_dot
+
         out: str = circuit_to_dot(self.nodes, self._need_edges(edges), labels=labels)
         return out
 
@@ -158,7 +156,7 @@ class Circuit:
         self, edges: list[CircuitEdge] | None = None, labels: dict[str, str] | None = None
     ) -> str:
         """SVG drawing of the circuit (``circuit_to_svg``; needs no Graphviz)."""
-        from vlmfast.causal.circuit_svg import circuit_to_svg  # type: ignore[import-not-found,unused-ignore]
+        from vlmfast.causal.circuit_svg import circuit_to_svg
 
         out: str = circuit_to_svg(self.nodes, self._need_edges(edges), labels=labels)
         return out
