@@ -208,3 +208,27 @@ def test_a_deselected_stage_needs_its_upstream_done(tmp_path: Path) -> None:
     res = _run(cfg, tmp_path, force=["score"])
     assert CALLS == ["score"]
     assert {s.name: s.status for s in res.stages}["intervene"] == "skipped"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: setattr(c.sae, "k", 8), {"train-sae", "score", "intervene", "report"}),
+        (lambda c: setattr(c.score, "threshold", 0.8), {"score", "intervene", "report"}),
+        (lambda c: setattr(c.trace, "samples", 3), {"trace", "report"}),
+        (lambda c: setattr(c.concepts, "circuit", ["red"]), {"circuit", "report"}),
+        (lambda c: setattr(c.intervene, "n", 5), {"intervene", "report"}),
+        (lambda c: setattr(c.data, "spec", "synthetic:n=10,seed=1"), set(REAL) | {"attribute", "circuit"}),
+        (lambda c: setattr(c.run, "stages", ["cache"]), {"report"}),
+        (lambda c: (setattr(c.run, "progress", False), setattr(c.run, "threads", 1),
+                    setattr(c.model, "device", "cuda"), setattr(c.run, "out", "x")), set()),
+    ],
+)  # fmt: skip
+def test_the_real_stages_keys_follow_their_slices(change: Any, expected: set[str]) -> None:
+    from vlmfast.pipeline.stages import STAGES
+
+    base = all_keys(PipelineConfig(), STAGES)
+    cfg = PipelineConfig()
+    change(cfg)
+    got = all_keys(cfg, STAGES)
+    assert {n for n in base if base[n] != got[n]} == expected
