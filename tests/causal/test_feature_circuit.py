@@ -215,3 +215,25 @@ def test_families_restrict_latents(pair: Any, planted: dict[str, Any]) -> None:
     ]
     assert float(exact[0]) == pytest.approx(m[1] - m[0], rel=1e-3)
     assert abs(float(exact[1])) < 1e-3 * abs(m[1] - m[0])
+
+
+def test_find_circuit_takes_features_as_components(pair: Any, planted: dict[str, Any]) -> None:
+    from vlmfast.causal import find_circuit
+
+    px = random_pixels(pair, 3)
+    kw: dict[str, Any] = dict(ablation="resample", target=0.8, null=0, n_boot=20, grid=8)
+    c = find_circuit(
+        pair, px, planted["tok"], corrupt_texts=planted["tok_c"], components=("features",),
+        towers=("text",), saes={HOOK: planted["sae"]}, **kw,
+    )  # fmt: skip
+    assert [(n.kind, n.index, n.hook) for n in c.nodes] == [("features", planted["feature"], HOOK)]
+    assert c.faithfulness == pytest.approx(1.0, abs=1e-3)
+    mixed = find_circuit(
+        pair, px, planted["tok"], corrupt_texts=planted["tok_c"],
+        components=("heads", "features"), towers=("text",), saes={HOOK: planted["sae"]}, **kw,
+    )  # fmt: skip
+    assert {n.kind for n in mixed.nodes} <= {"heads", "features"}
+    assert c.n_nodes < mixed.n_nodes
+    with pytest.raises(InputError, match="needs saes="):
+        find_circuit(pair, px, planted["tok"], corrupt_texts=planted["tok_c"],
+                     components=("features",), **kw)  # fmt: skip

@@ -80,7 +80,7 @@ from vlmfast.errors import InputError
 
 __all__ = ["COMPONENTS", "RANKINGS", "find_circuit"]
 
-COMPONENTS = ("heads", "neurons")
+COMPONENTS = ("heads", "neurons", "features")
 RANKINGS = ("atp", "atp*", "exact")
 DEFAULT_GRID = 32
 DEFAULT_BOOT = 1000
@@ -104,6 +104,7 @@ def find_circuit(
     metric: str | Metric = "score",
     reference: dict[str, Any] | None = None,
     families: Sequence[Any] = (),
+    saes: dict[str, Any] | None = None,
     grid: int = DEFAULT_GRID,
     pvalue: bool = True,
     n_boot: int = DEFAULT_BOOT,
@@ -121,8 +122,10 @@ def find_circuit(
             image ``i`` paired with caption ``i``.
         corrupt_images, corrupt_texts: corrupted inputs (same shapes): the ranking's
             counterfactual (atp / atp*) and the ``"resample"`` ablation's source.
-        components: ``"heads"`` (``attn.z``) and/or ``"neurons"`` (``mlp.post``); may be
-            empty when ``families`` are given.
+        components: ``"heads"`` (``attn.z``), ``"neurons"`` (``mlp.post``) and/or
+            ``"features"`` (the latents of ``saes`` plus one error node per hook and
+            position; see ``vf.causal.feature_circuit``); may be empty when ``families``
+            are given.
         towers: the towers whose components are candidates.
         ranking: ``"atp"``, ``"atp*"``, ``"exact"`` or an explicit order (see module doc).
         ablation: ``"mean"``, ``"resample"`` or ``"zero"`` (see module doc).
@@ -134,6 +137,7 @@ def find_circuit(
         reference: inputs the ``"mean"`` ablation averages over (default: the clean batch).
         families: extra component families (the ``_circuit_engine`` protocol), e.g. SAE
             features; their nodes join the candidates.
+        saes: ``{hook: TopKSAE}`` spliced for ``"features"`` (one SAE per block).
         grid: how many sizes the log-spaced grid has (0 and N included).
         pvalue: whether the null reports a p-value (needs ``null >= 20``).
         n_boot: bootstrap resamples of the examples for the faithfulness interval.
@@ -158,13 +162,7 @@ def find_circuit(
     clean, corrupt, ref = _inputs(pair, images, texts, corrupt_images, corrupt_texts, reference)
     n = int(clean["image"].shape[0])
     resample, resample_source = _resample_inputs(clean, corrupt, ablation)
-    fams: list[Any] = []
-    for tower in tower_list:
-        cfg = pair.config.tower(tower)
-        if "heads" in kinds:
-            fams.append(HeadFamily(tower, int(cfg.layers), int(cfg.heads)))
-        if "neurons" in kinds:
-            fams.append(NeuronFamily(tower, int(cfg.layers), int(cfg.mlp_width)))
+    fams = _families(pair, kinds, tower_list, saes, clean, corrupt, metric, max_rows)
     fams += list(families)
 
     from tqdm import tqdm
@@ -307,6 +305,36 @@ def find_circuit(
 
 
 # ---------------------------------------------------------------------- checks, inputs
+
+
+def _families(
+    pair: Any,
+    kinds: list[str],
+    towers: list[str],
+    saes: dict[str, Any] | None,
+    clean: dict[str, Tensor],
+    corrupt: dict[str, Tensor | None],
+    metric: Any,
+    max_rows: int,
+) -> list[Any]:
+    """The built-in component families: heads and neurons per tower, SAE features."""
+    fams: list[Any] = []
+    for tower in towers:
+        cfg = pair.config.tower(tower)
+        if "heads" in kinds:
+            fams.append(HeadFamily(tower, int(cfg.layers), int(cfg.heads)))
+        if "neurons" in kinds:
+            fams.append(NeuronFamily(tower, int(cfg.layers), int(cfg.mlp_width)))
+    if "features" in kinds:
+        if not saes:
+            raise InputError("components='features' needs saes={hook: TopKSAE}")
+        from vlmfast.causal.feature_circuit import feature_families
+
+        fams += feature_families(
+            pair, clean["image"], clean["text"], corrupt["image"], corrupt["text"],
+            saes=saes, towers=towers, metric=metric, max_rows=max_rows,
+        )  # fmt: skip
+    return fams
 
 
 def _check_args(
@@ -454,7 +482,7 @@ def _rank(
             clean["text"],
             corrupt["image"],
             corrupt["text"],
-            components=kinds,
+            components=[k for k in kinds if k != "features"],
             towers=towers,
             method=ranking,
             metric=metric,
