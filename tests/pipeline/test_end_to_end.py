@@ -46,7 +46,6 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-@pytest.mark.slow
 def test_the_run_directory_follows_the_contract(run_dir: Path) -> None:
     info = _json(run_dir / "run.json")
     assert info["config"]["data"]["spec"] == "synthetic:n=120,seed=11"
@@ -90,7 +89,6 @@ def test_the_run_directory_follows_the_contract(run_dir: Path) -> None:
     assert (run_dir / report["html"]).is_file() and report["html"] == "report/report.html"
 
 
-@pytest.mark.slow
 def test_rerun_skips_every_stage(run_dir: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("result.json")}
     res = run_pipeline(small_config(), run_dir, log=lambda _: None)
@@ -98,7 +96,6 @@ def test_rerun_skips_every_stage(run_dir: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-@pytest.mark.slow
 def test_a_run_killed_in_score_finishes_with_the_same_results(run_dir: Path) -> None:
     expected = {n: (run_dir / n / "result.json").read_text() for n in SMALL}
 
