@@ -207,6 +207,8 @@ def test_a_deselected_stage_needs_its_upstream_done(tmp_path: Path) -> None:
     _run(config(), tmp_path)
     res = _run(cfg, tmp_path, force=["score"])
     assert CALLS == ["score"]
+    with pytest.raises(InputError, match=r"'cache': that stage is not in run\.stages"):
+        _run(cfg, tmp_path, force=["cache"])
     assert {s.name: s.status for s in res.stages}["intervene"] == "skipped"
 
 

@@ -158,9 +158,12 @@ def decide(
     bad = [f for f in force if f not in registry]
     if bad:
         raise InputError(f"--force {bad[0]!r} is not a stage; stages: {', '.join(registry)}")
+    selected = set(config.run.stages)
+    off = [f for f in force if f not in selected]
+    if off:
+        raise InputError(f"--force {off[0]!r}: that stage is not in run.stages {config.run.stages}")
     keys = all_keys(config, registry)
     forced = downstream(force, registry)
-    selected = set(config.run.stages)
     rerun: set[str] = set()
     out: list[Decision] = []
     for name, stage in registry.items():
