@@ -90,22 +90,37 @@ def _report(benchmark: Any, label: str, t_serial: float, diff: float) -> None:
 
 @pytest.mark.skipif(SERIAL_SAMPLE == 0, reason="set VLMFAST_BENCH_TRACE_SERIAL_SAMPLE=N")
 def test_vs_rome_serial_loop_sampled(benchmark: Any, setup: Any) -> None:
+    """Half the sampled serial cells are timed before the batched run, half after, so a
+    change of machine load during the long run shows up as a before/after difference."""
     pair, px, tok = setup
-    fast = benchmark.pedantic(lambda: trace(pair, px, tok, **_kw()), rounds=1, iterations=1)
     prep = prepare_trace(pair, px, tok, "image", **_kw())
     cells = [(i, j) for i in range(len(LAYERS)) for j in range(len(prep.traced))]
     gen = torch.Generator().manual_seed(1)
     picked = [cells[int(c)] for c in torch.randperm(len(cells), generator=gen)[:SERIAL_SAMPLE]]
-    t0 = time.perf_counter()
-    got = [
-        float(prep.setup.restore("resid", LAYERS[i], [(prep.traced[j],)], "serial")[0])
-        for i, j in picked
-    ]
-    t_sample = time.perf_counter() - t0
+    half = len(picked) // 2
+
+    def serial(part: list[tuple[int, int]]) -> tuple[float, list[float]]:
+        t0 = time.perf_counter()
+        vals = [
+            float(prep.setup.restore("resid", LAYERS[i], [(prep.traced[j],)], "serial")[0])
+            for i, j in part
+        ]
+        return time.perf_counter() - t0, vals
+
+    t_before, got = serial(picked[:half])
+    fast = benchmark.pedantic(lambda: trace(pair, px, tok, **_kw()), rounds=1, iterations=1)
+    t_after, rest = serial(picked[half:])
+    got += rest
     diff = max(abs(g - float(fast.effect["resid"][i, j])) for g, (i, j) in zip(got, picked))
     assert diff <= 1e-5
-    t_serial = t_sample * len(cells) / len(picked)
-    benchmark.extra_info.update(serial_cells_timed=len(picked), serial_sample_s=t_sample)
+    t_serial = (t_before + t_after) * len(cells) / len(picked)
+    per_before = t_before / max(half, 1)
+    per_after = t_after / max(len(picked) - half, 1)
+    benchmark.extra_info.update(
+        serial_cells_timed=len(picked), serial_s_per_cell_before=per_before,
+        serial_s_per_cell_after=per_after,
+    )  # fmt: skip
+    print(f"\nserial s/cell before {per_before:.2f}, after {per_after:.2f}")
     _report(
         benchmark, f"ROME serial loop ({len(picked)} cells timed, extrapolated)", t_serial, diff
     )
