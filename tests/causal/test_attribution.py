@@ -12,52 +12,25 @@ import vlmfast as vf
 from vlmfast.causal.attribution import attribute, exact_effects
 from vlmfast.causal.metrics import MatchedScore, similarity
 from vlmfast.errors import InputError, ShapeError
-from vlmfast.models.config import PairConfig, TowerConfig
+from vlmfast.models import testing
 from vlmfast.models.pair import HookedPair
 
 DOT = MatchedScore(space="dot")
 KINDS = ("resid", "heads", "neurons")
 
 
-def _identity_ln(x: torch.Tensor, ctx: Any = None) -> torch.Tensor:
-    return x
-
-
 def linear_pair(seed: int = 0) -> HookedPair:
-    """A pair whose towers are affine in their inputs: q/k weights zero (constant attention),
-    identity MLP nonlinearity, identity LayerNorms, no final LayerNorm."""
-    common = dict(width=16, layers=2, heads=2, head_dim=8, mlp_width=12, final_ln="none")
-    cfg = PairConfig(
-        image=TowerConfig("image", **common, image_size=16, patch_size=8, pool="cls", embed_dim=8),
-        text=TowerConfig(
-            "text", **common, vocab_size=20, context_length=6, pool="eot", embed_dim=8
-        ),
-    )
-    torch.manual_seed(seed)
-    pair = HookedPair(cfg).eval()
-    with torch.no_grad():
-        for tower in (pair.image, pair.text):
-            for block in tower.blocks:
-                inner = block.attn.heads * block.attn.head_dim
-                block.attn.in_proj_weight[: 2 * inner] = 0
-                block.attn.in_proj_bias.normal_()
-                block.attn.in_proj_bias[: 2 * inner] = 0
-                block.mlp.act = lambda x: x
-                block.ln1.forward = _identity_ln
-                block.ln2.forward = _identity_ln
+    """The affine toy of ``vlmfast.models.testing`` (2 blocks)."""
+    pair: HookedPair = testing.linear_pair(seed, layers=2, mlp_width=12)
     return pair
 
 
 def _text(seed: int, n: int = 3) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    tok = torch.randint(1, 18, (n, 6), generator=gen)
-    tok[:, 4] = 19  # EOT (the largest id) at the same position in every caption
-    tok[:, 5] = 0
-    return tok
+    return testing.linear_pair_inputs(seed, n)[1]
 
 
 def _images(seed: int, n: int = 3) -> torch.Tensor:
-    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return testing.linear_pair_inputs(seed, n)[0]
 
 
 @pytest.fixture(scope="module")

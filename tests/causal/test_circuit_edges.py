@@ -13,6 +13,7 @@ from vlmfast.causal.circuit_graph import circuit_edges
 from vlmfast.causal.circuit_types import LOGIT, CircuitEdge, CircuitNode
 from vlmfast.causal.metrics import MatchedScore
 from vlmfast.errors import InputError
+from vlmfast.models import testing
 from vlmfast.models.config import PairConfig, TowerConfig
 from vlmfast.models.pair import HookedPair
 from vlmfast.sae.model import TopKSAE
@@ -20,45 +21,18 @@ from vlmfast.sae.model import TopKSAE
 DOT = MatchedScore(space="dot")
 
 
-def _identity(x: torch.Tensor, ctx: Any = None) -> torch.Tensor:
-    return x
-
-
 def linear_pair(seed: int = 0) -> HookedPair:
-    """Towers affine in every hook: zero q/k (uniform attention), identity MLP activation and
-    LayerNorms, no final LayerNorm; 3 blocks so that edges have intermediates to freeze."""
-    common = dict(width=16, layers=3, heads=2, head_dim=8, mlp_width=6, final_ln="none")
-    cfg = PairConfig(
-        image=TowerConfig("image", **common, image_size=16, patch_size=8, pool="cls", embed_dim=8),
-        text=TowerConfig(
-            "text", **common, vocab_size=20, context_length=6, pool="eot", embed_dim=8
-        ),
-    )
-    torch.manual_seed(seed)
-    pair = HookedPair(cfg).eval()
-    with torch.no_grad():
-        for tower in (pair.image, pair.text):
-            for block in tower.blocks:
-                inner = block.attn.heads * block.attn.head_dim
-                block.attn.in_proj_weight[: 2 * inner] = 0
-                block.attn.in_proj_bias.normal_()
-                block.attn.in_proj_bias[: 2 * inner] = 0
-                block.mlp.act = lambda x: x
-                block.ln1.forward = _identity
-                block.ln2.forward = _identity
+    """The affine toy of ``vlmfast.models.testing`` (3 blocks, so that edges have intermediates to freeze)."""
+    pair: HookedPair = testing.linear_pair(seed, layers=3, mlp_width=6)
     return pair
 
 
 def _text(seed: int, n: int = 3) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    tok = torch.randint(1, 18, (n, 6), generator=gen)
-    tok[:, 4] = 19
-    tok[:, 5] = 0
-    return tok
+    return testing.linear_pair_inputs(seed, n)[1]
 
 
 def _images(seed: int, n: int = 3) -> torch.Tensor:
-    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return testing.linear_pair_inputs(seed, n)[0]
 
 
 def _nodes() -> list[CircuitNode]:

@@ -127,3 +127,48 @@ def random_pair_tokens(pair: Any, n: int, seed: int = 0) -> torch.Tensor:
     """``random_tokens`` sized for ``pair``'s text tower."""
     cfg = pair.config.text
     return random_tokens(n, cfg.context_length, cfg.vocab_size, seed=seed)
+
+
+def _identity_ln(x: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+    return x
+
+
+def linear_pair(seed: int = 0, layers: int = 2, mlp_width: int = 12) -> Any:
+    """A pair whose towers are affine in their inputs, for tests where first-order
+    estimates must be exact: q/k weights zero (constant attention), identity MLP
+    nonlinearity, identity LayerNorms, no final LayerNorm. Width 16, 2 heads, 16 px images
+    of 8 px patches (CLS pooling), captions of 6 tokens with EOT = 19 (the largest id)."""
+    from vlmfast.models.config import PairConfig, TowerConfig
+    from vlmfast.models.pair import HookedPair
+
+    common: dict[str, Any] = dict(
+        width=16, layers=layers, heads=2, head_dim=8, mlp_width=mlp_width, final_ln="none"
+    )
+    cfg = PairConfig(
+        image=TowerConfig("image", **common, image_size=16, patch_size=8, pool="cls", embed_dim=8),
+        text=TowerConfig("text", **common, vocab_size=20, context_length=6, pool="eot", embed_dim=8),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    pair = HookedPair(cfg).eval()
+    with torch.no_grad():
+        for tower in (pair.image, pair.text):
+            block: Any
+            for block in tower.blocks:
+                inner = block.attn.heads * block.attn.head_dim
+                block.attn.in_proj_weight[: 2 * inner] = 0
+                block.attn.in_proj_bias.normal_()
+                block.attn.in_proj_bias[: 2 * inner] = 0
+                block.mlp.act = lambda x: x
+                block.ln1.forward = _identity_ln
+                block.ln2.forward = _identity_ln
+    return pair
+
+
+def linear_pair_inputs(seed: int, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixels [n, 3, 16, 16], tokens [n, 6])`` for :func:`linear_pair`, EOT at position 4."""
+    px = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    tok = torch.randint(1, 18, (n, 6), generator=gen)
+    tok[:, 4] = 19
+    tok[:, 5] = 0
+    return px, tok
