@@ -81,6 +81,7 @@ from vlmfast.errors import InputError
 __all__ = ["COMPONENTS", "RANKINGS", "find_circuit"]
 
 COMPONENTS = ("heads", "neurons", "features")
+DEFAULT_COMPONENTS = ("heads", "neurons")  # features need saes=
 RANKINGS = ("atp", "atp*", "exact")
 DEFAULT_GRID = 32
 DEFAULT_BOOT = 1000
@@ -94,7 +95,7 @@ def find_circuit(
     corrupt_images: Any = None,
     corrupt_texts: Any = None,
     *,
-    components: Sequence[str] = COMPONENTS,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
     towers: Sequence[str] = TOWERS,
     ranking: str | Sequence[Any] = "atp",
     ablation: str = "mean",
