@@ -138,8 +138,8 @@ def test_dot_renders_with_graphviz() -> None:
         ["dot", "-Tsvg"], input=circuit_to_dot(nodes, edges, LABELS), capture_output=True,
         text=True, check=True,
     )  # fmt: skip
-    ET.fromstring(done.stdout)
-    ET.fromstring(circuit_to_svg(nodes, edges, LABELS, engine="dot"))
+    assert ET.fromstring(done.stdout).tag.endswith("svg")
+    assert ET.fromstring(circuit_to_svg(nodes, edges, LABELS, engine="dot")).tag.endswith("svg")
 
 
 def test_zero_edges_are_not_drawn() -> None:
