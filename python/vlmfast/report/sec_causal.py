@@ -118,9 +118,7 @@ def heads(run: RunDir) -> dict[str, Any]:
             if "heads" not in tr["recovery"]:
                 continue
             rec = np.asarray(tr["recovery"]["heads"], dtype=np.float64)
-            order = np.argsort(-rec, axis=None, kind="stable")[:TOP_HEADS]
-            for rank, flat in enumerate(order.tolist()):
-                i, j = divmod(int(flat), rec.shape[1])
+            for rank, (i, j) in enumerate(_top_heads(rec)):
                 null, p = _null_at(tr, "heads", i, j)
                 rows.append(
                     {
@@ -160,10 +158,8 @@ def heads(run: RunDir) -> dict[str, Any]:
             if kind != "heads":
                 continue
             s = np.asarray(at_res["scores"][key], dtype=np.float64)
-            order = np.argsort(-np.abs(s), axis=None, kind="stable")[:TOP_HEADS]
             gap = (at_res.get("completeness_gap") or {}).get(tower)
-            for rank, flat in enumerate(order.tolist()):
-                i, j = divmod(int(flat), s.shape[1])
+            for rank, (i, j) in enumerate(_top_heads(np.abs(s))):
                 rows.append(
                     {
                         "tower": tower,
@@ -204,9 +200,7 @@ def heads(run: RunDir) -> dict[str, Any]:
                 if at_res
                 else None
             )
-            order = np.argsort(-np.abs(eff), axis=None, kind="stable")[:TOP_HEADS]
-            for rank, flat in enumerate(order.tolist()):
-                i, j = divmod(int(flat), eff.shape[1])
+            for rank, (i, j) in enumerate(_top_heads(np.abs(eff))):
                 rows.append(
                     {
                         "tower": tower,
@@ -243,3 +237,10 @@ def heads(run: RunDir) -> dict[str, Any]:
             )
         )
     return section("heads", HEADS_TITLE, tables)
+
+
+def _top_heads(grid: np.ndarray) -> list[tuple[int, int]]:
+    """``(layer, head)`` of the ``TOP_HEADS`` largest cells of a layers x heads grid,
+    largest first, ties in row-major order."""
+    order = np.argsort(-grid, axis=None, kind="stable")[:TOP_HEADS]
+    return [divmod(int(flat), grid.shape[1]) for flat in order.tolist()]
