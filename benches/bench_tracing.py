@@ -126,6 +126,36 @@ def test_vs_rome_serial_loop_sampled(benchmark: Any, setup: Any) -> None:
     )
 
 
+@pytest.mark.skipif(SERIAL_SAMPLE == 0, reason="set VLMFAST_BENCH_TRACE_SERIAL_SAMPLE=N")
+def test_serial_loop_with_the_pooled_row_shortcut(benchmark: Any, setup: Any) -> None:
+    """The serial reference runs every row of the last block (``all_rows=True``); a loop
+    written on ``tower.run`` gets the pooled-row shortcut whenever its hook is below the
+    last block. Times the same seeded cells both ways, interleaved, to state that rate."""
+    pair, px, tok = setup
+    prep = prepare_trace(pair, px, tok, "image", **_kw())
+    cells = [(i, j) for i in range(len(LAYERS)) for j in range(len(prep.traced))]
+    gen = torch.Generator().manual_seed(1)
+    picked = [cells[int(c)] for c in torch.randperm(len(cells), generator=gen)[:SERIAL_SAMPLE]]
+    spent = {True: 0.0, False: 0.0}
+    vals: dict[bool, list[float]] = {True: [], False: []}
+    for i, j in picked:
+        for all_rows in (True, False):
+            t0 = time.perf_counter()
+            got = prep.setup.restore_serial(
+                "resid", LAYERS[i], [(prep.traced[j],)], all_rows=all_rows
+            )
+            spent[all_rows] += time.perf_counter() - t0
+            vals[all_rows].append(float(got[0]))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    diff = max(abs(a - b) for a, b in zip(vals[True], vals[False]))
+    assert diff <= 1e-5
+    full, short = spent[True] / len(picked), spent[False] / len(picked)
+    benchmark.extra_info.update(serial_s_per_cell_all_rows=full, serial_s_per_cell_shortcut=short)
+    print(
+        f"\nserial s/cell: every row {full:.2f}, pooled-row shortcut {short:.2f} ({full / short:.3f}x)"
+    )
+
+
 @pytest.mark.skipif(SERIAL_SAMPLE > 0, reason="sampled serial mode runs instead")
 def test_vs_rome_serial_loop(benchmark: Any, setup: Any) -> None:
     pair, px, tok = setup

@@ -213,6 +213,23 @@ def test_synthetic_tiny_both_towers() -> None:
     assert txt.effect["resid"].shape == (3, int(tok.argmax(-1).max()) + 1)
 
 
+@pytest.mark.parametrize("corrupt", ["image", "text"])
+def test_deeper_towers_batched_equal_serial(corrupt: str) -> None:
+    """Four image / three text blocks: ``resid`` restorations below the last two layers take
+    the spliced first-block qkv, the next the last block's pooled-row shortcut, the last
+    only the head; the serial reference runs every row of every block."""
+    pair = vf.load_pair("synthetic:tiny").eval()
+    captions = ["a red cube left of a blue sphere", "a green cone"]
+    px = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    tok = pair.tokenize(captions)
+    kw: dict[str, Any] = dict(corrupt=corrupt, noise="3x", samples=3, seed=1, kinds=("resid",))
+    fast = trace(pair, px, tok, max_rows=20, **kw)
+    ref = trace(pair, px, tok, method="serial", **kw)
+    assert fast.effect["resid"].shape[0] == pair.config.tower(corrupt).layers >= 3
+    torch.testing.assert_close(fast.effect["resid"], ref.effect["resid"], atol=TOL, rtol=0)
+    assert float((fast.effect["resid"][:2] - fast.corrupt).abs().max()) > 1e-3
+
+
 @pytest.mark.slow
 def test_full_b32_shape_batched_equals_serial() -> None:
     pair = vf.load_pair("open_clip:ViT-B-32")

@@ -11,7 +11,9 @@ first layer they touch with ``tower.run_from``, at most ``max_rows`` rows per fo
 
 Serial (``kmeng01/rome`` ``trace_with_patch``): for each example and restoration, one
 full forward of ``1 + S`` rows, row 0 clean and rows 1..S corrupted, the restored units
-copied from row 0 into the other rows inside that same forward.
+copied from row 0 into the other rows inside that same forward. Being the reference, it
+runs every position of every block (``all_rows=True``), so the batched engine's
+pooled-row shortcut in the last block is checked against the plain forward.
 """
 
 from __future__ import annotations
@@ -184,6 +186,35 @@ class TraceSetup:
             mask[v, list(units)] = True
         return mask
 
+    def _first_block_qkv(self, layer: int, start: int) -> tuple[Tensor, Tensor] | None:
+        """Corrupted ``[S*B, T, 3hd]`` and clean ``[B, T, 3hd]`` qkv of block ``start``.
+
+        A ``resid`` restoration at ``layer`` changes block ``start = layer + 1``'s input at
+        the restored positions only, so its qkv there is the clean run's and elsewhere the
+        corrupted run's: both are projected once per layer and spliced per restoration.
+        None when block ``start`` is the last one (its pooled-row shortcut is cheaper).
+        """
+        if start >= self.n_layers - 1:
+            return None
+        block = self.pair.tower(self.tower).blocks[start]
+        corrupt = self._start_resid(start)
+        clean = self.clean_cache[self.hook(f"blocks.{layer}.resid_post")]
+        return block.attn.qkv(block.ln1(corrupt)), block.attn.qkv(block.ln1(clean))
+
+    def _splice_first_block(
+        self, start: int, resid: Tensor, qkv: tuple[Tensor, Tensor], mask: Tensor
+    ) -> Tensor:
+        """Block ``start`` on the restored rows from the spliced qkv (see ``_first_block_qkv``)."""
+        corrupt, clean = qkv
+        n_var = mask.shape[0]
+        shaped = corrupt.view(1, self.n_samples, *clean.shape).expand(n_var, -1, -1, -1, -1)
+        rows = torch.where(mask, clean.unsqueeze(0).unsqueeze(0), shaped)
+        block = self.pair.tower(self.tower).blocks[start]
+        causal = self.pair.tower(self.tower)._causal()
+        return block.forward_qkv(
+            resid, rows.reshape(resid.shape[0], *clean.shape[1:]), causal=causal
+        )
+
     def restore_batched(self, kind: str, layer: int, sets: Sequence[Restoration]) -> Tensor:
         """Metric of each restoration in ``sets`` at ``layer``: float64 Tensor[len(sets)]."""
         s_b = self.n_samples * self.n_rows
@@ -191,6 +222,7 @@ class TraceSetup:
         start = self.start_layer(kind, layer)
         base = self._start_resid(start)
         out = torch.empty(len(sets), dtype=torch.float64)
+        spliced = self._first_block_qkv(layer, start) if kind == "resid" else None
         for lo in range(0, len(sets), per_forward):
             chunk = sets[lo : lo + per_forward]
             n_var = len(chunk)
@@ -214,9 +246,13 @@ class TraceSetup:
                     mask = self._unit_mask(kind, chunk, clean.shape[1]).view(n_var, 1, 1, -1, 1)
                     interventions.append(RestoreStacked(hook, clean, mask, self.n_samples))
             tokens = None if self.tokens is None else self.tokens.repeat(n_var * self.n_samples, 1)
+            from_layer = start
+            if spliced is not None:
+                resid = self._splice_first_block(start, resid, spliced, mask)
+                from_layer = start + 1
             embeds = (
                 self.pair.tower(self.tower)
-                .run_from(start, resid, tokens=tokens, interventions=interventions or None)
+                .run_from(from_layer, resid, tokens=tokens, interventions=interventions or None)
                 .embed
             )
             values = self.score(embeds.view(n_var * self.n_samples, self.n_rows, -1))
@@ -241,8 +277,14 @@ class TraceSetup:
             return torch.cat([clean, self.corrupted_inputs[b : b + 1]])
         return clean.expand(1 + self.n_samples, *clean.shape[1:]).contiguous()
 
-    def restore_serial(self, kind: str, layer: int, sets: Sequence[Restoration]) -> Tensor:
-        """Same as ``restore_batched``, one ``1 + S``-row full forward per example and set."""
+    def restore_serial(
+        self, kind: str, layer: int, sets: Sequence[Restoration], *, all_rows: bool = True
+    ) -> Tensor:
+        """Same as ``restore_batched``, one ``1 + S``-row full forward per example and set.
+
+        ``all_rows=False`` lets those forwards take the last block's pooled-row shortcut
+        when the restoration does not hook the last block (benchmarks only).
+        """
         tower = self.pair.tower(self.tower)
         out = torch.empty(len(sets), dtype=torch.float64)
         for v, units in enumerate(sets):
@@ -252,7 +294,9 @@ class TraceSetup:
                 corrupt = self.corruption(str(b))
                 if corrupt is not None:
                     interventions.insert(0, corrupt)
-                run = tower.run(self._example_inputs(b), interventions=interventions)
+                run = tower.run(
+                    self._example_inputs(b), interventions=interventions, all_rows=all_rows
+                )
                 embeds.append(run.embed[1:])  # [S, E]
             stacked = torch.stack(embeds, dim=1)  # [S, B, E]
             out[v] = self.score(stacked).mean().cpu()

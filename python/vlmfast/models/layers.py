@@ -145,8 +145,13 @@ class Attention(nn.Module):
         *,
         key_value: Tensor | None = None,
         causal: bool = False,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        """Attention output before the residual add, [B, Tq, d]."""
+        """Attention output before the residual add, [B, Tq, d].
+
+        ``attn_mask`` (bool, True = may attend, broadcastable to [B, H, Tq, Tk]) is for
+        unhooked runs only (the pooled-row shortcut of ``Block.forward_rows``).
+        """
         bsz, t_q, _ = query.shape
         heads, dh = self.heads, self.head_dim
         if key_value is None:
@@ -161,10 +166,26 @@ class Attention(nn.Module):
             k, v = kv.view(bsz, t_kv, 2, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
         # q, k, v: [B, H, T, dh]
         if ctx is None or not (self._hooked & ctx.active):
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
             z = z.transpose(1, 2).reshape(bsz, t_q, heads * dh)
             return F.linear(z, self.out_weight, self.out_bias)
+        if attn_mask is not None:
+            raise ValueError("attn_mask is only supported on unhooked attention runs")
         return self._hooked_forward(q, k, v, ctx, causal)
+
+    def qkv(self, x: Tensor) -> Tensor:
+        """The fused query/key/value projection ``[B, T, 3*H*dh]`` of ``x`` (no hooks)."""
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
+
+    def attend_qkv(self, qkv: Tensor, *, causal: bool = False) -> Tensor:
+        """Attention output from a precomputed ``qkv(x)`` [B, T, 3*H*dh] (no hooks)."""
+        bsz, t, _ = qkv.shape
+        heads, dh = self.heads, self.head_dim
+        q, k, v = qkv.view(bsz, t, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return F.linear(
+            z.transpose(1, 2).reshape(bsz, t, heads * dh), self.out_weight, self.out_bias
+        )
 
     def _hooked_forward(
         self, q: Tensor, k: Tensor, v: Tensor, ctx: HookContext, causal: bool
@@ -270,6 +291,38 @@ class Block(nn.Module):
         if self.n_resid_post in active:
             x = ctx.apply(self.n_resid_post, x)
         return x
+
+    def is_hooked(self, ctx: HookContext | None) -> bool:
+        """Whether any of this block's hooks caches or intervenes in ``ctx``."""
+        return ctx is not None and bool(self._hooked & ctx.active)
+
+    def forward_qkv(self, x: Tensor, qkv: Tensor, *, causal: bool = False) -> Tensor:
+        """The block's output given ``qkv = attn.qkv(ln1(x))`` computed elsewhere (no hooks).
+
+        Causal tracing restores one position of a corrupted residual: every other
+        position's projection is the corrupted run's, so it is computed once per layer
+        and spliced instead of once per restoration.
+        """
+        x = x + self.attn.attend_qkv(qkv, causal=causal)
+        return x + self.mlp(self.ln2(x))
+
+    def forward_rows(self, x: Tensor, rows: Tensor, *, causal: bool = False) -> Tensor:
+        """The block's output at one position per batch row, ``[B, 1, d]`` (no hooks).
+
+        ``rows`` [B] is the position each batch row keeps (the pooled CLS/EOT token).
+        Keys and values still come from every position (a causal tower masks those
+        after ``rows``), but the query, the output projection and the MLP run on one
+        position: the last block of a CLS- or EOT-pooled tower needs nothing more.
+        """
+        batch = torch.arange(x.shape[0], device=x.device)
+        h = self.ln1(x)
+        mask = None
+        if causal:
+            positions = torch.arange(x.shape[1], device=x.device)
+            mask = (positions.view(1, -1) <= rows.view(-1, 1)).view(x.shape[0], 1, 1, -1)
+        out = x[batch, rows].unsqueeze(1)
+        out = out + self.attn(h[batch, rows].unsqueeze(1), key_value=h, attn_mask=mask)
+        return out + self.mlp(self.ln2(out))
 
 
 _MAP_POINTS = (

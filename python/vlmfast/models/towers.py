@@ -117,9 +117,6 @@ class Tower(nn.Module):
         """Embeddings up to ``blocks.0.resid_pre`` [B, T, d]."""
         raise NotImplementedError
 
-    def _pool_tokens(self, x: Tensor, tokens: Tensor | None) -> Tensor:
-        raise NotImplementedError
-
     def _hook(self, ctx: HookContext | None, name: str, x: Tensor) -> Tensor:
         if ctx is not None and name in ctx.active:
             return ctx.apply(name, x)
@@ -128,6 +125,36 @@ class Tower(nn.Module):
     def _causal(self) -> bool:
         return False
 
+    def _pool_rows(self, x: Tensor, tokens: Tensor | None) -> Tensor | None:
+        """The one position each batch row's pooled vector reads [B], or None (mean, MAP)."""
+        raise NotImplementedError
+
+    def _pool_tokens(self, x: Tensor, tokens: Tensor | None) -> Tensor:
+        rows = self._pool_rows(x, tokens)
+        if rows is None:  # mean over image tokens, CLS excluded (open_clip/timm 'avg')
+            return x[:, 1:].mean(dim=1) if self.config.class_token else x.mean(dim=1)
+        return x[torch.arange(x.shape[0], device=x.device), rows]
+
+    def _shortcut_rows(
+        self, layer: int, x: Tensor, ctx: HookContext | None, tokens: Tensor | None
+    ) -> Tensor | None:
+        """Pooled positions when the last block may run on them alone, else None.
+
+        It may when the tower pools one token (CLS, EOT, ...), at least one block runs,
+        and no hook of the last block or of a pre-pool final LayerNorm is active (those
+        hooks would see every position).
+        """
+        if layer >= self.config.layers or self.pool_head is not None:
+            return None
+        last = self.blocks[-1]
+        assert isinstance(last, Block)
+        if last.is_hooked(ctx):
+            return None
+        ln = self.ln_final if self.config.final_ln == "pre_pool" else None
+        if ctx is not None and ln is not None and {self.n_ln_final, ln.scale_hook} & ctx.active:
+            return None
+        return self._pool_rows(x, tokens)
+
     def forward_from(
         self,
         layer: int,
@@ -135,19 +162,29 @@ class Tower(nn.Module):
         ctx: HookContext | None = None,
         *,
         tokens: Tensor | None = None,
+        all_rows: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Runs blocks ``layer..`` and the head from ``x`` = ``blocks.{layer}.resid_pre``.
 
-        Returns ``(embed, pooled)``.
+        Returns ``(embed, pooled)``. Unless ``all_rows``, the last block runs only at the
+        pooled position when nothing hooks it (``Block.forward_rows``): the same outputs,
+        1/L fewer FLOPs. ``all_rows=True`` is the plain forward, for reference runs.
         """
         causal = self._causal()
-        for block in self.blocks[layer:]:
+        rows = None if all_rows else self._shortcut_rows(layer, x, ctx, tokens)
+        blocks: list[Block] = list(self.blocks[layer:])  # type: ignore[arg-type]
+        last = blocks.pop() if rows is not None else None
+        for block in blocks:
             x = block(x, ctx, causal=causal)
+        if last is not None and rows is not None:
+            x = last.forward_rows(x, rows, causal=causal)
         cfg = self.config
         if self.ln_final is not None and cfg.final_ln == "pre_pool":
             x = self._hook(ctx, self.n_ln_final, self.ln_final(x, ctx))
         if self.pool_head is not None:
             pooled = self.pool_head(x, ctx)
+        elif rows is not None:
+            pooled = x[:, 0]
         else:
             pooled = self._pool_tokens(x, tokens)
         if self.ln_final is not None and cfg.final_ln == "post_pool":
@@ -160,11 +197,13 @@ class Tower(nn.Module):
         embed = self._hook(ctx, self.n_embed, embed)
         return embed, pooled
 
-    def forward(self, inputs: Tensor, ctx: HookContext | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, inputs: Tensor, ctx: HookContext | None = None, *, all_rows: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Full forward from pixels or token ids; returns ``(embed, pooled)``."""
         x = self.embed_inputs(inputs, ctx)
         tokens = inputs if self.config.modality == "text" else None
-        return self.forward_from(0, x, ctx, tokens=tokens)
+        return self.forward_from(0, x, ctx, tokens=tokens, all_rows=all_rows)
 
     def run(
         self,
@@ -172,10 +211,14 @@ class Tower(nn.Module):
         *,
         cache: str | Iterable[str] | None = None,
         interventions: Sequence[Intervention] | None = None,
+        all_rows: bool = False,
     ) -> TowerOutput:
-        """Full forward of this tower alone with caching and interventions."""
+        """Full forward of this tower alone with caching and interventions.
+
+        ``all_rows=True`` turns off the pooled-row shortcut of the last block (reference runs).
+        """
         ctx = HookContext.for_names(self._hook_points, cache, interventions)
-        embed, pooled = self.forward(inputs, ctx)
+        embed, pooled = self.forward(inputs, ctx, all_rows=all_rows)
         return TowerOutput(embed, pooled, ctx.cache if ctx is not None else {})
 
     def run_from(
@@ -187,6 +230,7 @@ class Tower(nn.Module):
         cache: str | Iterable[str] | None = None,
         interventions: Sequence[Intervention] | None = None,
         ctx: HookContext | None = None,
+        all_rows: bool = False,
     ) -> TowerOutput:
         """Continues a forward from ``blocks.{layer}.resid_pre`` = ``resid`` [B, T, d].
 
@@ -215,7 +259,7 @@ class Tower(nn.Module):
             ctx = HookContext.for_names(self._hook_points, cache, interventions)
         elif cache or interventions:
             raise InputError("pass either ctx= or cache=/interventions=, not both")
-        embed, pooled = self.forward_from(layer, resid, ctx, tokens=tokens)
+        embed, pooled = self.forward_from(layer, resid, ctx, tokens=tokens, all_rows=all_rows)
         return TowerOutput(embed, pooled, ctx.cache if ctx is not None else {})
 
 
@@ -259,11 +303,10 @@ class ImageTower(Tower):
             x = self.ln_pre(x, ctx)
         return x
 
-    def _pool_tokens(self, x: Tensor, tokens: Tensor | None) -> Tensor:
+    def _pool_rows(self, x: Tensor, tokens: Tensor | None) -> Tensor | None:
         if self.config.pool == "cls":
-            return x[:, 0]
-        # mean over image tokens, CLS excluded (open_clip 'avg', timm 'avg')
-        return x[:, 1:].mean(dim=1) if self.cls_token is not None else x.mean(dim=1)
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return None
 
 
 class TextTower(Tower):
@@ -296,19 +339,17 @@ class TextTower(Tower):
         x = self._hook(ctx, self.n_token_embed, x)
         return self._hook(ctx, self.n_embed_tokens, x + self.pos_embed[: inputs.shape[1]])
 
-    def _pool_tokens(self, x: Tensor, tokens: Tensor | None) -> Tensor:
+    def _pool_rows(self, x: Tensor, tokens: Tensor | None) -> Tensor | None:
         pool = self.config.pool
-        if pool == "last":
-            return x[:, -1]
-        if pool == "first":
-            return x[:, 0]
+        if pool in ("last", "first"):
+            at = x.shape[1] - 1 if pool == "last" else 0
+            return torch.full((x.shape[0],), at, dtype=torch.long, device=x.device)
         assert tokens is not None
-        rows = torch.arange(x.shape[0], device=x.device)
         if pool == "eos":  # first occurrence of the EOS id (row 0 if absent, as open_clip)
             is_eos = torch.eq(tokens, int(self.config.eos_token_id or 0))
-            return x[rows, is_eos.int().argmax(dim=-1)]
+            return is_eos.int().argmax(dim=-1).to(x.device)
         # EOT pooling: the end-of-text token has the largest id in CLIP's vocabulary
-        return x[rows, tokens.argmax(dim=-1)]
+        return tokens.argmax(dim=-1).to(x.device)
 
 
 def build_tower(config: TowerConfig) -> Tower:
