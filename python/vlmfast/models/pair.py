@@ -242,12 +242,14 @@ class HookedPair(nn.Module):
         *,
         cache: str | Iterable[str] | None = None,
         interventions: Sequence[Intervention] | None = None,
+        all_rows: bool = False,
     ) -> RunOutput:
         """Runs one or both towers with caching (names or globs) and interventions.
 
         Hooks of a tower that is not run are skipped by globs and rejected by name.
         Runs under the caller's grad mode: wrap in ``torch.no_grad()`` when you need no
-        gradients.
+        gradients. ``all_rows=True`` turns off the last block's pooled-row shortcut
+        (``Tower.forward_from``): every row of every block runs, as a reference does.
         """
         towers = [t for t, inp in (("image", images), ("text", texts)) if inp is not None]
         if not towers:
@@ -255,9 +257,9 @@ class HookedPair(nn.Module):
         ctx = self._context(towers, cache, interventions)
         img = txt = None
         if images is not None:
-            img = self.image(self._as_pixels(images), ctx)[0]
+            img = self.image(self._as_pixels(images), ctx, all_rows=all_rows)[0]
         if texts is not None:
-            txt = self.text(self._as_tokens(texts), ctx)[0]
+            txt = self.text(self._as_tokens(texts), ctx, all_rows=all_rows)[0]
         logits = self.logits_from_embeds(img, txt) if img is not None and txt is not None else None
         return RunOutput(logits, img, txt, ctx.cache if ctx is not None else {})
 

@@ -220,12 +220,15 @@ def forward_rows(
         inputs = prepare_inputs(pair, batch, hooks)
     cache: dict[str, torch.Tensor] = {}
     lengths = None
+    # all_rows: a store must not depend on where batches start (a resumed cache is bitwise
+    # the uninterrupted one), and the pooled-row shortcut's one-row-per-sample matmuls are
+    # not batch-size invariant on CPU BLAS; full-sequence blocks are, in practice
     with torch.inference_mode():
         if inputs.pixels is not None:
-            cache.update(pair.run(images=inputs.pixels, cache=img_hooks).cache)
+            cache.update(pair.run(images=inputs.pixels, cache=img_hooks, all_rows=True).cache)
         if inputs.tokens is not None:
             tok = inputs.tokens
-            cache.update(pair.run(texts=tok, cache=txt_hooks).cache)
+            cache.update(pair.run(texts=tok, cache=txt_hooks, all_rows=True).cache)
             t = tok.shape[1]
             pool = pair.config.text.pool
             lengths = tok.argmax(-1).cpu() + 1 if pool == "eot" else torch.full((len(with_txt),), t)
