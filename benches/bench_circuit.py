@@ -15,7 +15,9 @@ Measured in the same process (one round each; the loops are long):
 - ``loop_cut``: the same loop on the captions cut after the last EOT (what
   ``find_circuit`` does for causal EOT-pooled text towers; exact);
 - ``batched``: ``CircuitEvaluator.evaluate`` (all sizes stacked, each tower once per
-  distinct kept set, the layer trie sharing blocks below the first difference).
+  distinct kept set, the layer trie sharing blocks below the first difference, ablated
+  heads never computed); also timed with ``sparse=False`` (hooked blocks, ``SetAblated``
+  masks: the heads computed and overwritten).
 
 The batched and loop metrics must agree within 1e-4 (float32, different batch shapes).
 """
@@ -62,14 +64,17 @@ def case() -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
     return pair, px, tok, px_c
 
 
-def _evaluator(pair: Any, px: torch.Tensor, tok: torch.Tensor) -> CircuitEvaluator:
+def _evaluator(
+    pair: Any, px: torch.Tensor, tok: torch.Tensor, sparse: bool = True
+) -> CircuitEvaluator:
     fams = [
         HeadFamily(t, pair.config.tower(t).layers, pair.config.tower(t).heads)
         for t in ("image", "text")
     ]
     return CircuitEvaluator(
-        pair, {"image": px, "text": tok}, fams, MatchedScore(), "logits", ablation="mean"
-    )
+        pair, {"image": px, "text": tok}, fams, MatchedScore(), "logits", ablation="mean",
+        sparse=sparse,
+    )  # fmt: skip
 
 
 def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
@@ -89,6 +94,10 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
     t_batched = time.perf_counter() - t0
     st = ev_cut.stats
     work = {t: st[f"{t}_rows"] / st[f"{t}_loop_rows"] for t in ("image", "text")}
+    ev_hooked = _evaluator(pair, px, tok_cut, sparse=False)
+    t0 = time.perf_counter()
+    hooked = ev_hooked.evaluate(keep).metric
+    t_hooked = time.perf_counter() - t0
     t0 = time.perf_counter()
     loop_cut = ev_cut.evaluate(keep, "serial").metric
     t_loop_cut = time.perf_counter() - t0
@@ -107,6 +116,7 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
         "text_tokens": int(tok.shape[1]),
         "text_tokens_cut": int(tok_cut.shape[1]),
         "batched_s": t_batched,
+        "batched_hooked_s": t_hooked,
         "loop_s": t_loop,
         "loop_cut_s": t_loop_cut,
         "loop_over_batched": t_loop / t_batched,
@@ -118,7 +128,8 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
     benchmark.extra_info.update(info)
     print(
         f"\n{MODEL}, {PAIRS} pairs, {n} heads, {len(ks)} sizes, {info['threads']} thread(s): "
-        f"batched {t_batched:.2f} s; loop {t_loop:.2f} s ({t_loop / t_batched:.2f}x); loop on "
+        f"batched {t_batched:.2f} s (hooked blocks, sparse=False: {t_hooked:.2f} s, "
+        f"{t_loop / t_hooked:.2f}x); loop {t_loop:.2f} s ({t_loop / t_batched:.2f}x); loop on "
         f"cut captions ({tok.shape[1]} -> {tok_cut.shape[1]} tokens) {t_loop_cut:.2f} s "
         f"({t_loop_cut / t_batched:.2f}x); block rows run (image / text) {work['image']:.1%} / {work['text']:.1%} of "
         f"the loop's; max |diff| "
@@ -126,3 +137,4 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
     )
     assert float((batched - loop).abs().max()) < 1e-4
     assert float((batched - loop_cut).abs().max()) < 1e-4
+    assert float((batched - hooked).abs().max()) < 1e-4

@@ -53,6 +53,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from vlmfast.causal._ablated_block import ablated_block
 from vlmfast.causal.circuit_types import CircuitNode
 from vlmfast.causal.metrics import similarity
 from vlmfast.errors import InputError
@@ -203,8 +204,11 @@ class CircuitEvaluator:
     its own nodes; within a tower, variants are evaluated in chunks of at most
     ``max_rows`` rows, block by block, and variants whose kept sets agree on every block
     ``<= L`` share block ``L``'s computation (a trie over layers; a group that ablates
-    nothing up to ``L`` reuses the clean run). ``method="serial"`` is the reference: one
-    full forward of the pair per variant with the same interventions.
+    nothing up to ``L`` reuses the clean run). Where a block's only families are heads and
+    neurons (the default components), groups with the same kept set at that block run
+    together and the ablated heads and neurons are never computed (``_ablated_block``);
+    ``sparse=False`` uses the hooked block instead. ``method="serial"`` is the reference:
+    one full forward of the pair per variant with the same interventions.
     """
 
     def __init__(
@@ -219,6 +223,7 @@ class CircuitEvaluator:
         reference: dict[str, Tensor] | None = None,
         resample: dict[str, Tensor] | None = None,
         max_rows: int = DEFAULT_MAX_ROWS,
+        sparse: bool = True,
     ) -> None:
         if ablation not in ABLATIONS:
             raise InputError(f"ablation must be one of {list(ABLATIONS)}, got {ablation!r}")
@@ -229,6 +234,9 @@ class CircuitEvaluator:
         self.metric_fn = metric
         self.space = space
         self.max_rows = max_rows
+        self.sparse = sparse
+        """Batched blocks whose only ablated nodes are heads / neurons skip computing those
+        (``_ablated_block``); False runs the hooked block with ``SetAblated`` masks."""
         self.n_rows = int(inputs["image"].shape[0])
         self.scale, self.bias = _scale_bias(pair)
         self.nodes: list[CircuitNode] = []
@@ -380,15 +388,19 @@ class CircuitEvaluator:
                 p = int(parent[g])
                 blocks_in.append(x_clean if p < 0 else states[p * n : (p + 1) * n])  # type: ignore[index]
             x = torch.cat(blocks_in)
-            ivs: list[Intervention] = []
-            # only block `layer` runs now: nodes of other layers count as kept (their
-            # hooks do not fire here), so families build no masks for them
-            rep_keep = patterns[reps].clone()
-            rep_keep[:, layer_of != layer] = True
-            for fam, fcols in fams:
-                ivs += fam.interventions(rep_keep[:, fcols], n)
-            ctx = HookContext.for_names(mod.hook_points(), None, ivs)
-            states = mod.blocks[layer](x, ctx, causal=causal)
+            plan = self._sparse_plan(fams, layer_of, layer) if self.sparse else None
+            if plan is not None:
+                states = _sparse_layer(mod.blocks[layer], x, patterns[reps], plan, n, causal)
+            else:
+                ivs: list[Intervention] = []
+                # only block `layer` runs now: nodes of other layers count as kept (their
+                # hooks do not fire here), so families build no masks for them
+                rep_keep = patterns[reps].clone()
+                rep_keep[:, layer_of != layer] = True
+                for fam, fcols in fams:
+                    ivs += fam.interventions(rep_keep[:, fcols], n)
+                ctx = HookContext.for_names(mod.hook_points(), None, ivs)
+                states = mod.blocks[layer](x, ctx, causal=causal)
             self.stats[f"{tower}_rows"] += int(x.shape[0])
             new_group = torch.full_like(group, -1)
             new_group[~is_clean] = inv
@@ -408,6 +420,63 @@ class CircuitEvaluator:
         emb = mod.run_from(n_layers, x, tokens=tokens).embed
         emb = emb.view(n_groups + 1, n, -1)
         return emb[rows]
+
+    def _sparse_plan(
+        self, fams: Sequence[tuple[Any, list[int]]], layer_of: Tensor, layer: int
+    ) -> dict[str, tuple[list[int], Tensor]] | None:
+        """Pattern columns and ablated values of the heads / neurons at ``layer``, or None.
+
+        None (use the hooked block) when a family other than ``HeadFamily`` /
+        ``NeuronFamily`` has nodes at this layer, or two families of one kind do.
+        """
+        plan: dict[str, tuple[list[int], Tensor]] = {}
+        for fam, fcols in fams:
+            cols = torch.tensor(fcols, dtype=torch.long)
+            at_layer = cols[layer_of[cols] == layer].tolist()
+            if not at_layer:
+                continue
+            if type(fam) not in (HeadFamily, NeuronFamily) or fam.kind in plan:
+                return None
+            plan[fam.kind] = (at_layer, fam.values[fam.hook(layer)])
+        return plan
+
+
+def _sparse_layer(
+    block: Any,
+    x: Tensor,
+    rep_patterns: Tensor,
+    plan: dict[str, tuple[list[int], Tensor]],
+    n: int,
+    causal: bool,
+) -> Tensor:
+    """Block output for ``G`` groups of ``n`` rows each, groups with equal keeps batched."""
+    n_groups = rep_patterns.shape[0]
+    heads = plan.get("heads")
+    neurons = plan.get("neurons")
+    parts = []
+    if heads is not None:
+        parts.append(rep_patterns[:, heads[0]])
+    if neurons is not None:
+        parts.append(rep_patterns[:, neurons[0]])
+    key = torch.cat(parts, 1) if parts else torch.ones(n_groups, 1, dtype=torch.bool)
+    buckets, which = torch.unique(key, dim=0, return_inverse=True)
+    xs = x.view(n_groups, n, *x.shape[1:])
+    out = torch.empty_like(xs)
+    for b in range(buckets.shape[0]):
+        idx = torch.nonzero(which == b).flatten()
+        g0 = int(idx[0])
+        xb = xs[idx].flatten(0, 1)
+        yb = ablated_block(
+            block,
+            xb,
+            head_keep=None if heads is None else rep_patterns[g0, heads[0]],
+            head_value=None if heads is None else heads[1],
+            neuron_keep=None if neurons is None else rep_patterns[g0, neurons[0]],
+            neuron_value=None if neurons is None else neurons[1],
+            causal=causal,
+        )
+        out[idx] = yb.view(idx.numel(), n, *x.shape[1:])
+    return out.view_as(x)
 
 
 def _scale_bias(pair: Any) -> tuple[Tensor, Tensor | None]:
