@@ -43,6 +43,7 @@ METHODS = [m for m in os.environ.get("VLMFAST_BENCH_ATTR_METHODS", "atp,atp*,ig"
 @pytest.fixture(scope="module")
 def case() -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     torch.set_num_threads(THREADS)
+    torch.manual_seed(0)  # the random weights (figures must be reproducible)
     pair = vf.load_pair(MODEL)
     cfg = pair.config
     gen = torch.Generator().manual_seed(0)

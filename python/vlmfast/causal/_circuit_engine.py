@@ -363,7 +363,8 @@ class CircuitEvaluator:
         n_layers = len(mod.blocks)
         cols = self.columns[tower]
         layer_of = self.layer_of[cols]
-        fams = [(f, [cols.index(c) for c in fc]) for f, fc in self._tower_families(tower)]
+        local = {c: i for i, c in enumerate(cols)}  # node column -> column of `patterns`
+        fams = [(f, [local[c] for c in fc]) for f, fc in self._tower_families(tower)]
         causal = bool(mod._causal())
         n = self.n_rows
         clean = self._clean[tower]
