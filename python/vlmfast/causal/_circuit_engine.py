@@ -451,6 +451,8 @@ def _sparse_layer(
     causal: bool,
 ) -> Tensor:
     """Block output for ``G`` groups of ``n`` rows each, groups with equal keeps batched."""
+    if not plan:  # no ablatable node at this block: every group runs it plainly
+        return block(x, causal=causal)
     n_groups = rep_patterns.shape[0]
     heads = plan.get("heads")
     neurons = plan.get("neurons")
@@ -459,7 +461,7 @@ def _sparse_layer(
         parts.append(rep_patterns[:, heads[0]])
     if neurons is not None:
         parts.append(rep_patterns[:, neurons[0]])
-    key = torch.cat(parts, 1) if parts else torch.ones(n_groups, 1, dtype=torch.bool)
+    key = torch.cat(parts, 1)
     buckets, which = torch.unique(key, dim=0, return_inverse=True)
     xs = x.view(n_groups, n, *x.shape[1:])
     out = torch.empty_like(xs)
