@@ -13,6 +13,13 @@ computes them and overwrites the result; here they are never computed:
 So a block that keeps few heads costs its MLP alone, and one that also keeps few neurons
 little more than its LayerNorms. The result equals the hooked forward up to float
 summation order (tested against ``SetAblated`` interventions).
+
+Two more modes serve the blocks after a variant's last position-mixing layer (the engine
+decides which): with ``rows`` [B] (one position per batch row: the pooled CLS/EOT token)
+the output is ``[B, 1, d]`` at those positions, keys/values of the kept heads still from
+every position; with ``pooled=True`` as well, ``x`` is already ``[B, 1, d]`` at those
+positions and the block keeps no head (its attention is the ablated heads' fixed share
+there, so nothing crosses positions).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlmfast.models.layers import Block
+from vlmfast.models.layers import Block, causal_row_mask
 
 
 def _rows(term: Tensor, rows: int) -> Tensor:
@@ -33,8 +40,32 @@ def _rows(term: Tensor, rows: int) -> Tensor:
     return term.repeat(rows // term.shape[0], 1, 1)
 
 
-def _attention(block: Block, h: Tensor, keep: Tensor, value: Tensor, causal: bool) -> Tensor:
-    """Attention output ``[B, T, d]`` with heads ``~keep`` fixed to ``value`` [1|n, T, H, dh]."""
+def _at(term: Tensor, rows: Tensor | None) -> Tensor:
+    """A ``[1 or n, T, d]`` term at each batch row's position ``rows`` [B] -> ``[B, 1, d]``.
+
+    Batch row ``b`` is clean row ``b % n`` (the batch is copies of the n clean rows). A
+    position-free term (``T == 1``: a bias) and ``rows=None`` pass through.
+    """
+    if rows is None or term.shape[1] == 1:
+        return term
+    which = torch.arange(rows.shape[0], device=term.device) % term.shape[0]
+    return term[which, rows].unsqueeze(1)
+
+
+def _attention(
+    block: Block,
+    h: Tensor | None,
+    keep: Tensor,
+    value: Tensor,
+    causal: bool,
+    rows: Tensor | None,
+    bsz: int,
+) -> Tensor:
+    """Attention output with heads ``~keep`` fixed to ``value`` [1|n, T, H, dh].
+
+    ``[B, T, d]``, or ``[B, 1, d]`` at ``rows`` when given (``h``: ``ln1`` of the full
+    input; None when no head is kept).
+    """
     attn = block.attn
     heads, dh = attn.heads, attn.head_dim
     kept = torch.nonzero(keep).flatten()
@@ -43,28 +74,44 @@ def _attention(block: Block, h: Tensor, keep: Tensor, value: Tensor, causal: boo
     w_out = attn.out_weight.view(width, heads, dh)
     out = attn.out_bias.view(1, 1, -1)
     if dropped.numel():
-        v = value[:, :, dropped].to(h.dtype).flatten(2)  # [1|n, T, a*dh]
-        out = out + F.linear(v, w_out[:, dropped].flatten(1))
-    if kept.numel():
-        w_in = attn.in_proj_weight.view(3, heads, dh, -1)[:, kept].flatten(0, 2)
-        b_in = attn.in_proj_bias.view(3, heads, dh)[:, kept].flatten()
-        bsz, t, _ = h.shape
-        qkv = F.linear(h, w_in, b_in).view(bsz, t, 3, kept.numel(), dh)
+        v = value[:, :, dropped].flatten(2)  # [1|n, T, a*dh]
+        out = out + F.linear(v.to(attn.out_weight.dtype), w_out[:, dropped].flatten(1))
+    out = _at(out, rows)
+    if not kept.numel():
+        return _rows(out, bsz)
+    assert h is not None
+    a = kept.numel()
+    w_in = attn.in_proj_weight.view(3, heads, dh, -1)[:, kept]
+    b_in = attn.in_proj_bias.view(3, heads, dh)[:, kept]
+    t = h.shape[1]
+    mask = None
+    if rows is None:
+        qkv = F.linear(h, w_in.flatten(0, 2), b_in.flatten()).view(bsz, t, 3, a, dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        z = z.transpose(1, 2).reshape(bsz, t, kept.numel() * dh)
-        return F.linear(z, w_out[:, kept].flatten(1)) + _rows(out, bsz)
-    return _rows(out, h.shape[0])
+    else:  # queries at the pooled positions only, keys and values everywhere
+        batch = torch.arange(bsz, device=h.device)
+        q = F.linear(h[batch, rows], w_in[0].flatten(0, 1), b_in[0].flatten())
+        q = q.view(bsz, 1, a, dh).transpose(1, 2)
+        kv = F.linear(h, w_in[1:].flatten(0, 2), b_in[1:].flatten()).view(bsz, t, 2, a, dh)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = causal_row_mask(rows, t) if causal else None
+    z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and rows is None)
+    z = z.transpose(1, 2).reshape(bsz, q.shape[2], a * dh)
+    return F.linear(z, w_out[:, kept].flatten(1)) + _rows(out, bsz)
 
 
-def _mlp(block: Block, h: Tensor, keep: Tensor, value: Tensor) -> Tensor:
-    """MLP output ``[B, T, d]`` with neurons ``~keep`` fixed to ``value`` [1|n, T, mlp]."""
+def _mlp(block: Block, h: Tensor, keep: Tensor, value: Tensor, rows: Tensor | None) -> Tensor:
+    """MLP output ``[B, T', d]`` with neurons ``~keep`` fixed to ``value`` [1|n, T, mlp].
+
+    ``h`` is ``ln2`` of the block's mid residual, ``[B, 1, d]`` at ``rows`` when given.
+    """
     mlp = block.mlp
     kept = torch.nonzero(keep).flatten()
     dropped = torch.nonzero(~keep).flatten()
     out = mlp.fc2_bias.view(1, 1, -1)
     if dropped.numel():
         out = out + F.linear(value[:, :, dropped].to(h.dtype), mlp.fc2_weight[:, dropped])
+    out = _at(out, rows)
     if kept.numel():
         post = mlp.act(F.linear(h, mlp.fc1_weight[kept], mlp.fc1_bias[kept]))
         return F.linear(post, mlp.fc2_weight[:, kept]) + _rows(out, h.shape[0])
@@ -80,19 +127,40 @@ def ablated_block(
     neuron_keep: Tensor | None,
     neuron_value: Tensor | None,
     causal: bool,
+    rows: Tensor | None = None,
+    pooled: bool = False,
 ) -> Tensor:
     """``block(x)`` with heads ``~head_keep`` and neurons ``~neuron_keep`` ablated.
 
     ``head_keep`` [H] / ``neuron_keep`` [mlp] are bool (None: keep every one); values are
     ``[1, T, H, dh]`` / ``[1, T, mlp]`` (the same for every row) or ``[n, T, ...]`` with
     ``x.shape[0]`` a multiple of n (row ``i`` of each n-row copy takes row ``i``).
+    ``rows`` [B]: return ``[B, 1, d]`` at those positions only; ``pooled``: ``x`` is
+    already ``[B, 1, d]`` there (then every head must be ablated).
     """
-    if head_keep is None or bool(head_keep.all()):
-        x = x + block.attn(block.ln1(x), causal=causal)
+    bsz = x.shape[0]
+    all_heads = head_keep is None or bool(head_keep.all())
+    no_head = head_keep is not None and not bool(head_keep.any())
+    if pooled and (rows is None or not no_head):
+        raise ValueError("a block on pooled rows needs rows= and must ablate every head")
+    if rows is None or pooled:
+        resid = x
     else:
-        assert head_value is not None
-        x = x + _attention(block, block.ln1(x), head_keep, head_value, causal)
+        resid = x[torch.arange(bsz, device=x.device), rows].unsqueeze(1)
+    if all_heads:
+        h = block.ln1(x)
+        if rows is None:
+            a = block.attn(h, causal=causal)
+        else:
+            batch = torch.arange(bsz, device=x.device)
+            mask = causal_row_mask(rows, x.shape[1]) if causal else None
+            a = block.attn(h[batch, rows].unsqueeze(1), key_value=h, attn_mask=mask)
+    else:
+        assert head_keep is not None and head_value is not None
+        h_in = None if no_head else block.ln1(x)
+        a = _attention(block, h_in, head_keep, head_value, causal, rows, bsz)
+    x = resid + a
     if neuron_keep is None or bool(neuron_keep.all()):
         return x + block.mlp(block.ln2(x))
     assert neuron_value is not None
-    return x + _mlp(block, block.ln2(x), neuron_keep, neuron_value)
+    return x + _mlp(block, block.ln2(x), neuron_keep, neuron_value, rows)

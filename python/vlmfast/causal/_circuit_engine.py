@@ -260,9 +260,12 @@ class CircuitEvaluator:
             self.columns[fam.tower] += cols
             self._fam_cols.append((fam, cols))
         self.layer_of = torch.tensor([n.layer for n in self.nodes], dtype=torch.long)
-        self.stats = {f"{t}_{k}": 0 for t in ("image", "text") for k in ("rows", "loop_rows")}
-        """Per tower: rows x blocks the batched path ran (``image_rows``), and what one
-        forward per variant would run (``image_loop_rows``)."""
+        self.stats = {
+            f"{t}_{k}": 0 for t in ("image", "text") for k in ("rows", "pooled_rows", "loop_rows")
+        }
+        """Per tower: rows x blocks the batched path ran (``image_rows``), those of them at
+        the pooled position alone (``image_pooled_rows``), and what one forward per variant
+        would run (``image_loop_rows``)."""
         self._clean: dict[str, dict[str, Tensor]] = {}
         self._clean_embed: dict[str, Tensor] = {}
         with torch.no_grad():
@@ -358,19 +361,34 @@ class CircuitEvaluator:
         return similarity(img, txt, self.scale, self.bias, self.space)
 
     def _run_tower(self, tower: str, patterns: Tensor) -> Tensor:
-        """Embeddings ``[u, n, e]`` of one tower for ``u`` distinct kept sets of its nodes."""
+        """Embeddings ``[u, n, e]`` of one tower for ``u`` distinct kept sets of its nodes.
+
+        Blocks after a variant's last *position-mixing* block (one with a kept head; an
+        ablated head's output does not depend on the row) run at the pooled token only:
+        the block at that last mixing layer takes keys and values from every position and
+        returns the pooled row, later ones see that row alone. Towers that pool by mean or
+        MAP, and ``sparse=False``, run every position.
+        """
         mod = self.pair.tower(tower)
         n_layers = len(mod.blocks)
         cols = self.columns[tower]
         layer_of = self.layer_of[cols]
         local = {c: i for i, c in enumerate(cols)}  # node column -> column of `patterns`
         fams = [(f, [local[c] for c in fc]) for f, fc in self._tower_families(tower)]
-        causal = bool(mod._causal())
         n = self.n_rows
         clean = self._clean[tower]
-        # group[p]: the trie node of pattern p after the blocks run so far (-1 = clean)
+        plans = [
+            self._sparse_plan(fams, layer_of, layer) if self.sparse else None
+            for layer in range(n_layers)
+        ]
+        first = clean[f"{tower}.blocks.0.resid_pre"]
+        pos = mod.pooled_positions(first, self.inputs.get("text")) if self.sparse else None
+        last_mix = _last_mixing_layer(patterns, plans, mod, n_layers if pos is None else None)
+        # group[p]: the trie node of pattern p after the blocks run so far (-1 = clean);
+        # states[g]: that node's block output, [n, T, d], or [n, 1, d] at the pooled rows
         group = torch.full((patterns.shape[0],), -1, dtype=torch.long)
-        states: Tensor | None = None  # [G * n, T, d]
+        states: list[Tensor] = []
+        pooled: list[bool] = []
         for layer in range(n_layers):
             upto = patterns[:, layer_of <= layer]
             is_clean = upto.all(1)
@@ -378,49 +396,91 @@ class CircuitEvaluator:
                 continue
             key = torch.cat([group.unsqueeze(1) + 1, upto.long()], 1)
             uniq, inv = torch.unique(key[~is_clean], dim=0, return_inverse=True)
-            # representative pattern of each new group and its parent's state
-            reps = torch.zeros(uniq.shape[0], dtype=torch.long)
+            # representative pattern of each new group, its parent, its patterns' last mixing
             idx = torch.nonzero(~is_clean).flatten()
+            reps = torch.zeros(uniq.shape[0], dtype=torch.long)
             reps[inv] = idx
-            parent = group[reps]
+            parent = group[reps].tolist()
+            mix = torch.full((uniq.shape[0],), -1, dtype=torch.long)
+            mix.scatter_reduce_(0, inv, last_mix[idx], reduce="amax")
             x_clean = clean[f"{tower}.blocks.{layer}.resid_pre"]
-            blocks_in = []
-            for g in range(uniq.shape[0]):
-                p = int(parent[g])
-                blocks_in.append(x_clean if p < 0 else states[p * n : (p + 1) * n])  # type: ignore[index]
-            x = torch.cat(blocks_in)
-            plan = self._sparse_plan(fams, layer_of, layer) if self.sparse else None
-            if plan is not None:
-                states = _sparse_layer(mod.blocks[layer], x, patterns[reps], plan, n, causal)
-            else:
-                ivs: list[Intervention] = []
-                # only block `layer` runs now: nodes of other layers count as kept (their
-                # hooks do not fire here), so families build no masks for them
-                rep_keep = patterns[reps].clone()
-                rep_keep[:, layer_of != layer] = True
-                for fam, fcols in fams:
-                    ivs += fam.interventions(rep_keep[:, fcols], n)
-                ctx = HookContext.for_names(mod.hook_points(), None, ivs)
-                states = mod.blocks[layer](x, ctx, causal=causal)
-            self.stats[f"{tower}_rows"] += int(x.shape[0])
+            modes = []
+            for g, p in enumerate(parent):
+                if int(mix[g]) > layer:
+                    modes.append("full")
+                elif p >= 0 and pooled[p]:
+                    modes.append("pooled")
+                else:
+                    modes.append("rows")
+            new_states: list[Tensor] = [x_clean] * uniq.shape[0]
+            for mode in ("full", "rows", "pooled"):
+                gs = [g for g, m in enumerate(modes) if m == mode]
+                if not gs:
+                    continue
+                x = torch.cat([x_clean if parent[g] < 0 else states[parent[g]] for g in gs])
+                y = self._block(
+                    mod, layer, x, patterns[reps[gs]], plans[layer], fams, layer_of,
+                    None if mode == "full" else pos, mode == "pooled",
+                )  # fmt: skip
+                for j, g in enumerate(gs):
+                    new_states[g] = y[j * n : (j + 1) * n]
+                self.stats[f"{tower}_rows"] += int(x.shape[0])
+                if mode != "full":
+                    self.stats[f"{tower}_pooled_rows"] += int(x.shape[0])
+            states = new_states
+            pooled = [m != "full" for m in modes]
             new_group = torch.full_like(group, -1)
             new_group[~is_clean] = inv
             group = new_group
         final = clean[f"{tower}.blocks.{n_layers - 1}.resid_post"]
-        if states is None:
-            x = final
-            rows = torch.zeros(patterns.shape[0], dtype=torch.long)
-            n_groups = 0
-        else:
-            x = torch.cat([final, states])
-            rows = group + 1
-            n_groups = states.shape[0] // n
+        full_ids = [g for g, pl in enumerate(pooled) if not pl]
+        pool_ids = [g for g, pl in enumerate(pooled) if pl]
+        x = torch.cat([final] + [states[g] for g in full_ids])
         tokens = None
         if tower == "text":
-            tokens = self.inputs["text"].repeat(n_groups + 1, 1)
-        emb = mod.run_from(n_layers, x, tokens=tokens).embed
-        emb = emb.view(n_groups + 1, n, -1)
-        return emb[rows]
+            tokens = self.inputs["text"].repeat(len(full_ids) + 1, 1)
+        emb_full = mod.run_from(n_layers, x, tokens=tokens).embed.view(len(full_ids) + 1, n, -1)
+        emb = torch.empty(len(states) + 1, n, emb_full.shape[-1], dtype=emb_full.dtype)
+        emb[0] = emb_full[0]
+        emb[torch.tensor(full_ids, dtype=torch.long) + 1] = emb_full[1:]
+        if pool_ids:
+            xp = torch.cat([states[g] for g in pool_ids])
+            emb_p = mod.embed_pooled_rows(xp).view(len(pool_ids), n, -1)
+            emb[torch.tensor(pool_ids, dtype=torch.long) + 1] = emb_p.to(emb.dtype)
+        return emb[group + 1]
+
+    def _block(
+        self,
+        mod: Any,
+        layer: int,
+        x: Tensor,
+        rep_patterns: Tensor,
+        plan: dict[str, tuple[list[int], Tensor]] | None,
+        fams: Sequence[tuple[Any, list[int]]],
+        layer_of: Tensor,
+        pos: Tensor | None,
+        pooled: bool,
+    ) -> Tensor:
+        """Block ``layer`` for groups of n rows; at the pooled positions ``pos`` when given."""
+        n = self.n_rows
+        causal = bool(mod._causal())
+        rows = None if pos is None else pos.repeat(x.shape[0] // n)
+        if plan is not None:
+            return _sparse_layer(mod.blocks[layer], x, rep_patterns, plan, n, causal, rows, pooled)
+        if pooled:  # a hooked block mixes positions, so no group reaches it pooled
+            raise AssertionError("a hooked block cannot run on pooled rows")
+        ivs: list[Intervention] = []
+        # only block `layer` runs now: nodes of other layers count as kept (their hooks do
+        # not fire here), so families build no masks for them
+        rep_keep = rep_patterns.clone()
+        rep_keep[:, layer_of != layer] = True
+        for fam, fcols in fams:
+            ivs += fam.interventions(rep_keep[:, fcols], n)
+        ctx = HookContext.for_names(mod.hook_points(), None, ivs)
+        y = mod.blocks[layer](x, ctx, causal=causal)
+        if rows is None:
+            return y
+        return y[torch.arange(y.shape[0]), rows].unsqueeze(1)
 
     def _sparse_plan(
         self, fams: Sequence[tuple[Any, list[int]]], layer_of: Tensor, layer: int
@@ -442,6 +502,31 @@ class CircuitEvaluator:
         return plan
 
 
+def _last_mixing_layer(
+    patterns: Tensor,
+    plans: Sequence[dict[str, tuple[list[int], Tensor]] | None],
+    mod: Any,
+    every: int | None,
+) -> Tensor:
+    """Per pattern, the last block whose output at one position depends on other positions.
+
+    That is a block with a kept head: a hooked block (``plan`` None), one without a head
+    family, one whose head family misses some heads, or one keeping any of them; -1 when
+    none does. ``every`` (not None) forces that value for every pattern.
+    """
+    count = patterns.shape[0]
+    if every is not None:
+        return torch.full((count,), every, dtype=torch.long)
+    last = torch.full((count,), -1, dtype=torch.long)
+    for layer, plan in enumerate(plans):
+        heads = None if plan is None else plan.get("heads")
+        if heads is None or len(set(heads[0])) < mod.blocks[layer].attn.heads:
+            last[:] = layer
+        else:
+            last[patterns[:, heads[0]].any(1)] = layer
+    return last
+
+
 def _sparse_layer(
     block: Any,
     x: Tensor,
@@ -449,10 +534,18 @@ def _sparse_layer(
     plan: dict[str, tuple[list[int], Tensor]],
     n: int,
     causal: bool,
+    rows: Tensor | None = None,
+    pooled: bool = False,
 ) -> Tensor:
-    """Block output for ``G`` groups of ``n`` rows each, groups with equal keeps batched."""
+    """Block output for ``G`` groups of ``n`` rows each, groups with equal keeps batched.
+
+    ``rows`` [G * n]: the output at those positions only, ``[G * n, 1, d]`` (``pooled``:
+    ``x`` is already there); see ``ablated_block``.
+    """
     if not plan:  # no ablatable node at this block: every group runs it plainly
-        return block(x, causal=causal)
+        if rows is None:
+            return block(x, causal=causal)
+        return block.forward_rows(x, rows, causal=causal)  # never pooled: its heads mix
     n_groups = rep_patterns.shape[0]
     heads = plan.get("heads")
     neurons = plan.get("neurons")
@@ -464,22 +557,24 @@ def _sparse_layer(
     key = torch.cat(parts, 1)
     buckets, which = torch.unique(key, dim=0, return_inverse=True)
     xs = x.view(n_groups, n, *x.shape[1:])
-    out = torch.empty_like(xs)
+    t_out = x.shape[1] if rows is None else 1
+    out = torch.empty(n_groups, n, t_out, x.shape[2], dtype=x.dtype)
     for b in range(buckets.shape[0]):
         idx = torch.nonzero(which == b).flatten()
         g0 = int(idx[0])
-        xb = xs[idx].flatten(0, 1)
         yb = ablated_block(
             block,
-            xb,
+            xs[idx].flatten(0, 1),
             head_keep=None if heads is None else rep_patterns[g0, heads[0]],
             head_value=None if heads is None else heads[1],
             neuron_keep=None if neurons is None else rep_patterns[g0, neurons[0]],
             neuron_value=None if neurons is None else neurons[1],
             causal=causal,
+            rows=None if rows is None else rows[: idx.numel() * n],
+            pooled=pooled,
         )
-        out[idx] = yb.view(idx.numel(), n, *x.shape[1:])
-    return out.view_as(x)
+        out[idx] = yb.view(idx.numel(), n, t_out, x.shape[2])
+    return out.flatten(0, 1)
 
 
 def _scale_bias(pair: Any) -> tuple[Tensor, Tensor | None]:

@@ -316,13 +316,16 @@ class Block(nn.Module):
         """
         batch = torch.arange(x.shape[0], device=x.device)
         h = self.ln1(x)
-        mask = None
-        if causal:
-            positions = torch.arange(x.shape[1], device=x.device)
-            mask = (positions.view(1, -1) <= rows.view(-1, 1)).view(x.shape[0], 1, 1, -1)
+        mask = causal_row_mask(rows, x.shape[1]) if causal else None
         out = x[batch, rows].unsqueeze(1)
         out = out + self.attn(h[batch, rows].unsqueeze(1), key_value=h, attn_mask=mask)
         return out + self.mlp(self.ln2(out))
+
+
+def causal_row_mask(rows: Tensor, length: int) -> Tensor:
+    """Bool ``[B, 1, 1, length]``: which keys a causal query at position ``rows[b]`` sees."""
+    positions = torch.arange(length, device=rows.device)
+    return (positions.view(1, -1) <= rows.view(-1, 1)).view(rows.shape[0], 1, 1, length)
 
 
 _MAP_POINTS = (

@@ -178,12 +178,46 @@ class Tower(nn.Module):
             x = block(x, ctx, causal=causal)
         if last is not None and rows is not None:
             x = last.forward_rows(x, rows, causal=causal)
+        return self._finish(x, ctx, tokens, at_rows=rows is not None)
+
+    def pooled_positions(self, x: Tensor, tokens: Tensor | None = None) -> Tensor | None:
+        """The one position [B] each row's pooled vector reads, or None (mean or MAP pooling).
+
+        With a position, only that row of the last residual matters to the embedding.
+        """
+        if self.pool_head is not None:
+            return None
+        return self._pool_rows(x, tokens)
+
+    def embed_pooled_rows(self, x: Tensor) -> Tensor:
+        """Embeddings [B, e] from the last block's output at ``pooled_positions`` [B, 1, d].
+
+        For towers that pool one token; no hooks fire.
+        """
+        if self.pool_head is not None or self.config.pool in ("mean", "map"):
+            raise InputError(
+                f"the {self.prefix} tower pools with {self.config.pool!r}, not a single token"
+            )
+        if x.dim() != 3 or x.shape[1] != 1 or x.shape[2] != self.config.width:
+            raise ShapeError(
+                f"pooled rows of the {self.prefix} tower must be [B, 1, {self.config.width}], "
+                f"got {tuple(x.shape)}"
+            )
+        return self._finish(x, None, None, at_rows=True)[0]
+
+    def _finish(
+        self, x: Tensor, ctx: HookContext | None, tokens: Tensor | None, *, at_rows: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Final LayerNorm, pooling and projection of the last residual -> (embed, pooled).
+
+        ``at_rows``: ``x`` [B, 1, d] is already the pooled position of each row.
+        """
         cfg = self.config
         if self.ln_final is not None and cfg.final_ln == "pre_pool":
             x = self._hook(ctx, self.n_ln_final, self.ln_final(x, ctx))
         if self.pool_head is not None:
             pooled = self.pool_head(x, ctx)
-        elif rows is not None:
+        elif at_rows:
             pooled = x[:, 0]
         else:
             pooled = self._pool_tokens(x, tokens)
