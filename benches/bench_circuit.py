@@ -5,8 +5,9 @@ Run: ``.venv/bin/python -m pytest benches/bench_circuit.py -q --benchmark-enable
 random weights, offline), ``VLMFAST_BENCH_CIRCUIT_PAIRS`` pairs (default 8: random images,
 eight short captions), ``VLMFAST_BENCH_CIRCUIT_SIZES`` sizes on the log grid (default 32),
 ``VLMFAST_BENCH_THREADS`` torch threads (default 1), ``VLMFAST_BENCH_CIRCUIT_ROUNDS``
-rounds of each method (default 2; the best is kept, for every method alike). Mean
-ablation; the order is the AtP ranking of the 240 heads (computed once, not timed).
+interleaved rounds (default 3; each method's best is kept). Also counts FLOPs
+(``torch.utils.flop_counter``; deterministic: a machine-free ratio beside the wall one).
+Mean ablation; the order is the AtP ranking of the 240 heads (computed once, not timed).
 
 Measured in the same process:
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import vlmfast as vf
 from vlmfast.causal._circuit_engine import CircuitEvaluator, HeadFamily
@@ -43,7 +45,7 @@ MODEL = os.environ.get("VLMFAST_BENCH_CIRCUIT_MODEL", "open_clip:ViT-B-32")
 PAIRS = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_PAIRS", 8))
 SIZES = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_SIZES", 32))
 THREADS = int(os.environ.get("VLMFAST_BENCH_THREADS", 1))
-ROUNDS = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_ROUNDS", 2))
+ROUNDS = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_ROUNDS", 3))
 CAPTIONS = [
     "a red cube left of a blue sphere",
     "a green cone",
@@ -81,15 +83,23 @@ def _evaluator(
     )  # fmt: skip
 
 
-def _best(run: Any) -> tuple[float, Any]:
-    """Best wall time of ``ROUNDS`` calls, and the last result."""
-    times = []
-    out = None
+def _interleaved(runs: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Best wall time of each method over ``ROUNDS`` rounds, the methods taking turns
+    within a round (so drift of the machine's speed hits every method alike)."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    out: dict[str, Any] = {}
     for _ in range(max(1, ROUNDS)):
-        t0 = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            out[name] = run()
+            times[name].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}, out
+
+
+def _flops(run: Any) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return int(counter.get_total_flops())
 
 
 def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
@@ -104,16 +114,27 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
     ks = log_grid(n, SIZES)
     keep = keep_masks(order, ks, n)
 
+    ev_hooked = _evaluator(pair, px, tok_cut, sparse=False)
+    ev_full = _evaluator(pair, px, tok)
     ev_cut.stats = dict.fromkeys(ev_cut.stats, 0)
-    t_batched, batched = _best(lambda: ev_cut.evaluate(keep).metric)
+    times, res = _interleaved(
+        {
+            "batched": lambda: ev_cut.evaluate(keep).metric,
+            "hooked": lambda: ev_hooked.evaluate(keep).metric,
+            "loop_cut": lambda: ev_cut.evaluate(keep, "serial").metric,
+            "loop": lambda: ev_full.evaluate(keep, "serial").metric,
+        }
+    )
     st = ev_cut.stats
     work = {t: st[f"{t}_rows"] / st[f"{t}_loop_rows"] for t in ("image", "text")}
     pooled = {t: st[f"{t}_pooled_rows"] / st[f"{t}_rows"] for t in ("image", "text")}
-    ev_hooked = _evaluator(pair, px, tok_cut, sparse=False)
-    t_hooked, hooked = _best(lambda: ev_hooked.evaluate(keep).metric)
-    t_loop_cut, loop_cut = _best(lambda: ev_cut.evaluate(keep, "serial").metric)
-    ev_full = _evaluator(pair, px, tok)
-    t_loop, loop = _best(lambda: ev_full.evaluate(keep, "serial").metric)
+    t_batched, t_hooked, t_loop_cut, t_loop = (
+        times[k] for k in ("batched", "hooked", "loop_cut", "loop")
+    )
+    batched, hooked, loop_cut, loop = (res[k] for k in ("batched", "hooked", "loop_cut", "loop"))
+    # FLOPs (deterministic): the batched call, and the loop from its first 4 sizes
+    flops_batched = _flops(lambda: ev_cut.evaluate(keep))
+    flops_loop = _flops(lambda: ev_full.evaluate(keep[:4], "serial")) * keep.shape[0] / 4
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
     info = {
@@ -131,6 +152,9 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
         "loop_cut_s": t_loop_cut,
         "loop_over_batched": t_loop / t_batched,
         "loop_cut_over_batched": t_loop_cut / t_batched,
+        "flops_batched": flops_batched,
+        "flops_loop": flops_loop,
+        "flops_ratio": flops_loop / flops_batched,
         "max_abs_diff": float((batched - loop).abs().max()),
         "image_block_rows_share": work["image"],
         "text_block_rows_share": work["text"],
@@ -145,7 +169,8 @@ def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
         f"cut captions ({tok.shape[1]} -> {tok_cut.shape[1]} tokens) {t_loop_cut:.2f} s "
         f"({t_loop_cut / t_batched:.2f}x); block rows run (image / text) {work['image']:.1%} / "
         f"{work['text']:.1%} of the loop's, {pooled['image']:.1%} / {pooled['text']:.1%} of "
-        f"them at the pooled token alone; best of {ROUNDS}; max |diff| "
+        f"them at the pooled token alone; best of {ROUNDS} interleaved rounds; FLOPs "
+        f"{flops_batched / 1e9:.0f} vs {flops_loop / 1e9:.0f} G ({info['flops_ratio']:.2f}x); max |diff| "
         f"{info['max_abs_diff']:.2e}"
     )
     assert float((batched - loop).abs().max()) < 1e-4

@@ -155,8 +155,7 @@ class Attention(nn.Module):
         bsz, t_q, _ = query.shape
         heads, dh = self.heads, self.head_dim
         if key_value is None:
-            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
-            q, k, v = qkv.view(bsz, t_q, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = self._split_qkv(self.qkv(query))
         else:
             inner = heads * dh
             t_kv = key_value.shape[1]
@@ -166,9 +165,7 @@ class Attention(nn.Module):
             k, v = kv.view(bsz, t_kv, 2, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
         # q, k, v: [B, H, T, dh]
         if ctx is None or not (self._hooked & ctx.active):
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
-            z = z.transpose(1, 2).reshape(bsz, t_q, heads * dh)
-            return F.linear(z, self.out_weight, self.out_bias)
+            return self._attend(q, k, v, causal=causal, attn_mask=attn_mask)
         if attn_mask is not None:
             raise ValueError("attn_mask is only supported on unhooked attention runs")
         return self._hooked_forward(q, k, v, ctx, causal)
@@ -179,12 +176,22 @@ class Attention(nn.Module):
 
     def attend_qkv(self, qkv: Tensor, *, causal: bool = False) -> Tensor:
         """Attention output from a precomputed ``qkv(x)`` [B, T, 3*H*dh] (no hooks)."""
+        return self._attend(*self._split_qkv(qkv), causal=causal)
+
+    def _split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[B, T, 3*H*dh]`` -> q, k, v, each ``[B, H, T, dh]``."""
         bsz, t, _ = qkv.shape
-        heads, dh = self.heads, self.head_dim
-        q, k, v = qkv.view(bsz, t, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        q, k, v = qkv.view(bsz, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        """Unhooked attention and output projection from q [B, H, Tq, dh], k/v [B, H, Tk, dh]."""
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+        bsz, heads, t_q, dh = z.shape
         return F.linear(
-            z.transpose(1, 2).reshape(bsz, t, heads * dh), self.out_weight, self.out_bias
+            z.transpose(1, 2).reshape(bsz, t_q, heads * dh), self.out_weight, self.out_bias
         )
 
     def _hooked_forward(
