@@ -15,7 +15,13 @@ from vlmfast.causal._circuit_engine import (
     HeadFamily,
     SetAblated,
 )
-from vlmfast.causal._circuit_null import keep_masks, log_grid, run_null, sparsity_index
+from vlmfast.causal._circuit_null import (
+    keep_masks,
+    log_grid,
+    run_null,
+    sparsity_index,
+    thin_grid,
+)
 from vlmfast.causal.circuit import _inputs
 from vlmfast.causal.circuit_types import CircuitNode
 from vlmfast.causal.metrics import MatchedScore
@@ -175,3 +181,50 @@ def test_a_family_with_nodes_outside_the_blocks_is_an_error(tiny: Any) -> None:
         CircuitEvaluator(
             pair, {"image": px, "text": tok}, [fam], MatchedScore(), "logits", ablation="mean"
         )
+
+
+def test_thin_grid_is_an_even_subset_with_both_ends() -> None:
+    g = log_grid(288, 32)
+    t = thin_grid(g, 8)
+    assert len(t) == 8 and t[0] == 0 and t[-1] == 288 and set(t) <= set(g)
+    assert t == sorted(t)
+    assert thin_grid(g, 32) == g and thin_grid(g, 100) == g
+    assert thin_grid([0, 5, 9], 2) == [0, 9]
+
+
+def test_null_grid_evaluates_the_null_on_a_subset(tiny: Any, monkeypatch: Any) -> None:
+    """The null's curves cost len(null_grid) - 2 sizes each, and its p-value compares the
+    observed sparsity read on that same subset."""
+    pair, px, tok = tiny
+    px_c = torch.randn(px.shape, generator=torch.Generator().manual_seed(1))
+    seen: list[int] = []
+    real = CircuitEvaluator.evaluate
+
+    def counting(self: Any, keep: torch.Tensor, method: str = "batched") -> Any:
+        seen.append(int(keep.shape[0]))
+        return real(self, keep, method)
+
+    monkeypatch.setattr(CircuitEvaluator, "evaluate", counting)
+    kw: dict[str, Any] = dict(
+        corrupt_images=px_c, components=("heads", "neurons"), towers=("image",), null=20,
+        grid=16, n_boot=0,
+    )  # fmt: skip
+    full = vf.causal.find_circuit(pair, px, tok, **kw)
+    calls_full = list(seen)
+    seen.clear()
+    thin = vf.causal.find_circuit(pair, px, tok, null_grid=5, **kw)
+    assert full.null is not None and thin.null is not None
+    ks = log_grid(full.n_nodes, 16)
+    assert full.null.k == ks and thin.null.k == thin_grid(ks, 5)
+    assert thin.meta["null_grid"] == 5 and full.meta["null_grid"] == len(ks)
+    # the observed curve is the same; the null evaluates 3 inner sizes, not 14
+    assert thin.k == full.k and thin.curve == full.curve
+    assert sum(seen) - sum(calls_full) == 20 * (3 - (len(ks) - 2))
+    on_thin = {k: f for k, f in zip(full.k, full.curve, strict=True) if k in thin.null.k}
+    f_thin = [on_thin[k] for k in thin.null.k]
+    observed = thin.null.k[sparsity_index(f_thin, full.target)] / full.n_nodes
+    assert thin.null.observed_sparsity == pytest.approx(observed)
+    hits = sum(x <= observed for x in thin.null.sparsity)
+    assert thin.null.pvalue == pytest.approx((1 + hits) / 21)
+    with pytest.raises(InputError, match="null_grid"):
+        vf.causal.find_circuit(pair, px, tok, null_grid=1, **kw)

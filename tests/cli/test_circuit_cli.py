@@ -19,7 +19,7 @@ def test_circuit_cli_writes_json_table_curve(
         [
             "circuit", "--model", "synthetic:tiny", "--data", "synthetic:n=4,seed=0",
             "--n", "4", "--out", str(out), "--corrupt", "image", "--components", "heads",
-            "--null", "20", "--grid", "8", "--no-progress",
+            "--null", "20", "--grid", "8", "--null-grid", "4", "--no-progress",
         ]
     )  # fmt: skip
     assert code == 0
@@ -29,6 +29,8 @@ def test_circuit_cli_writes_json_table_curve(
     assert len(data["components"]) == data["size"] >= 1
     assert data["curve"]["f"][0] == 0.0 and data["curve"]["f"][-1] == 1.0
     assert data["null"]["size"] == 20 and 0 < data["null"]["pvalue"] <= 1
+    assert len(data["null"]["k"]) == data["meta"]["null_grid"] == 4
+    assert set(data["null"]["k"]) <= set(data["curve"]["k"])
     assert data["meta"]["run"]["corrupt"] == "image-shift"
     table = pq.read_table(out / "circuit.parquet").to_pylist()
     curve = [r for r in table if r["table"] == "curve"]
@@ -53,3 +55,16 @@ def test_circuit_cli_bad_target_is_an_error(
     )  # fmt: skip
     assert code == 1
     assert "target" in capsys.readouterr().err
+
+
+def test_circuit_cli_bad_null_grid_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "circuit", "--model", "synthetic:tiny", "--data", "synthetic:n=4,seed=0",
+            "--out", str(tmp_path / "c"), "--null-grid", "1", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 1
+    assert "null_grid" in capsys.readouterr().err

@@ -65,6 +65,7 @@ from vlmfast.causal._circuit_null import (
     log_grid,
     run_null,
     sparsity_index,
+    thin_grid,
 )
 from vlmfast.causal.circuit_result import Circuit
 from vlmfast.causal.circuit_types import CircuitNode
@@ -107,6 +108,7 @@ def find_circuit(
     families: Sequence[Any] = (),
     saes: dict[str, Any] | None = None,
     grid: int = DEFAULT_GRID,
+    null_grid: int | None = None,
     pvalue: bool = True,
     n_boot: int = DEFAULT_BOOT,
     level: float = 0.95,
@@ -140,6 +142,11 @@ def find_circuit(
             features; their nodes join the candidates.
         saes: ``{hook: TopKSAE}`` spliced for ``"features"`` (one SAE per block).
         grid: how many sizes the log-spaced grid has (0 and N included).
+        null_grid: how many of those sizes the null orderings are evaluated at (None: all;
+            a smaller number is an evenly thinned subset, 0 and N included, and the
+            observed sparsity of the p-value is read on the same subset). Random
+            orderings share little computation, so the null costs ~``null`` curves;
+            this is the knob for big node sets.
         pvalue: whether the null reports a p-value (needs ``null >= 20``).
         n_boot: bootstrap resamples of the examples for the faithfulness interval.
         level: central level of the bootstrap and null intervals.
@@ -154,6 +161,12 @@ def find_circuit(
     check_choice(method, ("batched", "serial"), "method")
     if not isinstance(grid, int) or grid < 2:
         raise InputError(f"grid must be an int >= 2 (sizes on the curve), got {grid!r}")
+    if null_grid is not None and (
+        not isinstance(null_grid, int) or isinstance(null_grid, bool) or null_grid < 2
+    ):
+        raise InputError(
+            f"null_grid must be None or an int >= 2 (sizes per null curve), got {null_grid!r}"
+        )
     if max_rows < 1:
         raise InputError(f"max_rows must be >= 1, got {max_rows}")
     if not 0 < level < 1:
@@ -242,18 +255,20 @@ def find_circuit(
     bar.update()
 
     null_summary = None
+    ks_null = ks if null_grid is None else thin_grid(ks, null_grid)
+    null_size = ks_null[sparsity_index([f_of(m_by_k[k]) for k in ks_null], target)]
     if null:
         bar.set_postfix_str(f"null ({null} orderings)")
         null_summary = run_null(
             evaluate,
             n_nodes,
-            ks,
+            ks_null,
             size=null,
             seed=seed,
             target=target,
             m_empty=m_empty,
             m_model=m_model,
-            observed_sparsity=grid_size / n_nodes,
+            observed_sparsity=null_size / n_nodes,
             pvalue=pvalue,
             level=level,
         )
@@ -296,6 +311,8 @@ def find_circuit(
             "ablation_detail": _ablation_detail(ablation, ref is not None),
             "resample_source": resample_source if ablation == "resample" else None,
             "grid_size": grid_size,
+            "null_grid": len(ks_null),
+            "null_grid_size": null_size,
             "text_tokens": int(clean["text"].shape[1]),
             "method": method,
             "n_boot": n_boot,

@@ -57,6 +57,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", type=float, default=0.8, help="faithfulness to keep, in (0, 1]")
     p.add_argument("--null", type=int, default=100, help="random orderings (0 = none)")
     p.add_argument("--grid", type=int, default=32, help="sizes on the log-spaced grid")
+    p.add_argument(
+        "--null-grid", type=int, default=None,
+        help="sizes per null curve (a thinned subset of the grid; default: all)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the null, bootstrap and noise")
     p.add_argument("--metric", default="score", choices=["score", "logit_diff", "alignment"])
     p.add_argument("--max-rows", type=int, default=512, help="batch rows per forward")
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         metric=args.metric,
         grid=args.grid,
+        null_grid=args.null_grid,
         max_rows=args.max_rows,
         progress=not args.no_progress,
     )
