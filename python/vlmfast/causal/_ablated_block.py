@@ -149,12 +149,11 @@ def ablated_block(
         resid = x[torch.arange(bsz, device=x.device), rows].unsqueeze(1)
     if all_heads:
         h = block.ln1(x)
-        if rows is None:
-            a = block.attn(h, causal=causal)
-        else:
-            batch = torch.arange(bsz, device=x.device)
-            mask = causal_row_mask(rows, x.shape[1]) if causal else None
-            a = block.attn(h[batch, rows].unsqueeze(1), key_value=h, attn_mask=mask)
+        a = (
+            block.attn(h, causal=causal)
+            if rows is None
+            else block.attend_rows(h, rows, causal=causal)
+        )
     else:
         assert head_keep is not None and head_value is not None
         h_in = None if no_head else block.ln1(x)

@@ -382,7 +382,8 @@ class CircuitEvaluator:
             for layer in range(n_layers)
         ]
         first = clean[f"{tower}.blocks.0.resid_pre"]
-        pos = mod.pooled_positions(first, self.inputs.get("text")) if self.sparse else None
+        tokens = self.inputs["text"] if tower == "text" else None
+        pos = mod.pooled_positions(first, tokens) if self.sparse else None
         last_mix = _last_mixing_layer(patterns, plans, mod, n_layers if pos is None else None)
         # group[p]: the trie node of pattern p after the blocks run so far (-1 = clean);
         # states[g]: that node's block output, [n, T, d], or [n, 1, d] at the pooled rows
@@ -436,9 +437,8 @@ class CircuitEvaluator:
         full_ids = [g for g, pl in enumerate(pooled) if not pl]
         pool_ids = [g for g, pl in enumerate(pooled) if pl]
         x = torch.cat([final] + [states[g] for g in full_ids])
-        tokens = None
-        if tower == "text":
-            tokens = self.inputs["text"].repeat(len(full_ids) + 1, 1)
+        if tokens is not None:
+            tokens = tokens.repeat(len(full_ids) + 1, 1)
         emb_full = mod.run_from(n_layers, x, tokens=tokens).embed.view(len(full_ids) + 1, n, -1)
         emb = torch.empty(len(states) + 1, n, emb_full.shape[-1], dtype=emb_full.dtype)
         emb[0] = emb_full[0]

@@ -321,12 +321,19 @@ class Block(nn.Module):
         after ``rows``), but the query, the output projection and the MLP run on one
         position: the last block of a CLS- or EOT-pooled tower needs nothing more.
         """
-        batch = torch.arange(x.shape[0], device=x.device)
-        h = self.ln1(x)
-        mask = causal_row_mask(rows, x.shape[1]) if causal else None
-        out = x[batch, rows].unsqueeze(1)
-        out = out + self.attn(h[batch, rows].unsqueeze(1), key_value=h, attn_mask=mask)
+        out = x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
+        out = out + self.attend_rows(self.ln1(x), rows, causal=causal)
         return out + self.mlp(self.ln2(out))
+
+    def attend_rows(self, h: Tensor, rows: Tensor, *, causal: bool = False) -> Tensor:
+        """Attention output ``[B, 1, d]`` of queries at ``rows`` [B] over ``h = ln1(x)`` (no hooks).
+
+        Keys and values come from every position of ``h``; a causal tower masks those after
+        ``rows``.
+        """
+        mask = causal_row_mask(rows, h.shape[1]) if causal else None
+        query = h[torch.arange(h.shape[0], device=h.device), rows].unsqueeze(1)
+        return self.attn(query, key_value=h, attn_mask=mask)
 
 
 def causal_row_mask(rows: Tensor, length: int) -> Tensor:

@@ -144,7 +144,7 @@ class Tower(nn.Module):
         and no hook of the last block or of a pre-pool final LayerNorm is active (those
         hooks would see every position).
         """
-        if layer >= self.config.layers or self.pool_head is not None:
+        if layer >= self.config.layers or not self.pools_one_token:
             return None
         last = self.blocks[-1]
         assert isinstance(last, Block)
@@ -180,21 +180,24 @@ class Tower(nn.Module):
             x = last.forward_rows(x, rows, causal=causal)
         return self._finish(x, ctx, tokens, at_rows=rows is not None)
 
+    @property
+    def pools_one_token(self) -> bool:
+        """Whether the embedding reads one position of the last residual (not mean / MAP)."""
+        return self.pool_head is None and self.config.pool not in ("mean", "map")
+
     def pooled_positions(self, x: Tensor, tokens: Tensor | None = None) -> Tensor | None:
         """The one position [B] each row's pooled vector reads, or None (mean or MAP pooling).
 
         With a position, only that row of the last residual matters to the embedding.
         """
-        if self.pool_head is not None:
-            return None
-        return self._pool_rows(x, tokens)
+        return self._pool_rows(x, tokens) if self.pools_one_token else None
 
     def embed_pooled_rows(self, x: Tensor) -> Tensor:
         """Embeddings [B, e] from the last block's output at ``pooled_positions`` [B, 1, d].
 
         For towers that pool one token; no hooks fire.
         """
-        if self.pool_head is not None or self.config.pool in ("mean", "map"):
+        if not self.pools_one_token:
             raise InputError(
                 f"the {self.prefix} tower pools with {self.config.pool!r}, not a single token"
             )
