@@ -30,8 +30,8 @@ import pytest
 import torch
 
 import vlmfast as vf
-from vlmfast.causal._attr_capture import Capture, hook, run_tower
-from vlmfast.causal.metrics import MatchedScore, similarity
+from vlmfast.causal.attribution.capture import Capture, hook, run_tower
+from vlmfast.causal.core.metrics import MatchedScore, similarity
 
 MODEL = os.environ.get("VLMFAST_BENCH_ATTR_MODEL", "synthetic:tiny")
 PAIRS = int(os.environ.get("VLMFAST_BENCH_ATTR_PAIRS", 8))

@@ -50,7 +50,7 @@ def model_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_cache_vs_forward(benchmark: Any, model_spec: str, tmp_path: Path) -> None:
-    from vlmfast.store.cache import CacheConfig, iter_forward, run_cache, setup_cache
+    from vlmfast.caching import CacheConfig, iter_forward, run_cache, setup_cache
 
     def config(i: int) -> CacheConfig:
         return CacheConfig(

@@ -36,10 +36,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vlmfast as vf
-from vlmfast.causal._circuit_engine import CircuitEvaluator, HeadFamily
-from vlmfast.causal._circuit_null import keep_masks, log_grid
-from vlmfast.causal.circuit import _inputs
-from vlmfast.causal.metrics import MatchedScore
+from vlmfast.causal.circuits.engine import CircuitEvaluator
+from vlmfast.causal.circuits.families import HeadFamily
+from vlmfast.causal.circuits.inputs import circuit_inputs
+from vlmfast.causal.circuits.null import keep_masks, log_grid
+from vlmfast.causal.core.metrics import MatchedScore
 
 MODEL = os.environ.get("VLMFAST_BENCH_CIRCUIT_MODEL", "open_clip:ViT-B-32")
 PAIRS = int(os.environ.get("VLMFAST_BENCH_CIRCUIT_PAIRS", 8))
@@ -104,7 +105,7 @@ def _flops(run: Any) -> int:
 
 def test_circuit_curve_batched_vs_loop(benchmark: Any, case: Any) -> None:
     pair, px, tok, px_c = case
-    clean, _, _ = _inputs(pair, px, tok, px_c, None, None)
+    clean, _, _ = circuit_inputs(pair, px, tok, px_c, None, None)
     tok_cut = clean["text"]
     att = vf.causal.attribute(pair, px, tok_cut, px_c, components=("heads",))
     ev_cut = _evaluator(pair, px, tok_cut)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import vlmfast as vf
-from vlmfast.causal.circuit_types import CircuitNode
+from vlmfast.causal.circuits.types import CircuitNode
 
 MODEL = os.environ.get("VLMFAST_BENCH_EDGE_MODEL", "synthetic:tiny")
 PAIRS = int(os.environ.get("VLMFAST_BENCH_EDGE_PAIRS", 4))

@@ -87,9 +87,9 @@ def test_source_decode_pool(benchmark: Any, folder: Path) -> None:
 
 
 def test_forward_pipeline_decode_pool(benchmark: Any, folder: Path, tmp_path: Path) -> None:
+    from vlmfast.caching import CacheConfig, iter_forward, setup_cache
     from vlmfast.data.synthetic.model import build_clip, tiny_config
     from vlmfast.data.synthetic.train import save_model
-    from vlmfast.store.cache import CacheConfig, iter_forward, setup_cache
 
     torch.manual_seed(0)
     cfg = tiny_config()

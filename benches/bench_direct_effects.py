@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import vlmfast as vf
-from vlmfast.causal.decompose import reference_parts, tower_parts
-from vlmfast.causal.direct_effects import DirectEffects
+from vlmfast.causal.direct import DirectEffects
+from vlmfast.causal.direct.decompose import reference_parts, tower_parts
 
 N_PAIRS = 16
 

@@ -24,7 +24,7 @@ import torch
 
 import vlmfast as vf
 from vlmfast.causal import MatchedScore, patch_heads
-from vlmfast.causal.metrics import similarity
+from vlmfast.causal.core.metrics import similarity
 
 N_PAIRS = 8
 CAPTIONS = [

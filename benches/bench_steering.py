@@ -6,7 +6,7 @@ set: 32 one-object test images with their captions and the 8 color prompts. Each
 (concept, alpha) variant adds ``alpha`` times the sum of its neurons' unit-norm output
 weight rows at their layers' ``mlp_out``.
 
-- loop (reference): ``steering_sweep(method="loop")``: one image-tower forward of the 32
+- loop (reference): ``steering_sweep(method="serial")``: one image-tower forward of the 32
   images per (concept, alpha) with ``vf.Steer`` (128 forwards; the text tower once);
 - batched: ``steering_sweep(method="batched")``: the 129 variants (clean + 128) stacked along
   the batch, ``max_rows=2048`` rows per forward (3 forwards), per-row deltas.
@@ -49,7 +49,7 @@ def setup() -> tuple[Any, dict[str, Any], EvalSet]:
 def test_steering_sweep_batched_vs_loop(benchmark: Any, setup: Any) -> None:
     pair, units, ev = setup
     t0 = time.perf_counter()
-    loop = steering_sweep(pair, units, ALPHAS, eval_data=ev, method="loop")
+    loop = steering_sweep(pair, units, ALPHAS, eval_data=ev, method="serial")
     t_loop = time.perf_counter() - t0
     fast = benchmark.pedantic(
         lambda: steering_sweep(pair, units, ALPHAS, eval_data=ev, method="batched"),

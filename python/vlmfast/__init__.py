@@ -27,6 +27,7 @@ _LAZY_ATTRS: dict[str, str] = {
     "FreezeLayerNorm": "vlmfast.models.interventions",
 }
 _LAZY_MODULES = (
+    "caching",
     "causal",
     "cli",
     "data",

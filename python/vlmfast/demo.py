@@ -10,7 +10,9 @@ labelled as its claim), trace both towers, attribute every head / neuron / posit
 patch every head exactly), find each configured concept's circuit, ablate and steer its
 top features, and write the report. A re-run skips every stage that is up to date.
 
-Every number printed is computed in the run; nothing is a constant.
+Every number printed is computed in the run; nothing is a constant. This module is a
+pipeline config (``DemoConfig``: overrides of the bundled ``demo.toml``) and the printing of
+its results; the work is ``vlmfast.pipeline.run_pipeline``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class DemoConfig:
     sae_batch: int | None = None
     """Rows per SAE step."""
     stages: Sequence[str] | None = None
-    """Stages to run (default: all that are available)."""
+    """Stages to run (default: the config's, every stage)."""
     progress: bool | None = None
     """Show progress bars."""
 
@@ -80,29 +82,6 @@ def _spec_n(spec: str) -> int:
         if part.startswith("n="):
             return int(part[2:])
     return 2000
-
-
-def available_stages(stages: Sequence[str], log: Callable[[str], None]) -> list[str]:
-    """``stages`` without those whose library code has not landed (circuit, report)."""
-    import importlib.util
-
-    out = list(stages)
-    if "circuit" in out:
-        from vlmfast.pipeline.stages.circuit import _find_circuit
-
-        if _find_circuit() is None:
-            out.remove("circuit")
-            log("note: vf.causal.find_circuit is not available: the circuit stage is left out")
-    if "report" in out:
-        ok = importlib.util.find_spec("vlmfast.report") is not None
-        if ok:
-            import vlmfast.report as rep
-
-            ok = hasattr(rep, "build_report")
-        if not ok:
-            out.remove("report")
-            log("note: vlmfast.report.build_report is not available: the report stage is left out")
-    return out
 
 
 def format_paper_table(score: dict[str, Any]) -> str:
@@ -177,7 +156,6 @@ def run_demo(
 
     cfg = cfg or DemoConfig()
     pipeline = cfg.to_pipeline()
-    pipeline.run.stages = available_stages(pipeline.run.stages, log)
     log(f"vlmfast demo: {pipeline.model.spec} on {pipeline.data.spec} -> {cfg.out}")
     res = run_pipeline(pipeline, cfg.out, force=force, dry_run=dry_run, log=log)
     out: dict[str, Any] = {

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import vlmfast as vf
+from tolerance import PARITY_ULPS, assert_close
 from vlmfast.errors import ModelLoadError
 
 transformers = pytest.importorskip("transformers")
-
-ATOL = 1e-4
 
 
 def _clip_config(**text_overrides: Any) -> Any:
@@ -105,9 +104,9 @@ def _compare(pair: Any, model: Any, px: torch.Tensor, tok: torch.Tensor) -> None
         logits = pair.logits(px, tok)
         img = pair.encode_image(px)
         txt = pair.encode_text(tok)
-    torch.testing.assert_close(img, _unnormalised(model, "image", px), atol=ATOL, rtol=0)
-    torch.testing.assert_close(txt, _unnormalised(model, "text", tok), atol=ATOL, rtol=0)
-    torch.testing.assert_close(logits, ref.logits_per_image, atol=ATOL, rtol=0)
+    assert_close(img, _unnormalised(model, "image", px), ulps=PARITY_ULPS)
+    assert_close(txt, _unnormalised(model, "text", tok), ulps=PARITY_ULPS)
+    assert_close(logits, ref.logits_per_image, ulps=PARITY_ULPS)
 
 
 def _unnormalised(model: Any, tower: str, x: torch.Tensor) -> torch.Tensor:

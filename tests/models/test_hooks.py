@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from tolerance import assert_close
 from vlmfast.errors import HookNameError, InputError, ShapeError
 from vlmfast.models import Intervention, resolve_hooks
 from vlmfast.models.testing import random_pair_tokens, random_pixels
@@ -82,14 +83,14 @@ def test_cached_values_are_consistent(b32_pair: Any) -> None:
         blk = pair.tower(tower).blocks[1]
         p = f"{tower}.blocks.1"
         attn_out = c[f"{p}.attn.head_out"].sum(2) + blk.attn.out_bias
-        torch.testing.assert_close(attn_out, c[f"{p}.attn_out"], atol=1e-5, rtol=0)
+        assert_close(attn_out, c[f"{p}.attn_out"])
         torch.testing.assert_close(c[f"{p}.resid_pre"] + c[f"{p}.attn_out"], c[f"{p}.resid_mid"])
         torch.testing.assert_close(c[f"{p}.resid_mid"] + c[f"{p}.mlp_out"], c[f"{p}.resid_post"])
         torch.testing.assert_close(c[f"{tower}.blocks.0.resid_post"], c[f"{p}.resid_pre"])
         pattern = c[f"{p}.attn.pattern"]
         torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)))
         z = torch.einsum("bhqk,bkhd->bqhd", pattern, c[f"{p}.attn.v"])
-        torch.testing.assert_close(z, c[f"{p}.attn.z"], atol=1e-5, rtol=0)
+        assert_close(z, c[f"{p}.attn.z"])
     text_pattern = c["text.blocks.0.attn.pattern"]
     assert torch.all(text_pattern.triu(1) == 0)  # causal
     torch.testing.assert_close(c["image.embed"], out.image_embeds)
@@ -103,7 +104,7 @@ def test_sdpa_and_manual_attention_agree(b32_pair: Any) -> None:
         fast = pair.run(px, tok, cache=["*.attn.z"])
         slow = pair.run(px, tok, cache=["*.attn.z", "*.attn.pattern"])
     for name in fast.cache:
-        torch.testing.assert_close(fast.cache[name], slow.cache[name], atol=1e-5, rtol=0)
+        assert_close(fast.cache[name], slow.cache[name])
 
 
 def test_globs_and_tower_filtering(b32_pair: Any) -> None:
@@ -171,11 +172,11 @@ def test_run_from_continues_the_forward(b32_pair: Any) -> None:
                     "image.blocks.1.resid_post"
                 ]
             out = pair.image.run_from(layer, resid)
-            torch.testing.assert_close(out.embed, full.image_embeds, atol=1e-5, rtol=0)
+            assert_close(out.embed, full.image_embeds)
         text = pair.text.run_from(
             1, full.cache["text.blocks.1.resid_pre"], tokens=tok, cache=["text.pooled"]
         )
-        torch.testing.assert_close(text.embed, full.text_embeds, atol=1e-5, rtol=0)
+        assert_close(text.embed, full.text_embeds)
         assert set(text.cache) == {"text.pooled"}
     with pytest.raises(InputError, match="needs tokens"):
         pair.text.run_from(1, full.cache["text.blocks.1.resid_pre"])

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from tolerance import PARITY_ULPS, assert_close
 from vlmfast.errors import InputError, ShapeError
 from vlmfast.models import Ablate, FreezeLayerNorm, Intervention, Noise, Patch, PerRow, Steer
 from vlmfast.models.testing import random_pair_tokens, random_pixels
@@ -29,7 +30,7 @@ def test_zero_ablating_a_head_removes_exactly_its_write(b32_pair: Any) -> None:
     assert torch.all(ablated.cache[z][:, :, 2] == 0)
     torch.testing.assert_close(ablated.cache[z][:, :, [0, 1, 3]], clean.cache[z][:, :, [0, 1, 3]])
     expected = clean.cache[ao] - clean.cache[ho][:, :, 2]
-    torch.testing.assert_close(ablated.cache[ao], expected, atol=1e-5, rtol=0)
+    assert_close(ablated.cache[ao], expected)
     assert not torch.allclose(ablated.image_embeds, clean.image_embeds)
 
 
@@ -46,7 +47,7 @@ def test_zero_ablating_a_neuron(b32_pair: Any) -> None:
     w_out = pair.image.blocks[L].mlp.fc2_weight[:, 7]
     expected = clean.cache[out].clone()
     expected[:, [0, 3]] -= clean.cache[post][:, [0, 3], 7, None] * w_out
-    torch.testing.assert_close(ablated.cache[out], expected, atol=1e-5, rtol=0)
+    assert_close(ablated.cache[out], expected)
 
 
 def test_patching_with_own_clean_cache_is_a_no_op(b32_pair: Any) -> None:
@@ -62,7 +63,7 @@ def test_patching_with_own_clean_cache_is_a_no_op(b32_pair: Any) -> None:
     ]
     clean = _run(pair, px, tok=tok, cache=hooks)
     patched = _run(pair, px, *(Patch(h, source=clean) for h in hooks), tok=tok)
-    torch.testing.assert_close(patched.logits, clean.logits, atol=1e-5, rtol=0)
+    assert_close(patched.logits, clean.logits)
 
 
 def test_per_row_patches_equal_separate_forwards(b32_pair: Any) -> None:
@@ -77,9 +78,7 @@ def test_per_row_patches_equal_separate_forwards(b32_pair: Any) -> None:
     for row, (h, s) in enumerate(zip(heads, source_rows)):
         ivs = [] if h < 0 else [Patch(z, clean.cache[z][s : s + 1], heads=[h])]
         single = _run(pair, corrupt_px, *ivs)
-        torch.testing.assert_close(
-            batched.image_embeds[row], single.image_embeds[0], atol=1e-5, rtol=0
-        )
+        assert_close(batched.image_embeds[row], single.image_embeds[0])
 
 
 def test_ragged_per_row_selection_and_rows(b32_pair: Any) -> None:
@@ -167,7 +166,7 @@ def test_frozen_layernorm_matches_clean_run(b32_pair: Any) -> None:
     px, tok = random_pixels(pair, 2), random_pair_tokens(pair, 2)
     clean = _run(pair, px, tok=tok, cache=FreezeLayerNorm.cache_patterns("all"))
     frozen = _run(pair, px, FreezeLayerNorm(clean, "all"), tok=tok)
-    torch.testing.assert_close(frozen.logits, clean.logits, atol=1e-5, rtol=0)
+    assert_close(frozen.logits, clean.logits)
     # with the final LN frozen, the embedding is linear in the last residual stream
     last = f"image.blocks.{pair.config.image.layers - 1}.resid_post"
     base = _run(pair, px, cache=[last, "image.ln_final.scale"])
@@ -176,7 +175,7 @@ def test_frozen_layernorm_matches_clean_run(b32_pair: Any) -> None:
     e0 = _run(pair, px, freeze).image_embeds
     e1 = _run(pair, px, freeze, Steer(last, direction, alpha=1.0)).image_embeds
     e2 = _run(pair, px, freeze, Steer(last, direction, alpha=2.0)).image_embeds
-    torch.testing.assert_close(e2 - e0, 2 * (e1 - e0), atol=1e-4, rtol=0)
+    assert_close(e2 - e0, 2 * (e1 - e0), ulps=PARITY_ULPS)
     unfrozen = _run(pair, px, Steer(last, direction, alpha=50.0)).image_embeds
     assert not torch.allclose(unfrozen - e0, 50 * (e1 - e0), atol=1e-3)
     with pytest.raises(InputError, match="cache it in the source run"):
@@ -191,7 +190,7 @@ def test_pattern_intervention(b32_pair: Any) -> None:
         clean = pair.run(texts=tok, cache=[hook])
         same = pair.run(texts=tok, interventions=[Patch(hook, clean)])
         changed = pair.run(texts=tok, interventions=[Ablate(hook, heads=0, mode="zero")])
-    torch.testing.assert_close(same.text_embeds, clean.text_embeds, atol=1e-5, rtol=0)
+    assert_close(same.text_embeds, clean.text_embeds)
     assert not torch.allclose(changed.text_embeds, clean.text_embeds)
 
 
@@ -232,7 +231,7 @@ def test_capture_grad_gives_the_total_derivative(b32_pair: Any) -> None:
     leaf = probe.values[hook].clone().requires_grad_(requires_grad=True)
     ref = pair.run(images=px, texts=tok, interventions=[Patch(hook, leaf)])
     (expected,) = torch.autograd.grad(ref.logits[:, 0].sum(), leaf)
-    torch.testing.assert_close(grads[hook], expected, atol=1e-5, rtol=1e-4)
+    assert_close(grads[hook], expected)
     torch.testing.assert_close(out.logits, ref.logits)
 
 

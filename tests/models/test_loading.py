@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vlmfast as vf
+from tolerance import PARITY_ULPS, assert_close
 from vlmfast.errors import InputError, ModelLoadError
 from vlmfast.models import HookedPair, PairConfig, TowerConfig, from_open_clip
 from vlmfast.models.registry import OPEN_CLIP_TESTED
@@ -45,7 +46,7 @@ def test_open_clip_random_init_and_checkpoint_path(tiny_arch: str, tmp_path: Pat
     px, tok = torch.randn(2, 3, 96, 96), loaded.tokenize(["a red cube", "a dog"])
     with torch.no_grad():
         ref = model.eval().get_logits(px, tok)[0]
-        torch.testing.assert_close(loaded.logits(px, tok), ref, atol=1e-4, rtol=0)
+        assert_close(loaded.logits(px, tok), ref, ulps=PARITY_ULPS)
 
 
 def test_open_clip_preprocess_and_tokenize(tiny_arch: str) -> None:

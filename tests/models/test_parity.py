@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tolerance import PARITY_ULPS, assert_close
 from vlmfast.models import HookedPair, from_open_clip
 from vlmfast.models.registry import OPEN_CLIP_TESTED
 from vlmfast.models.testing import build_open_clip, random_tokens, tiny_config, tiny_open_clip
-
-ATOL = 1e-4
 
 
 def _check(model: torch.nn.Module, pair: HookedPair, n_img: int = 3, n_txt: int = 4) -> None:
@@ -21,10 +20,10 @@ def _check(model: torch.nn.Module, pair: HookedPair, n_img: int = 3, n_txt: int 
         ref_img, ref_txt = model.encode_image(px), model.encode_text(tok)
         out = pair.run(images=px, texts=tok)
     assert out.logits is not None
-    torch.testing.assert_close(out.image_embeds, ref_img, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.text_embeds, ref_txt, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.logits, ref_logits, atol=ATOL, rtol=0)
-    torch.testing.assert_close(pair.logits(px, tok), ref_logits, atol=ATOL, rtol=0)
+    assert_close(out.image_embeds, ref_img, ulps=PARITY_ULPS)
+    assert_close(out.text_embeds, ref_txt, ulps=PARITY_ULPS)
+    assert_close(out.logits, ref_logits, ulps=PARITY_ULPS)
+    assert_close(pair.logits(px, tok), ref_logits, ulps=PARITY_ULPS)
 
 
 @pytest.mark.parametrize("arch", OPEN_CLIP_TESTED)
@@ -65,7 +64,7 @@ def test_parity_with_every_hook_active() -> None:
         ref = model.get_logits(px, tok)[0]
         out = pair.run(images=px, texts=tok, cache=["*"])
     assert out.logits is not None
-    torch.testing.assert_close(out.logits, ref, atol=ATOL, rtol=0)
+    assert_close(out.logits, ref, ulps=PARITY_ULPS)
     assert set(out.cache) == set(pair.hook_points())
 
 
@@ -97,9 +96,9 @@ def test_parity_full_vit_b32() -> None:
     tok = open_clip.tokenize(["a photo of a red cube", "two dogs left of a cat", "x"])
     with torch.no_grad():
         ref = model.get_logits(px, tok)[0]
-        torch.testing.assert_close(pair.logits(px, tok), ref, atol=ATOL, rtol=0)
-        torch.testing.assert_close(pair.encode_image(px), model.encode_image(px), atol=ATOL, rtol=0)
-        torch.testing.assert_close(pair.encode_text(tok), model.encode_text(tok), atol=ATOL, rtol=0)
+        assert_close(pair.logits(px, tok), ref, ulps=PARITY_ULPS)
+        assert_close(pair.encode_image(px), model.encode_image(px), ulps=PARITY_ULPS)
+        assert_close(pair.encode_text(tok), model.encode_text(tok), ulps=PARITY_ULPS)
         # the tokenizer of open_clip:ViT-B-32 is CLIP's BPE
         torch.testing.assert_close(pair.tokenize(["a photo of a red cube"]), tok[:1])
 
@@ -119,4 +118,4 @@ def test_parity_layer_scale_eos_pool_and_odd_image_size() -> None:
     px = torch.randn(2, 3, 50, 50)
     with torch.no_grad():
         ref = model.get_logits(px, tok)[0]
-        torch.testing.assert_close(pair.logits(px, tok), ref, atol=ATOL, rtol=0)
+        assert_close(pair.logits(px, tok), ref, ulps=PARITY_ULPS)

@@ -39,14 +39,14 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
     import numpy as np
 
     import vlmfast as vf
+    from vlmfast.caching import CacheConfig, run_cache
     from vlmfast.causal import attribute, concept_intervention, top_units, trace
-    from vlmfast.causal.evalset import EvalSet
+    from vlmfast.causal.core.evalset import EvalSet
     from vlmfast.data import open_source
     from vlmfast.pipeline.stages.score import ground_truth_table
-    from vlmfast.pipeline.stages.train_sae import shuffled, training_rows
     from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, train
+    from vlmfast.sae.data import store_batches
     from vlmfast.scoring.from_store import score_store
-    from vlmfast.store.cache import CacheConfig, run_cache
 
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
         torch.manual_seed(0)
         sae = TopKSAE(d_in=int(store.width(hook)), n_latents=64, k=8, hook=hook)
         trainer = SAETrainer(sae, TrainConfig(seed=0), total_steps=150)
-        train(shuffled(training_rows(store, hook), 256, 0), [trainer])
+        train(store_batches(store, hook, 256, rows="tokens", seed=0), [trainer])
         sae.save(run / "train-sae" / mod)
         saes[mod] = sae
     stages.append(_manifest(run, "train-sae", round(time.perf_counter() - t0, 1)))

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from vlmfast.caching.boxes import box_attrs
+from vlmfast.caching.geometry import InputGeometry
 from vlmfast.errors import InputError
 from vlmfast.scoring.from_store import score_store
 from vlmfast.store import ActivationStore
-from vlmfast.store.boxes import BoxRows, InputGeometry, PatchGrid, box_attrs
-from vlmfast.store.boxes import patch_labels_reference as reference
+from vlmfast.store.patch_labels import PatchGrid
+from vlmfast.store.patch_labels import patch_labels_reference as reference
+from vlmfast.store.records import BoxRows
 
 IMG, TXT, EMB = "image.blocks.0.resid_post", "text.blocks.0.resid_post", "image.embed"
 NAMES, KINDS = ["red", "circle", "left of"], ["color", "object", "relation"]

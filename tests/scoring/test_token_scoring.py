@@ -12,8 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from vlmfast.errors import InputError
 from vlmfast.scoring.from_store import score_store
-from vlmfast.store import ActivationStore
-from vlmfast.store.layout import Labels
+from vlmfast.store import ActivationStore, Labels
 
 NAMES, KINDS = ["red", "circle", "left of"], ["color", "object", "relation"]
 

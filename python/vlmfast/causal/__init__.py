@@ -1,53 +1,79 @@
-"""Causal tools on the hooked pair: activation patching sweeps and their metrics.
+"""Causal tools on the hooked pair: patching, tracing, attribution, direct effects, circuits.
 
-import vlmfast as vf
-grid = vf.causal.patch_heads(pair, px, tok, source={"images": px_src}, metric="score")
-# grid[L, h]: matched score (scale*cos + bias) with head h of image layer L patched
+    import vlmfast as vf
+    grid = vf.causal.patch_heads(pair, px, tok, source={"images": px_src}, metric="score")
+    # grid[L, h]: matched score (scale*cos + bias) with head h of image layer L patched
+
+Layout, by method (each sub-package's ``__init__`` names its public API; arrows point
+down only): ``core`` (pairs, metrics, conventions, inputs and corruptions, eval sets,
+units, limits) under ``patching`` (batched patch sweeps), ``tracing`` (ROME's
+corrupt-then-restore), ``attribution`` (AtP, AtP*, IG, the exact reference), ``direct``
+(direct effects, the decomposition, the ablation ladder), ``circuits`` (search, the
+ablation engine, edges, feature circuits, drawings) and ``interventions`` (concept
+ablation and steering). Every name below is importable from ``vlmfast.causal``; they are
+loaded on first use (PEP 562), so ``vlmfast.causal.core`` stays cheap for the CLI.
 """
 
 from __future__ import annotations
 
-from vlmfast.causal.attribution import attribute, exact_effects
-from vlmfast.causal.attribution_result import AttributionResult
-from vlmfast.causal.circuit import find_circuit
-from vlmfast.causal.circuit_dot import circuit_to_dot
-from vlmfast.causal.circuit_graph import circuit_edges
-from vlmfast.causal.circuit_result import Circuit
-from vlmfast.causal.circuit_svg import circuit_to_svg
-from vlmfast.causal.circuit_types import CircuitEdge, CircuitNode
-from vlmfast.causal.components import ComponentSpec, component_spec
-from vlmfast.causal.concept_intervention import (
-    InterventionResult,
-    SteeringSweep,
-    concept_intervention,
-    steering_sweep,
-)
-from vlmfast.causal.direct_effects import DirectEffects, DirectEffectsBoth, direct_effects
-from vlmfast.causal.evalset import EvalSet
-from vlmfast.causal.feature_circuit import (
-    FeatureCircuit,
-    feature_attribution,
-    feature_families,
-    find_feature_circuit,
-)
-from vlmfast.causal.ladder import AblationLadder, LadderRung, ablation_ladder
-from vlmfast.causal.metrics import Alignment, LogitDiff, MatchedScore, resolve_metric, similarity
-from vlmfast.causal.patching import patch_heads, patch_sweep
-from vlmfast.causal.tracing import TraceResult, trace
-from vlmfast.causal.units import (
-    Unit,
-    UnitLayout,
-    UnitSet,
-    load_scores,
-    top_units,
-    unit_activations,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> sub-package module that defines it
+_NAMES: dict[str, str] = {
+    "AblationLadder": "direct",
+    "Alignment": "core.metrics",
+    "AttributionResult": "attribution",
+    "Circuit": "circuits",
+    "CircuitConfig": "circuits",
+    "CircuitEdge": "circuits",
+    "CircuitNode": "circuits",
+    "ComponentSpec": "core.components",
+    "DirectEffects": "direct",
+    "DirectEffectsBoth": "direct",
+    "EvalSet": "core.evalset",
+    "FeatureCircuit": "circuits",
+    "InterventionConfig": "interventions",
+    "InterventionResult": "interventions",
+    "LadderRung": "direct",
+    "LogitDiff": "core.metrics",
+    "MatchedScore": "core.metrics",
+    "SteeringSweep": "interventions",
+    "TraceResult": "tracing",
+    "Unit": "core.units",
+    "UnitLayout": "core.units",
+    "UnitSet": "core.units",
+    "ablation_ladder": "direct",
+    "attribute": "attribution",
+    "circuit_edges": "circuits",
+    "circuit_to_dot": "circuits",
+    "circuit_to_svg": "circuits",
+    "component_spec": "core.components",
+    "concept_intervention": "interventions",
+    "direct_effects": "direct",
+    "exact_effects": "attribution",
+    "feature_attribution": "circuits",
+    "feature_families": "circuits",
+    "find_circuit": "circuits",
+    "find_feature_circuit": "circuits",
+    "load_scores": "core.top_units",
+    "patch_heads": "patching",
+    "patch_sweep": "patching",
+    "resolve_metric": "core.metrics",
+    "similarity": "core.metrics",
+    "steering_sweep": "interventions",
+    "top_units": "core.top_units",
+    "trace": "tracing",
+    "unit_activations": "core.unit_activations",
+}
+_SUBPACKAGES = ("attribution", "circuits", "core", "direct", "interventions", "patching", "tracing")
 
 __all__ = [
     "AblationLadder",
     "Alignment",
     "AttributionResult",
     "Circuit",
+    "CircuitConfig",
     "CircuitEdge",
     "CircuitNode",
     "ComponentSpec",
@@ -55,6 +81,7 @@ __all__ = [
     "DirectEffectsBoth",
     "EvalSet",
     "FeatureCircuit",
+    "InterventionConfig",
     "InterventionResult",
     "LadderRung",
     "LogitDiff",
@@ -87,3 +114,63 @@ __all__ = [
     "trace",
     "unit_activations",
 ]
+
+if TYPE_CHECKING:
+    from vlmfast.causal.attribution import AttributionResult, attribute, exact_effects
+    from vlmfast.causal.circuits import (
+        Circuit,
+        CircuitConfig,
+        CircuitEdge,
+        CircuitNode,
+        FeatureCircuit,
+        circuit_edges,
+        circuit_to_dot,
+        circuit_to_svg,
+        feature_attribution,
+        feature_families,
+        find_circuit,
+        find_feature_circuit,
+    )
+    from vlmfast.causal.core.components import ComponentSpec, component_spec
+    from vlmfast.causal.core.evalset import EvalSet
+    from vlmfast.causal.core.metrics import (
+        Alignment,
+        LogitDiff,
+        MatchedScore,
+        resolve_metric,
+        similarity,
+    )
+    from vlmfast.causal.core.top_units import load_scores, top_units
+    from vlmfast.causal.core.unit_activations import unit_activations
+    from vlmfast.causal.core.units import Unit, UnitLayout, UnitSet
+    from vlmfast.causal.direct import (
+        AblationLadder,
+        DirectEffects,
+        DirectEffectsBoth,
+        LadderRung,
+        ablation_ladder,
+        direct_effects,
+    )
+    from vlmfast.causal.interventions import (
+        InterventionConfig,
+        InterventionResult,
+        SteeringSweep,
+        concept_intervention,
+        steering_sweep,
+    )
+    from vlmfast.causal.patching import patch_heads, patch_sweep
+    from vlmfast.causal.tracing import TraceResult, trace
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"vlmfast.causal.{name}")
+    if name not in _NAMES:
+        raise AttributeError(f"module 'vlmfast.causal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"vlmfast.causal.{_NAMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBPACKAGES])

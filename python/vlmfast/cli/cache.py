@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+
+from vlmfast.cli import args as A
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,26 +20,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "split the batches and merge into one store, identical to a one-process run."
         ),
     )
-    p.add_argument(
-        "--model", required=True, help="model spec, e.g. synthetic:tiny, open_clip:ViT-B-32"
-    )
-    p.add_argument("--pretrained", default=None, help="weights tag or local checkpoint path")
-    p.add_argument(
-        "--data", required=True, help="data spec, e.g. synthetic:n=2000,seed=0 or a folder"
-    )
+    A.add_model_args(p)
+    A.add_data_arg(p, help="data spec, e.g. synthetic:n=2000,seed=0 or a folder")
     p.add_argument(
         "--hooks",
         required=True,
+        type=A.hook_list,
         help="comma-separated hook names or globs; joint.embed for both embeddings",
     )
     p.add_argument("--positions", default="all", choices=["cls", "eot", "pooled", "all", "mean"])
-    p.add_argument("--out", required=True, type=Path, help="store folder")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    A.add_out_arg(p, help="store folder (a killed run resumes into it)")
+    p.add_argument("--batch-size", type=A.positive_int, default=64)
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="store dtype"
     )
-    p.add_argument("--limit", type=int, default=None, help="at most this many records")
+    p.add_argument("--limit", type=A.positive_int, default=None, help="at most this many records")
     p.add_argument(
         "--concepts",
         default=None,
@@ -48,16 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--decode-workers",
-        type=int,
+        type=A.nonnegative_int,
         default=None,
         help="threads decoding images ahead of the forward (default: one per CPU, at most 8; "
         "0: none); the store does not depend on it",
     )
-    p.add_argument("--chunk-rows", type=int, default=8192)
+    p.add_argument("--chunk-rows", type=A.positive_int, default=8192)
     p.add_argument("--compression", default="none", choices=["none", "zstd"])
     p.add_argument(
         "--commit-seconds",
-        type=float,
+        type=A.nonnegative_float,
         default=10.0,
         help="commit at most this often (0: every batch)",
     )
@@ -65,17 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a store made with other settings"
     )
     p.add_argument("--skip-nonfinite", action="store_true", help="skip and count NaN/Inf rows")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    A.add_progress_arg(p)
+    p.set_defaults(func=run, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmfast.store.cache import CacheConfig, run_cache
+    from vlmfast.caching import CacheConfig, run_cache
 
     cfg = CacheConfig(
         model=args.model,
         data=args.data,
-        hooks=[h.strip() for h in args.hooks.split(",") if h.strip()],
+        hooks=args.hooks,
         out=args.out,
         pretrained=args.pretrained,
         positions=args.positions,

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmfast.cli._tables import image_caption_records, write_table
+from vlmfast.cli import args as A
+from vlmfast.cli.outputs import print_skips, skips_json
 from vlmfast.errors import InputError
+from vlmfast.tables import write_table
 
 
 def register(subparsers: Any) -> None:
@@ -36,16 +38,18 @@ def register(subparsers: Any) -> None:
             "zero-shot accuracy."
         ),
     )
-    p.add_argument("--model", required=True, help="model spec, e.g. synthetic:tiny")
-    p.add_argument("--pretrained", default=None, help="weights tag or local checkpoint path")
-    p.add_argument("--data", required=True, help="data spec, e.g. synthetic:n=300,seed=7")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--limit", type=int, default=256, help="at most this many image-text pairs")
+    A.add_model_args(p, device_help="torch device of the model")
+    A.add_data_arg(p, help="data spec, e.g. synthetic:n=300,seed=7")
+    A.add_out_arg(p)
+    p.add_argument(
+        "--limit", type=A.positive_int, default=256, help="at most this many image-text pairs"
+    )
     p.add_argument("--tower", default="image", choices=["image", "text", "both"])
-    p.add_argument("--null", type=int, default=200, help="mismatched-pair draws (0: no null)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the null's derangements")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device of the model")
+    p.add_argument(
+        "--null", type=A.nonnegative_int, default=200, help="mismatched-pair draws (0: no null)"
+    )
+    A.add_seed_arg(p, help="seed of the null's derangements")
+    p.add_argument("--batch-size", type=A.positive_int, default=64)
     p.add_argument(
         "--ladder-classes",
         default=None,
@@ -67,8 +71,10 @@ def register(subparsers: Any) -> None:
 
 def read_pairs(spec: str, limit: int | None) -> tuple[list[Any], list[str]]:
     """Images and captions of the records that have both."""
-    records = image_caption_records(spec, limit)
-    return [r.image for r in records], [str(r.caption) for r in records]
+    from vlmfast.data.pairs import read_pairs as read
+
+    pairs = read(spec, limit)
+    return pairs.images, pairs.captions
 
 
 def labels_from_captions(captions: Sequence[str], classes: Sequence[str]) -> list[int | None]:
@@ -81,82 +87,62 @@ def labels_from_captions(captions: Sequence[str], classes: Sequence[str]) -> lis
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``vlmfast direct-effects``."""
+def _ladder(pair: Any, px: Any, captions: list[str], args: argparse.Namespace) -> Any:
+    """The ablation ladder over the images whose caption names one ``--ladder-classes``."""
     import torch
 
-    import vlmfast as vf
-    from vlmfast.causal.direct_effects import DirectEffects, direct_effects
-    from vlmfast.causal.ladder import ablation_ladder
+    from vlmfast.causal.direct import ablation_ladder
 
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be >= 1, got {args.limit}")
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    pair = vf.load_pair(args.model, pretrained=args.pretrained, device=args.device)
-    images, captions = read_pairs(args.data, args.limit)
-    px = pair.preprocess(images)
-    tok = pair.tokenize(captions)
-    result = direct_effects(
-        pair, px, tok, tower=args.tower, null=args.null, seed=args.seed, batch_size=args.batch_size
-    )
-    summary: dict[str, Any] = {
-        "model": args.model,
-        "pretrained": args.pretrained,
-        "data": args.data,
-        "n_pairs": len(captions),
-        "direct_effects": result.to_json(),
-    }
-    written = [write_table(result.table(), out / "parts")]
-    parts = (
-        {"image": result.image, "text": result.text}
-        if not isinstance(result, DirectEffects)
-        else {result.tower: result}
-    )
-    if not args.no_plot:
-        for name, de in parts.items():
-            for ext in ("png", "svg"):
-                de.plot(out / f"heads_{name}.{ext}")
-                written.append(out / f"heads_{name}.{ext}")
-    if args.ladder_classes:
-        classes = [c.strip() for c in args.ladder_classes.split(",") if c.strip()]
-        if "{}" not in args.ladder_template:
-            raise InputError(f"--ladder-template must contain {{}}, got {args.ladder_template!r}")
-        labels = labels_from_captions(captions, classes)
-        keep = [i for i, lab in enumerate(labels) if lab is not None]
-        if not keep:
-            raise InputError(
-                f"no caption names exactly one of the --ladder-classes {classes}; the ladder "
-                "takes each image's class from its caption"
-            )
-        idx = torch.tensor(keep)
-        ladder = ablation_ladder(
-            pair,
-            px[idx],
-            [args.ladder_template.format(c) for c in classes],
-            [lab for lab in labels if lab is not None],
-            tower="image",
-            mode=args.ladder_mode,
-            path=args.ladder_path,
-            batch_size=args.batch_size,
-            cls=args.ladder_cls,
+    classes = A.split(args.ladder_classes)
+    if "{}" not in args.ladder_template:
+        raise InputError(f"--ladder-template must contain {{}}, got {args.ladder_template!r}")
+    labels = labels_from_captions(captions, classes)
+    keep = [i for i, lab in enumerate(labels) if lab is not None]
+    if not keep:
+        raise InputError(
+            f"no caption names exactly one of the --ladder-classes {classes}; the ladder "
+            "takes each image's class from its caption"
         )
-        summary["ladder"] = ladder.to_json() | {
-            "classes": classes,
-            "template": args.ladder_template,
-        }
+    ladder = ablation_ladder(
+        pair, px[torch.tensor(keep)], [args.ladder_template.format(c) for c in classes],
+        [lab for lab in labels if lab is not None], tower="image", mode=args.ladder_mode,
+        path=args.ladder_path, batch_size=args.batch_size, cls=args.ladder_cls,
+    )  # fmt: skip
+    return ladder, {"classes": classes, "template": args.ladder_template}
+
+
+def _parts(result: Any) -> dict[str, Any]:
+    from vlmfast.causal.direct import DirectEffects
+
+    if isinstance(result, DirectEffects):
+        return {result.tower: result}
+    return {"image": result.image, "text": result.text}
+
+
+def _write(result: Any, ladder: Any, out: Path, plot: bool) -> list[Path]:
+    """The tables and figures (``direct_effects.json`` is written last, by ``run``)."""
+    written = [out / "direct_effects.json", write_table(result.table(), out / "parts")]
+    for name, de in _parts(result).items() if plot else ():
+        for ext in ("png", "svg"):
+            de.plot(out / f"heads_{name}.{ext}")
+            written.append(out / f"heads_{name}.{ext}")
+    if ladder is not None:
         written.append(write_table(ladder.table(), out / "ladder"))
-        if not args.no_plot:
+        if plot:
             ladder.plot(out / "ladder.png")
             written.append(out / "ladder.png")
-    (out / "direct_effects.json").write_text(json.dumps(summary, indent=2))
-    written.insert(0, out / "direct_effects.json")
+    return written
+
+
+def _print(parts: dict[str, Any], summary: dict[str, Any], args: argparse.Namespace) -> None:
+    import torch
+
     for name, de in parts.items():
         flat = de.heads.flatten()
         top = torch.argsort(flat.abs(), descending=True)[:5].tolist()
         tops = ", ".join(f"L{k // de.n_heads}h{k % de.n_heads} {float(flat[k]):+.3f}" for k in top)
         print(
-            f"{name} tower: {len(captions)} pairs, mean logit {float(de.logit.mean()):.3f}, "
+            f"{name} tower: {summary['n_pairs']} pairs, mean logit {float(de.logit.mean()):.3f}, "
             f"parts+biases - logit max {de.check():.2e}; top heads: {tops}"
         )
     if "ladder" in summary:
@@ -164,5 +150,35 @@ def run(args: argparse.Namespace) -> int:
             f"{r['name']} {100 * r['accuracy']:.1f}%" for r in summary["ladder"]["rungs"]
         )
         print(f"ladder ({args.ladder_mode}, {args.ladder_path}): {accs}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``vlmfast direct-effects``."""
+    import vlmfast as vf
+    from vlmfast.causal.direct import direct_effects
+    from vlmfast.data.pairs import read_pairs as read
+
+    pair = vf.load_pair(args.model, pretrained=args.pretrained, device=args.device)
+    pairs = read(args.data, args.limit)
+    print_skips(pairs.report)
+    px, tok = pair.preprocess(pairs.images), pair.tokenize(pairs.captions)
+    result = direct_effects(
+        pair, px, tok, tower=args.tower, null=args.null, seed=args.seed, batch_size=args.batch_size
+    )
+    ladder, about = _ladder(pair, px, pairs.captions, args) if args.ladder_classes else (None, {})
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "data": args.data,
+        "n_pairs": len(pairs),
+        "skipped_records": skips_json(pairs.report),
+        "direct_effects": result.to_json(),
+    }
+    if ladder is not None:
+        summary["ladder"] = ladder.to_json() | about
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = _write(result, ladder, args.out, plot=not args.no_plot)
+    (args.out / "direct_effects.json").write_text(json.dumps(summary, indent=2))
+    _print(_parts(result), summary, args)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -17,6 +17,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from vlmfast.cli import args as A
+
 _BLOCK = re.compile(r"^(?P<tower>[a-z]+)\.blocks\.(?P<layer>\d+)\.(?P<rest>.+)$")
 
 
@@ -28,7 +30,9 @@ def register(subparsers: Any) -> None:
         description="List the model specs vlmfast loads; with --hooks SPEC, list that model's "
         "hook points and shapes (random weights for open_clip:, offline).",
     )
-    parser.add_argument("--hooks", metavar="SPEC", help="a model spec, e.g. open_clip:ViT-B-32")
+    parser.add_argument(
+        "--hooks", metavar="SPEC", type=A.model_spec, help="a model spec, e.g. open_clip:ViT-B-32"
+    )
     parser.add_argument(
         "--names",
         action="store_true",

@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vlmfast.cli import args as A
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -23,8 +25,15 @@ def register(subparsers: Any) -> None:
             "dashboards, circuit diagrams), report.md and results.json."
         ),
     )
-    p.add_argument("--run", required=True, help="run directory (what `vlmfast run` wrote)")
-    p.add_argument("--out", default=None, help="output directory (default: RUN/report)")
+    p.add_argument(
+        "--run",
+        required=True,
+        type=A.existing_dir("a run directory, vlmfast run --out"),
+        help="run directory (what `vlmfast run` wrote)",
+    )
+    p.add_argument(
+        "--out", type=A.out_dir, default=None, help="output directory (default: RUN/report)"
+    )
     p.set_defaults(func=run)
 
 

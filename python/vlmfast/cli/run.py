@@ -17,10 +17,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vlmfast.cli import args as A
+
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options ``vlmfast run`` and ``vlmfast demo`` share."""
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: [run].out)")
+    p.add_argument("--out", type=A.out_dir, default=None, help="run directory (default: [run].out)")
     p.add_argument(
         "--force",
         action="append",
@@ -29,7 +31,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="rerun STAGE and everything downstream of it (repeatable)",
     )
     p.add_argument("--dry-run", action="store_true", help="print run/skip per stage and why")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    A.add_progress_arg(p)
+    p.set_defaults(resumable=True)  # a failed stage leaves the run's finished stages
 
 
 def register(subparsers: Any) -> None:

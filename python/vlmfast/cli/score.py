@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlmfast.cli import args as A
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -19,15 +21,20 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--store", required=True, help="activation store (vlmfast cache output)")
-    p.add_argument("--hook", required=True, help="hook name inside the store")
+    p.add_argument("--hook", required=True, type=A.hook_name, help="hook name inside the store")
     p.add_argument(
-        "--sae", default=None, help="SAE checkpoint dir (TopKSAE.save); omit to score raw units"
+        "--sae",
+        default=None,
+        type=A.existing_dir("an SAE checkpoint, vlmfast train-sae --out"),
+        help="SAE checkpoint dir (TopKSAE.save); omit to score raw units",
     )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--threshold", type=float, default=0.9, help="AUROC threshold of 'selective'")
-    p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg FDR")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of intervals")
-    p.add_argument("--top-n", type=int, default=16, help="exemplars kept per unit")
+    A.add_out_arg(p)
+    p.add_argument(
+        "--threshold", type=A.probability, default=0.9, help="AUROC threshold of 'selective'"
+    )
+    p.add_argument("--alpha", type=A.fraction, default=0.05, help="Benjamini-Hochberg FDR")
+    p.add_argument("--level", type=A.fraction, default=0.95, help="confidence level of intervals")
+    p.add_argument("--top-n", type=A.positive_int, default=16, help="exemplars kept per unit")
     p.add_argument(
         "--tokens",
         default="auto",
@@ -36,15 +43,17 @@ def register(subparsers: Any) -> None:
         "image patch row against what its patch shows (object boxes; text rows not scored); "
         "auto: pooled when the hook has pooled rows, else max",
     )
-    p.add_argument("--batch-size", type=int, default=8192, help="rows read and encoded per batch")
-    p.add_argument("--device", default="cpu", help="device for the SAE encoder")
+    p.add_argument(
+        "--batch-size", type=A.positive_int, default=8192, help="rows read and encoded per batch"
+    )
+    p.add_argument("--device", default="cpu", type=A.device, help="device for the SAE encoder")
     p.add_argument(
         "--feature-block",
-        type=int,
+        type=A.positive_int,
         default=None,
         help="bound memory: spill codes to disk and score this many features per pass",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    A.add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -63,16 +72,15 @@ def _load_sae(path: str, device: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vlmfast.scoring import ScoringConfig, SelectivityConfig, format_summary
+    from vlmfast.scoring import ScoringConfig, format_summary
     from vlmfast.scoring.from_store import score_store
 
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     store = _open_store(args.store)
     sae = _load_sae(args.sae, args.device) if args.sae else None
-    cfg = ScoringConfig(
-        selectivity=SelectivityConfig(threshold=args.threshold, alpha=args.alpha, level=args.level),
-        top_n=args.top_n,
+    cfg = ScoringConfig.from_options(
+        threshold=args.threshold, alpha=args.alpha, level=args.level, top_n=args.top_n
     )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     total = int(store.n_rows(args.hook))
     with tqdm(total=total, unit="row", desc=f"score {args.hook}", disable=args.no_progress) as bar:
         result = score_store(
@@ -87,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
             feature_block=args.feature_block,
             spill_dir=str(args.out),
         )
-    result.meta.update({"store": str(args.store), "sae": args.sae})
+    result.meta.update(
+        {"store": str(args.store), "sae": None if args.sae is None else str(args.sae)}
+    )
     out = result.save(Path(args.out))
     summary = json.loads((out / "summary.json").read_text())
     print(format_summary(summary))

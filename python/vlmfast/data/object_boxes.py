@@ -1,7 +1,7 @@
 """``ObjectBoxes``: where the objects of a batch of records are, as a source knows it.
 
 A source's :meth:`~vlmfast.data.sources.base.PairSource.boxes` returns one; the cache
-maps the boxes into the model-input frame (``vlmfast.store.boxes``) and stores them
+maps the boxes into the model-input frame (``vlmfast.caching.boxes``) and stores them
 with the labels, for patch-level ground truth (``score --tokens patch``).
 """
 

@@ -60,6 +60,16 @@ class BadRecordReport:
             lines.extend(f"    e.g. {ex}" for ex in self.examples.get(reason, []))
         return "\n".join(lines)
 
+    def brief(self) -> str:
+        """One line: the skipped count per reason and the first example."""
+        if not self.n_bad:
+            return "none skipped"
+        parts = []
+        for reason, count in sorted(self.counts.items()):
+            ex = self.examples.get(reason) or []
+            parts.append(f"{reason} {count}" + (f", e.g. {ex[0]}" if ex else ""))
+        return f"{self.n_bad} bad records skipped: " + "; ".join(parts)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "n_ok": self.n_ok,

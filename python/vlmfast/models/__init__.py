@@ -4,6 +4,11 @@ import vlmfast as vf
 pair = vf.load_pair("open_clip:ViT-B-32")
 out = pair.run(images=px, texts=tok, cache=["image.blocks.*.attn.z"],
                interventions=[vf.Ablate("image.blocks.5.attn.z", heads=[3])])
+
+Layers, bottom up: ``hook_names`` (hook names, globs, tensor layouts), ``interventions``
+(edits at hooks), ``hooks`` (the per-run ``HookContext``), ``layers`` / ``towers``,
+``weights`` (the internal weight format), ``pair`` (``HookedPair``), ``loading`` (open_clip
+and transformers converters), ``registry`` (``load_pair``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from vlmfast.errors import HookNameError, InputError, ModelLoadError
 from vlmfast.models.config import PairConfig
 from vlmfast.models.hooks import HookContext, is_glob, resolve_hooks
 from vlmfast.models.towers import ImageTower, TextTower, Tower
+from vlmfast.models.weights import export_state_dict, load_into
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -91,8 +92,6 @@ class HookedPair(nn.Module):
         ``share_memory=True`` reuses the state dict's tensors where possible instead of
         copying them (the caller must not modify them afterwards).
         """
-        from vlmfast.models.weights import load_into
-
         with torch.device("meta"):
             pair = cls(config, tokenizer=tokenizer, preprocess=preprocess, spec=spec)
         pair = pair.to_empty(device=device or "cpu")
@@ -103,8 +102,6 @@ class HookedPair(nn.Module):
 
     def internal_state_dict(self) -> dict[str, Tensor]:
         """The weights in the internal format (what ``from_state_dict`` consumes)."""
-        from vlmfast.models.weights import export_state_dict
-
         return export_state_dict(self)
 
     # ---- properties --------------------------------------------------------------------

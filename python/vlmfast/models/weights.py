@@ -18,7 +18,7 @@ Keys, per tower prefix ``image.`` / ``text.`` (nn.Linear convention, [out, in]):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +27,23 @@ from vlmfast.errors import ModelLoadError, ShapeError
 from vlmfast.models.layers import MLP, Attention, Block, LayerNorm
 from vlmfast.models.towers import ImageTower, TextTower, Tower
 
-if TYPE_CHECKING:
-    from vlmfast.models.pair import HookedPair
+
+class PairModules(Protocol):
+    """What the weight format reads and writes: two towers and the pair-level scalars
+    (a ``HookedPair``; the format does not depend on the pair class itself)."""
+
+    @property
+    def image(self) -> ImageTower: ...
+
+    @property
+    def text(self) -> TextTower: ...
+
+    @property
+    def logit_scale(self) -> nn.Parameter: ...
+
+    @property
+    def logit_bias(self) -> nn.Parameter | None: ...
+
 
 # internal key -> (parameter, index of the q/k/v chunk or None)
 _Slot = tuple[nn.Parameter, int | None]
@@ -95,7 +110,7 @@ def tower_slots(tower: Tower) -> dict[str, _Slot]:
     return slots
 
 
-def pair_slots(pair: HookedPair) -> dict[str, _Slot]:
+def pair_slots(pair: PairModules) -> dict[str, _Slot]:
     """Every internal key of a pair and where it lives."""
     slots = {**tower_slots(pair.image), **tower_slots(pair.text)}
     slots["logit_scale"] = (pair.logit_scale, None)
@@ -110,7 +125,7 @@ def _target(param: nn.Parameter, chunk: int | None) -> Tensor:
     return param.data.chunk(3, dim=0)[chunk]
 
 
-def load_into(pair: HookedPair, state_dict: Mapping[str, Tensor], *, share: bool = False) -> None:
+def load_into(pair: PairModules, state_dict: Mapping[str, Tensor], *, share: bool = False) -> None:
     """Copies an internal-format state dict into ``pair``; every key must match exactly.
 
     ``share=True`` lets unfused parameters take over the given tensors' storage when dtype
@@ -149,7 +164,7 @@ def load_into(pair: HookedPair, state_dict: Mapping[str, Tensor], *, share: bool
                 target.copy_(value.to(dtype=target.dtype, device=target.device))
 
 
-def export_state_dict(pair: HookedPair) -> dict[str, Tensor]:
+def export_state_dict(pair: PairModules) -> dict[str, Tensor]:
     """The pair's weights in the internal format (copies, detached)."""
     out: dict[str, Tensor] = {}
     for key, (param, chunk) in pair_slots(pair).items():

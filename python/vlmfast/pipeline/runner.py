@@ -17,64 +17,17 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlmfast.errors import InputError
 from vlmfast.pipeline.config import STAGE_NAMES, PipelineConfig, stable_hash
+from vlmfast.pipeline.context import StageContext, StageDef, StageFn  # noqa: F401 (re-exported)
 
 MANIFEST = "manifest.json"
 RESULT = "result.json"
 RUN_JSON = "run.json"
-
-
-@dataclass
-class StageContext:
-    """What a stage function gets: the config, its folder and its upstream folders."""
-
-    name: str
-    config: PipelineConfig
-    run_dir: Path
-    dir: Path
-    """The stage's folder (``RUN/<stage>``), empty when the stage starts."""
-    log: Callable[[str], None]
-    progress: bool
-    cache: dict[str, Any] = field(default_factory=dict)
-    """Objects shared between stages of one process (the loaded model)."""
-
-    def upstream(self, stage: str) -> Path:
-        """The folder of an upstream stage."""
-        return self.run_dir / stage
-
-    def pair(self) -> Any:
-        """The config's model, loaded once per process and in eval mode."""
-        if "pair" not in self.cache:
-            import vlmfast as vf
-
-            m = self.config.model
-            self.cache["pair"] = vf.load_pair(
-                m.spec, pretrained=m.pretrained, device=m.device
-            ).eval()
-        return self.cache["pair"]
-
-
-StageFn = Callable[[StageContext], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class StageDef:
-    """One stage: its name, its upstream stages, its config slice, its schema and body."""
-
-    name: str
-    upstream: tuple[str, ...]
-    slice: tuple[str, ...]
-    """Dotted config paths whose values enter the key (``sae``, ``run.seed``)."""
-    schema: int
-    fn: StageFn
-    strict_upstream: bool = True
-    """False: the stage runs without some of its upstream stages (the report reads what
-    exists); their keys still enter its key."""
 
 
 @dataclass

@@ -36,7 +36,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
         if svg is None:
             blocks.append(
                 f'<p class="notrun">circuit diagram of {escape(concept)}: not drawn '
-                "(vlmfast.causal.circuit_svg unavailable)</p>"
+                "(vlmfast.causal.circuits.svg unavailable)</p>"
             )
         else:
             blocks.append(

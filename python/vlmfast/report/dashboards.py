@@ -12,49 +12,23 @@ compare), stated on the card.
 
 from __future__ import annotations
 
-import base64
-import io
-from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from vlmfast.report.fmt import cell, interval, number
+from vlmfast.report.cards import EXAMPLES, CardData, Feature, card
+from vlmfast.report.fmt import interval
 from vlmfast.report.run_dir import RunDir
 from vlmfast.report.score_tables import ScoreTable
-from vlmfast.report.svg import histogram
+from vlmfast.store import schema as S
 
-EXAMPLES = 6
-TILE = 96
 INLINE_MAX = 32
 PAGES_PER_CONCEPT = 3
 HIST_ROWS = 16384
 ENCODE_ELEMENTS = 2**26
 """Rows x latents encoded at once (256 MiB of float32 pre-activations)."""
-
-
-@dataclass
-class Feature:
-    """One dashboard feature and what its card shows."""
-
-    table: ScoreTable
-    index: int
-    inline: bool
-    concept: str = ""
-    auroc: dict[str, Any] = field(default_factory=dict)
-    density: float = 0.0
-    html: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.table.modality}_{self.index:05d}"
-
-    @property
-    def page(self) -> str:
-        return f"features/{self.key}.html"
 
 
 def _z(level: float) -> float:
@@ -158,53 +132,6 @@ def _encode(sae: Any, x: Any, feats: list[int]) -> npt.NDArray[np.float64]:
     return dense
 
 
-def _png(img: Any) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _tile(image: Any, patches: npt.NDArray[np.float64] | None, grid: int, upper: float) -> Any:
-    from PIL import Image, ImageDraw
-
-    im = image.convert("RGB")
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    im = im.resize((TILE, TILE), Image.Resampling.NEAREST)
-    if patches is None or upper <= 0:
-        return im
-    over = Image.new("RGBA", (TILE, TILE), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(over)
-    step = TILE / grid
-    for p, v in enumerate(patches[: grid * grid]):
-        if v <= 0:
-            continue
-        # an outline, not a fill: the patch's own colours stay visible (color features)
-        a = round(255 * min(v / upper, 1.0))
-        y, x = divmod(p, grid)
-        draw.rectangle(
-            [
-                round(x * step) + 1,
-                round(y * step) + 1,
-                round((x + 1) * step) - 2,
-                round((y + 1) * step) - 2,
-            ],
-            outline=(255, 0, 255, a),
-            width=3,
-        )
-    return Image.alpha_composite(im.convert("RGBA"), over).convert("RGB")
-
-
-def _sheet(tiles: list[Any]) -> Any:
-    from PIL import Image
-
-    sheet = Image.new("RGB", (len(tiles) * (TILE + 4) - 4, TILE), (255, 255, 255))
-    for i, t in enumerate(tiles):
-        sheet.paste(t, (i * (TILE + 4), 0))
-    return sheet
-
-
 def _tokenizer(model_spec: str) -> tuple[Any, Any] | None:
     """``(tokenize(list[str]) -> ids[B, T], token_text(id) -> str)`` of the run's model:
     the bundled word tokenizer without building the model, else the loaded pair's."""
@@ -230,12 +157,6 @@ def _tokenizer(model_spec: str) -> tuple[Any, Any] | None:
     return pair.tokenize, text
 
 
-def _token_strings(tokenizer: tuple[Any, Any], caption: str, n: int) -> list[str]:
-    tokenize, text = tokenizer
-    ids = [int(i) for i in tokenize([caption])[0].tolist()][:n]
-    return [text(i) for i in ids] + [f"#{k}" for k in range(len(ids), n)]
-
-
 def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
     """Fills each feature's ``html`` (its card)."""
     if not feats:
@@ -245,8 +166,9 @@ def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
 
     store_path = run.stage_dir("cache") / "store.zarr"
     store = ActivationStore.open(store_path) if store_path.is_dir() else None
-    spec = ((store.attrs.get("dataset") or {}).get("spec")) if store is not None else None
-    towers = (store.attrs.get("towers") or {}) if store is not None else {}
+    attrs = store.attrs if store is not None else {}
+    spec = (attrs.get(S.ATTR_DATASET) or {}).get(S.DATASET_SPEC) if store is not None else None
+    towers = (attrs.get(S.ATTR_TOWERS) or {}) if store is not None else {}
     by_table: dict[int, list[Feature]] = {}
     for f in feats:
         by_table.setdefault(id(f.table), []).append(f)
@@ -257,7 +179,7 @@ def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
     records = _records(spec, wanted) if spec else {}
     tokenizer = None
     if store is not None and any(f.table.modality == "text" for f in feats):
-        tokenizer = _tokenizer(str((store.attrs.get("model") or {}).get("spec", "")))
+        tokenizer = _tokenizer(str((attrs.get(S.ATTR_MODEL) or {}).get(S.MODEL_SPEC, "")))
     for group in by_table.values():
         t = group[0].table
         sae_dir = run.stage_dir("train-sae") / t.modality
@@ -287,105 +209,13 @@ def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
             uniq, inv = np.unique(samples[keep], return_inverse=True)
             hist = np.zeros((len(uniq), len(idx_list)))
             np.maximum.at(hist, inv, dense[keep])
-        cls = bool((towers.get("image") or {}).get("cls_token"))
-        isz, psz = (
-            (towers.get("image") or {}).get("image_size"),
-            (towers.get("image") or {}).get("patch_size"),
-        )
+        image = towers.get(S.TOWER_IMAGE) or {}
+        cls = bool(image.get(S.TOWER_CLS_TOKEN))
+        isz, psz = image.get(S.TOWER_IMAGE_SIZE), image.get(S.TOWER_PATCH_SIZE)
         grid = int(isz // psz) if isz and psz else 0
+        data = CardData(records, acts, hist, cls, grid, tokenizer)
         for j, f in enumerate(group):
-            f.html = _card(f, j, records, acts, hist, cls, grid, tokenizer)
-
-
-def _card(
-    f: Feature,
-    j: int,
-    records: dict[int, Any],
-    acts: dict[int, npt.NDArray[np.float64]],
-    hist: npt.NDArray[np.float64] | None,
-    cls: bool,
-    grid: int,
-    tokenizer: Any,
-) -> str:
-    t = f.table
-    top = [
-        int(s)
-        for s in (t.top_samples[f.index][:EXAMPLES] if t.top_samples is not None else [])
-        if s >= 0
-    ]
-    vals = [
-        float(v) for v in (t.top_values[f.index][:EXAMPLES] if t.top_values is not None else [])
-    ]
-    parts = [
-        f'<div class="card" id="feat-{f.key}">',
-        f"<h4>{escape(t.modality)} feature {f.index} &middot; {escape(f.concept)}</h4>",
-        f'<p class="meta">AUROC for <b>{escape(f.concept)}</b>: {cell(f.auroc, "num")} '
-        f"&middot; density {number(100 * f.density, 'pct')} &middot; {escape(t.describe())}</p>",
-    ]
-    if t.modality == "image" and top:
-        tiles, shown = [], []
-        upper = 0.0
-        for sid in top:
-            seen = acts.get(sid)
-            if seen is not None:
-                pv = seen[1:, j] if cls else seen[:, j]
-                upper = max(upper, float(pv.max(initial=0.0)))
-        for sid in top:
-            r = records.get(sid)
-            if r is None or r.image is None:
-                continue
-            got = acts.get(sid)
-            patch = None if got is None else (got[1:, j] if cls else got[:, j])
-            tiles.append(_tile(r.image, patch if grid else None, grid, upper))
-            shown.append(sid)
-        if tiles:
-            parts.append(
-                f'<img class="sheet" alt="top images of {escape(t.modality)} feature {f.index}" '
-                f'src="{_png(_sheet(tiles))}">'
-            )
-            parts.append(
-                f'<p class="meta">samples {", ".join(str(s) for s in shown)}; '
-                f"magenta patch outline opacity = value / upper, upper = {number(upper)}</p>"
-            )
-    if t.modality == "text" and top:
-        lines = []
-        for sid, v in zip(top, vals + [float("nan")] * len(top), strict=False):
-            r = records.get(sid)
-            if r is None or not r.caption:
-                continue
-            a = acts.get(sid)
-            if a is None or tokenizer is None:
-                lines.append(f"<li>{escape(r.caption)}</li>")
-                continue
-            col = a[:, j]
-            m = float(col.max(initial=0.0)) or 1.0
-            toks = _token_strings(tokenizer, r.caption, len(col))
-            spans = "".join(
-                f'<span class="tok" style="background:rgba(255,160,0,{min(1.0, max(0.0, x / m)):.2f})" '
-                f'title="{number(x)}">{escape(tok)}</span> '
-                for tok, x in zip(toks, col.tolist(), strict=False)
-            )
-            lines.append(f'<li>{spans}<span class="meta">max {number(v)}</span></li>')
-        if lines:
-            parts.append('<ol class="captions">' + "".join(lines) + "</ol>")
-    if hist is not None:
-        col = hist[:, j]
-        nz = col[col > 0]
-        hi = float(nz.max()) if nz.size else 1.0
-        edges = np.linspace(0.0, hi, 31)
-        counts, _ = np.histogram(nz, bins=edges)
-        parts.append(
-            histogram(
-                edges,
-                counts,
-                title=f"per-sample max activation (nonzero: {len(nz)} of {len(col)} samples)",
-                xlabel="activation",
-                width=280,
-                height=120,
-            )
-        )
-    parts.append("</div>")
-    return "\n".join(parts)
+            f.html = card(f, j, data)
 
 
 def write_pages(out_dir: Path, feats: list[Feature], page: Any) -> list[Path]:

@@ -13,9 +13,10 @@ from vlmfast.report.model import col, section, table
 from vlmfast.report.run_dir import STAGES, RunDir
 from vlmfast.report.sec_causal import heads, tracing
 from vlmfast.report.sec_circuits import circuits
+from vlmfast.report.sec_ground_truth import ground_truth
 from vlmfast.report.sec_interventions import interventions
 from vlmfast.report.sec_quality import quality
-from vlmfast.report.sec_scores import ground_truth, selectivity
+from vlmfast.report.sec_scores import selectivity
 
 SCHEMA_VERSION = 1
 
@@ -31,32 +32,7 @@ def header(run: RunDir) -> dict[str, Any]:
     versions = [
         {"package": k, "version": str(v)} for k, v in sorted((info.get("versions") or {}).items())
     ]
-    stages = []
-    recorded = {s.get("name"): s for s in info.get("stages") or []}
-    names = [s for s in STAGES if s in recorded] + sorted(n for n in recorded if n not in STAGES)
-    for name in names:
-        s = recorded[name]
-        hit = s.get("status") == "skipped" and run.done(str(name))
-        stages.append(
-            {
-                "stage": name,
-                "status": "cached" if hit else s.get("status"),
-                "reason": s.get("reason") or "",
-                "seconds": s.get("seconds"),
-                "cache_hit": hit,
-            }
-        )
-    for name in STAGES:  # finished stages run.json does not list (e.g. built by hand)
-        if name not in recorded and run.done(name):
-            stages.append(
-                {
-                    "stage": name,
-                    "status": "present",
-                    "reason": "not in run.json",
-                    "seconds": None,
-                    "cache_hit": False,
-                }
-            )
+    stages = _stage_rows(run, info)
     return section(
         "header",
         title or "vlmfast run report",
@@ -83,6 +59,38 @@ def header(run: RunDir) -> dict[str, Any]:
             ),
         ],
     )
+
+
+def _stage_rows(run: RunDir, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each stage's status from run.json (a skipped stage whose result is there: a cache
+    hit), then finished stages run.json does not list."""
+    stages = []
+    recorded = {s.get("name"): s for s in info.get("stages") or []}
+    names = [s for s in STAGES if s in recorded] + sorted(n for n in recorded if n not in STAGES)
+    for name in names:
+        s = recorded[name]
+        hit = s.get("status") == "skipped" and run.done(str(name))
+        stages.append(
+            {
+                "stage": name,
+                "status": "cached" if hit else s.get("status"),
+                "reason": s.get("reason") or "",
+                "seconds": s.get("seconds"),
+                "cache_hit": hit,
+            }
+        )
+    for name in STAGES:  # finished stages run.json does not list (e.g. built by hand)
+        if name not in recorded and run.done(name):
+            stages.append(
+                {
+                    "stage": name,
+                    "status": "present",
+                    "reason": "not in run.json",
+                    "seconds": None,
+                    "cache_hit": False,
+                }
+            )
+    return stages
 
 
 def dashboards_section(feats: list[Any]) -> dict[str, Any]:

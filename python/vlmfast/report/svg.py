@@ -8,7 +8,7 @@ data URIs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 
 import numpy as np
@@ -132,7 +132,14 @@ def heatmap(
         f'<text x="10" y="{_n(top + gh / 2)}" transform="rotate(-90 10 {_n(top + gh / 2)})" '
         f'text-anchor="middle">{escape(ylabel)}</text>'
     )
-    bx = left + gw + 12
+    out += _colour_bar(left + gw + 12, top, bar_w, gh, lim)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _colour_bar(bx: float, top: float, bar_w: float, gh: float, lim: float) -> list[str]:
+    """A vertical diverging colour bar from ``lim`` (top) to ``-lim``, with three ticks."""
+    out = []
     steps = 20
     for k in range(steps):
         v = lim - (k + 0.5) * 2 * lim / steps
@@ -145,8 +152,7 @@ def heatmap(
         out.append(
             f'<text x="{_n(bx + bar_w + 3)}" y="{_n(top + frac * gh + 3)}">{number(v)}</text>'
         )
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def histogram(
@@ -161,9 +167,9 @@ def histogram(
     height: float = 150.0,
     log: bool = False,
 ) -> str:
-    width = max(width, 40.0 + 5.6 * len(title))
     """Bars of ``counts`` over bins ``edges``; ``null`` (same bins) as a grey step line;
     ``marks`` as dashed vertical lines with a label."""
+    width = max(width, 40.0 + 5.6 * len(title))
     e = np.asarray(edges, dtype=np.float64)
     c = np.asarray(counts, dtype=np.float64)
     nl = None if null is None else np.asarray(null, dtype=np.float64)
@@ -201,21 +207,9 @@ def histogram(
             f"{number(int(c[k]), 'int')}</title></rect>"
         )
     if nl is not None:
-        tn = tr(nl)
-        pts = []
-        for k in range(len(nl)):
-            pts.append(f"{_n(X(e[k]))},{_n(Y(float(tn[k])))}")
-            pts.append(f"{_n(X(e[k + 1]))},{_n(Y(float(tn[k])))}")
-        out.append(
-            f'<polyline points="{" ".join(pts)}" fill="none" stroke="#777777" stroke-width="1.5">'
-            "<title>null</title></polyline>"
-        )
+        out.append(_step_line(e, tr(nl), X, Y))
     for v, label in marks:
-        out.append(
-            f'<line x1="{_n(X(v))}" y1="{_n(top)}" x2="{_n(X(v))}" y2="{_n(top + ph)}" '
-            'stroke="#d62728" stroke-dasharray="3,2"/>'
-            f'<text x="{_n(X(v) + 2)}" y="{_n(top + 8)}" fill="#d62728">{escape(label)}</text>'
-        )
+        out.append(_mark(X(v), top, ph, label))
     for v in (x0, (x0 + x1) / 2, x1):
         out.append(
             f'<text x="{_n(X(v))}" y="{_n(top + ph + 11)}" text-anchor="middle">{number(v)}</text>'
@@ -230,6 +224,32 @@ def histogram(
     )
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _step_line(
+    e: npt.NDArray[np.float64],
+    tn: npt.NDArray[np.float64],
+    X: Callable[[float], float],
+    Y: Callable[[float], float],
+) -> str:
+    """The null histogram ``tn`` over bins ``e`` as a grey step line."""
+    pts = []
+    for k in range(len(tn)):
+        pts.append(f"{_n(X(e[k]))},{_n(Y(float(tn[k])))}")
+        pts.append(f"{_n(X(e[k + 1]))},{_n(Y(float(tn[k])))}")
+    return (
+        f'<polyline points="{" ".join(pts)}" fill="none" stroke="#777777" stroke-width="1.5">'
+        "<title>null</title></polyline>"
+    )
+
+
+def _mark(x: float, top: float, ph: float, label: str) -> str:
+    """A dashed vertical line at ``x`` with its label."""
+    return (
+        f'<line x1="{_n(x)}" y1="{_n(top)}" x2="{_n(x)}" y2="{_n(top + ph)}" '
+        'stroke="#d62728" stroke-dasharray="3,2"/>'
+        f'<text x="{_n(x + 2)}" y="{_n(top + 8)}" fill="#d62728">{escape(label)}</text>'
+    )
 
 
 def standalone(svg: str) -> str:

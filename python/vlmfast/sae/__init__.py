@@ -6,19 +6,66 @@ trainer = SAETrainer(sae, TrainConfig(), total_steps=1000)
 train(batches, [trainer])
 sae.save("out/sae")                       # SAELens layout
 values, indices = TopKSAE.load("out/sae").encode(x)
+
+On a stored hook, the one recipe behind ``vlmfast train-sae`` and the pipeline's
+``train-sae`` stage (which token rows: ``rows``, see ``vlmfast.sae.rows``):
+
+from vlmfast.sae import TrainSAEConfig, train_sae
+result = train_sae(store, TrainSAEConfig(hook="image.blocks.8.resid_post", k=[32],
+                   n_latents=[16384], rows="tokens"), "out/sae")
+
+Modules, lowest first: ``config``, ``rows``, ``median``, ``files`` (the saved layout), ``model``,
+``losses`` / ``metrics`` / ``distributed``, ``trainer``, ``checkpoint``, ``data`` (the
+batches), ``schedule`` (default lengths), ``recipe``, ``splice``.
 """
 
 from __future__ import annotations
 
-from vlmfast.sae.checkpoint import load_sae, resume_trainer, save_sae, save_training_checkpoint
-from vlmfast.sae.config import SAEConfig, TrainConfig
-from vlmfast.sae.geometric_median import geometric_median
-from vlmfast.sae.losses import auxk_loss, fvu_loss
-from vlmfast.sae.metrics import RunningMetrics
-from vlmfast.sae.model import ForwardOutput, TopKSAE
-from vlmfast.sae.trainer import SAETrainer, StepResult, TrainLog, clean_batch, train
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlmfast.sae.checkpoint import load_sae, resume_trainer, save_sae, save_training_checkpoint
+    from vlmfast.sae.config import SAEConfig, TrainConfig, TrainSAEConfig
+    from vlmfast.sae.losses import auxk_loss, fvu_loss
+    from vlmfast.sae.median import geometric_median
+    from vlmfast.sae.metrics import RunningMetrics
+    from vlmfast.sae.model import ForwardOutput, TopKSAE
+    from vlmfast.sae.recipe import TrainedSAE, TrainSAEResult, train_sae
+    from vlmfast.sae.rows import DEFAULT_ROWS, ROWS
+    from vlmfast.sae.trainer import SAETrainer, StepResult, TrainLog, clean_batch, train
+
+# Imported lazily (PEP 562): the command line reads ``vlmfast.sae.rows`` (the ``--rows``
+# choices) while it builds its parser, and that must not pull in torch.
+_LAZY_ATTRS: dict[str, str] = {
+    "load_sae": "vlmfast.sae.checkpoint",
+    "resume_trainer": "vlmfast.sae.checkpoint",
+    "save_sae": "vlmfast.sae.checkpoint",
+    "save_training_checkpoint": "vlmfast.sae.checkpoint",
+    "SAEConfig": "vlmfast.sae.config",
+    "TrainConfig": "vlmfast.sae.config",
+    "TrainSAEConfig": "vlmfast.sae.config",
+    "geometric_median": "vlmfast.sae.median",
+    "auxk_loss": "vlmfast.sae.losses",
+    "fvu_loss": "vlmfast.sae.losses",
+    "RunningMetrics": "vlmfast.sae.metrics",
+    "ForwardOutput": "vlmfast.sae.model",
+    "TopKSAE": "vlmfast.sae.model",
+    "TrainSAEResult": "vlmfast.sae.recipe",
+    "TrainedSAE": "vlmfast.sae.recipe",
+    "train_sae": "vlmfast.sae.recipe",
+    "DEFAULT_ROWS": "vlmfast.sae.rows",
+    "ROWS": "vlmfast.sae.rows",
+    "SAETrainer": "vlmfast.sae.trainer",
+    "StepResult": "vlmfast.sae.trainer",
+    "TrainLog": "vlmfast.sae.trainer",
+    "clean_batch": "vlmfast.sae.trainer",
+    "train": "vlmfast.sae.trainer",
+}
 
 __all__ = [
+    "DEFAULT_ROWS",
+    "ROWS",
     "ForwardOutput",
     "RunningMetrics",
     "SAEConfig",
@@ -27,6 +74,9 @@ __all__ = [
     "TopKSAE",
     "TrainConfig",
     "TrainLog",
+    "TrainSAEConfig",
+    "TrainSAEResult",
+    "TrainedSAE",
     "auxk_loss",
     "clean_batch",
     "fvu_loss",
@@ -36,4 +86,16 @@ __all__ = [
     "save_sae",
     "save_training_checkpoint",
     "train",
+    "train_sae",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_ATTRS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlmfast.sae' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

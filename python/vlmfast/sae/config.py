@@ -1,4 +1,4 @@
-"""Configuration dataclasses of a top-k SAE and of its training run."""
+"""Configuration dataclasses of a top-k SAE, of its optimisation, and of a training run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vlmfast.errors import InputError
+from vlmfast.sae.rows import DEFAULT_ROWS, ROWS
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
@@ -37,6 +38,10 @@ class SAEConfig:
     """Model spec the activations came from (informational)."""
     seed: int = 0
     """Seed of the weight initialisation."""
+    rows: str = ""
+    """Token rows of the hook the SAE was trained on (``vlmfast.sae.rows.ROWS``: tokens,
+    all, patches, cls, eot); ``""`` when unknown (an SAE built in code, an older or
+    imported checkpoint). Informational, like ``hook``."""
 
     def __post_init__(self) -> None:
         for name in ("d_in", "n_latents", "k"):
@@ -120,3 +125,77 @@ class TrainConfig:
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
+
+
+@dataclass
+class TrainSAEConfig:
+    """One SAE training run on a stored hook: ``vlmfast train-sae`` and the pipeline's
+    ``train-sae`` stage both fill one in and call :func:`vlmfast.sae.train_sae`.
+
+    ``k``, ``n_latents`` and ``lr`` may list several values: every combination is trained
+    on the same batches (a sweep). A ``None`` default is worked out from the store
+    (:mod:`vlmfast.sae.schedule`).
+    """
+
+    hook: str
+    """Store hook, or ``joint.<point>`` (image and text rows mixed in every batch)."""
+    k: list[int] = field(default_factory=lambda: [32])
+    """Active latents (several: a sweep)."""
+    n_latents: list[int] = field(default_factory=lambda: [65536])
+    """Dictionary sizes (several: a sweep)."""
+    lr: list[float | None] = field(default_factory=lambda: [None])
+    """Learning rates; None: ``2e-4 / sqrt(n_latents / 2**14)``."""
+    rows: str = DEFAULT_ROWS
+    """Token rows trained on: ``tokens`` (default: an image hook's CLS rows left out),
+    ``all``, ``patches``, ``cls`` or ``eot`` (see :mod:`vlmfast.sae.rows`)."""
+    batch_size: int | None = None
+    """Rows per step; None: 4,096, or less for a small store (``schedule.default_batch_size``)."""
+    tokens: int | None = None
+    """Rows to train on (``steps = tokens // batch_size``); None: the default length."""
+    steps: int | None = None
+    """Optimizer steps (instead of ``tokens``); None: from ``tokens`` or the default length."""
+    warmup_steps: int | None = None
+    """Learning-rate warm-up; None: 5% of the steps."""
+    dead_tokens: int | None = None
+    """Rows without firing before a latent is dead; None: ``max(batch, min(10M, rows/20))``."""
+    k_aux: int | None = None
+    """AuxK latents; None: ``d_in // 2``."""
+    auxk_coef: float = 1.0 / 32.0
+    b_dec_init: str = "geometric_median"
+    input_scaling: bool = False
+    autocast_bf16: bool = False
+    grad_clip: float | None = 1.0
+    nan_policy: str = "error"
+    """Rows with NaN/Inf: ``error`` or ``skip``."""
+    seed: int = 0
+    """Seed of the batches (and of the weights unless ``init_seed``)."""
+    init_seed: int | None = None
+    """Seed of the weight initialisation; None: ``seed``."""
+    device: str | None = None
+    """``cpu`` or ``cuda``; None: cuda when available."""
+    log_every: int = 50
+    """Steps between metric lines (``metrics.jsonl``)."""
+    checkpoint_every: int | None = 1000
+    """Steps between training checkpoints; None: only the final one."""
+    trainer_state: bool = True
+    """Save ``trainer_state.pt`` (optimizer state, for ``resume``) with the weights."""
+    resume: bool = False
+    """Continue from the training checkpoints in the output folder."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "n_latents", "lr"):
+            value = getattr(self, name)
+            if not isinstance(value, list):
+                setattr(self, name, [value])  # one value for a single SAE
+            if not getattr(self, name):
+                raise InputError(f"TrainSAEConfig.{name} is empty")
+        if self.rows not in ROWS:
+            raise InputError(f"rows must be one of {', '.join(ROWS)}, got {self.rows!r}")
+        for name in ("batch_size", "tokens", "steps", "dead_tokens", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
+        if self.tokens is not None and self.steps is not None:
+            raise InputError("give the training length as tokens or as steps, not both")
+        if self.log_every < 1:
+            raise InputError(f"log_every must be >= 1, got {self.log_every}")

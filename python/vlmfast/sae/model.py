@@ -12,7 +12,8 @@ from torch import nn
 from vlmfast import ops
 from vlmfast.errors import InputError, ShapeError
 from vlmfast.sae.config import SAEConfig
-from vlmfast.sae.geometric_median import geometric_median
+from vlmfast.sae.files import read_sae_files, write_sae_files
+from vlmfast.sae.median import geometric_median
 
 
 @dataclass
@@ -200,14 +201,34 @@ class TopKSAE(nn.Module):
 
     # -------------------------------------------------------------- storage
     def save(self, path: str | Path, **extra_cfg: Any) -> Path:
-        """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) to ``path``."""
-        from vlmfast.sae.checkpoint import save_sae
+        """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) to ``path``.
 
-        return save_sae(self, path, **extra_cfg)
+        The input scale is folded into the written weights (they act on raw inputs).
+        """
+        scale = float(self.input_scale)
+        tensors = {
+            "W_enc": self.W_enc.detach().float().t().contiguous().cpu(),
+            "W_dec": self.W_dec.detach().float().contiguous().cpu(),
+            "b_enc": (self.b_enc.detach().double() / scale).float().cpu(),
+            "b_dec": (self.b_dec.detach().double() / scale).float().cpu(),
+        }
+        return write_sae_files(path, self.cfg, tensors, input_scale=scale, **extra_cfg)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> TopKSAE:
-        """Load a vlmfast/SAELens (``sae_weights.safetensors``) or sparsify (``sae.safetensors``) SAE."""
-        from vlmfast.sae.checkpoint import load_sae
+    def load(
+        cls, path: str | Path, *, device: str | torch.device = "cpu", allow_incomplete: bool = False
+    ) -> TopKSAE:
+        """Load a vlmfast/SAELens (``sae_weights.safetensors``) or sparsify (``sae.safetensors``) SAE.
 
-        return load_sae(path, device=device)
+        The folder of a training run that did not finish is refused ("incomplete run")
+        unless ``allow_incomplete``.
+        """
+        files = read_sae_files(path, allow_incomplete=allow_incomplete)
+        sae = cls.from_config(files.cfg)
+        with torch.no_grad():
+            sae.W_enc.copy_(files.w_enc)
+            sae.W_dec.copy_(files.w_dec)
+            sae.b_enc.copy_(files.b_enc)
+            sae.b_dec.copy_(files.b_dec)
+        sae.b_dec_initialised = True
+        return sae.to(device)

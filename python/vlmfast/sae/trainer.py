@@ -24,7 +24,7 @@ from vlmfast.sae import distributed as ddp
 from vlmfast.sae.config import TrainConfig
 from vlmfast.sae.losses import auxk_loss, fvu_loss
 from vlmfast.sae.metrics import RunningMetrics
-from vlmfast.sae.model import TopKSAE
+from vlmfast.sae.model import ForwardOutput, TopKSAE
 
 
 def clean_batch(x: torch.Tensor, policy: str = "error") -> tuple[torch.Tensor, int]:
@@ -164,44 +164,11 @@ class SAETrainer:
         use_aux = sae.cfg.auxk_coef > 0 and bool(dead.any())
         compute_dtype = torch.bfloat16 if self.cfg.autocast_bf16 else None
         out = sae.forward_train(xs, dead if use_aux else None, compute_dtype=compute_dtype)
-
-        fvu = fvu_loss(xs, out.recon, _global_total_variance(xs))
-        loss = fvu
-        aux_value = 0.0
-        if out.aux_recon is not None:
-            residual = (xs - out.recon).detach()
-            aux = auxk_loss(residual, out.aux_recon, _global_total_variance(residual))
-            loss = loss + sae.cfg.auxk_coef * aux
-            aux_value = float(aux.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in sae.parameters() if p.grad is not None]
-        if ddp.is_distributed():
-            for g in grads:
-                ddp.all_reduce_sum_(g)
-        sae.remove_parallel_grads_()
-        if self.cfg.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
-        lr = self.current_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        sae.normalize_decoder_()
-
-        with torch.no_grad():
-            active = out.values > 0
-            fired = torch.bincount(out.indices[active], minlength=sae.n_latents)
-            n_tokens = torch.tensor([x.shape[0]], device=fired.device)
-            ddp.all_reduce_sum_(fired)
-            ddp.all_reduce_sum_(n_tokens)
-            self.tokens_since_fired += n_tokens
-            self.tokens_since_fired[fired > 0] = 0
-            self.metrics.update(xs / scale, out.recon / scale, out.values, out.indices)
-            l0 = float(active.sum()) / max(1, x.shape[0])
+        loss, fvu, aux_value = self._loss(xs, out)
+        grad_norm, lr = self._optimise(loss)
+        n_tokens, l0 = self._track_firing(xs, out, scale)
         self.step_count += 1
-        self.tokens_seen += int(n_tokens)
+        self.tokens_seen += n_tokens
         if not math.isfinite(float(loss.detach())):
             raise InputError(
                 f"SAE '{self.name}': loss became {float(loss.detach())} at step {self.step_count}"
@@ -218,6 +185,58 @@ class SAETrainer:
             lr=lr,
             grad_norm=grad_norm,
         )
+
+    def _loss(
+        self, xs: torch.Tensor, out: ForwardOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(loss, fvu, auxk value)``: the FVU plus the weighted AuxK loss (if any)."""
+        fvu = fvu_loss(xs, out.recon, _global_total_variance(xs))
+        loss = fvu
+        aux_value = 0.0
+        if out.aux_recon is not None:
+            residual = (xs - out.recon).detach()
+            aux = auxk_loss(residual, out.aux_recon, _global_total_variance(residual))
+            loss = loss + self.sae.cfg.auxk_coef * aux
+            aux_value = float(aux.detach())
+        return loss, fvu, aux_value
+
+    def _optimise(self, loss: torch.Tensor) -> tuple[float, float]:
+        """Backward, all-reduce, clip, Adam step, renormalise; returns ``(grad norm, lr)``."""
+        sae = self.sae
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in sae.parameters() if p.grad is not None]
+        if ddp.is_distributed():
+            for g in grads:
+                ddp.all_reduce_sum_(g)
+        sae.remove_parallel_grads_()
+        if self.cfg.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        sae.normalize_decoder_()
+        return grad_norm, lr
+
+    @torch.no_grad()
+    def _track_firing(
+        self, xs: torch.Tensor, out: ForwardOutput, scale: float
+    ) -> tuple[int, float]:
+        """Updates the dead-latent counters and the metrics; returns ``(global rows, L0)``."""
+        sae = self.sae
+        active = out.values > 0
+        fired = torch.bincount(out.indices[active], minlength=sae.n_latents)
+        n_tokens = torch.tensor([xs.shape[0]], device=fired.device)
+        ddp.all_reduce_sum_(fired)
+        ddp.all_reduce_sum_(n_tokens)
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired > 0] = 0
+        self.metrics.update(xs / scale, out.recon / scale, out.values, out.indices)
+        l0 = float(active.sum()) / max(1, xs.shape[0])
+        return int(n_tokens), l0
 
 
 @dataclass

@@ -5,6 +5,7 @@
                                  concepts=vf.scoring.ConceptSet.make(names, kinds),
                                  modality=modality)       # 0 image rows, 1 text rows
     print(vf.scoring.format_summary(res.summary())); res.save("scores/")
+    res = vf.scoring.score_store(store, hook, sae=sae, tokens="max")   # from a cache
 
 Definitions (also in each module's docstring): a unit is *selective* for a
 concept when AUROC >= 0.9 and BH-significant over all tests of its modality;
@@ -15,6 +16,7 @@ when selective for the same concept on image rows and on text rows.
 from __future__ import annotations
 
 from vlmfast.scoring.concepts import ConceptSet
+from vlmfast.scoring.from_store import TOKEN_MODES, score_store
 from vlmfast.scoring.labeling import (
     DEFAULT_TEMPLATES,
     BestConcepts,
@@ -44,6 +46,7 @@ from vlmfast.scoring.selectivity import (
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "TOKEN_MODES",
     "BestConcepts",
     "ConceptSet",
     "CrossTowerPairs",
@@ -64,6 +67,7 @@ __all__ = [
     "prompt_set",
     "result_from_scores",
     "score_codes",
+    "score_store",
     "score_units",
     "select",
     "wilson_interval",

@@ -1,7 +1,7 @@
 """``tokens="patch"``: image token rows labelled by what their patch shows.
 
 Each patch row of an image token hook is scored against the concepts of the object
-boxes that hit its patch (``vlmfast.store.boxes.patch_labels``: the patch holds a box
+boxes that hit its patch (``vlmfast.store.patch_labels``: the patch holds a box
 centre, or the box covers at least a quarter of it), so a unit is scored as a
 detector (as saev and NetDissect do). CLS and pooled rows are not patches; text rows
 are not scored in this mode. Only the concept kinds boxes carry (``boxes.kinds`` in
@@ -16,8 +16,15 @@ import numpy as np
 
 from vlmfast.errors import InputError
 from vlmfast.scoring.concepts import ConceptSet
-from vlmfast.store.boxes import PatchGrid, patch_labels
-from vlmfast.store.layout import hook_modality
+from vlmfast.store.patch_labels import PatchGrid, patch_labels
+from vlmfast.store.schema import (
+    ATTR_BOXES,
+    ATTR_TOWERS,
+    BOXES_KINDS,
+    TOWER_IMAGE,
+    TOWER_PATCH_SIZE,
+    hook_modality,
+)
 
 PATCH_MODE = "patch"
 
@@ -43,7 +50,7 @@ def patch_rows(
     numbers, their sample ids and modality (0), bool labels ``[rows, C']`` over the
     box-carried concepts ``concepts``."""
     attrs = getattr(store, "attrs", None) or {}
-    boxes = store.boxes if attrs.get("boxes") else None
+    boxes = store.boxes if attrs.get(ATTR_BOXES) else None
     if boxes is None:
         raise InputError(
             f"tokens='patch' on {hook}: the store {getattr(store, 'path', '')} has no object "
@@ -51,8 +58,8 @@ def patch_rows(
             "that did not store them. Re-cache it from a source with boxes (synthetic:..., "
             "COCO with its instances_*.json) at --positions all, or score with --tokens max"
         )
-    tower = (attrs.get("towers") or {}).get("image")
-    if not tower or not tower.get("patch_size"):
+    tower = (attrs.get(ATTR_TOWERS) or {}).get(TOWER_IMAGE)
+    if not tower or not tower.get(TOWER_PATCH_SIZE):
         raise InputError(
             f"tokens='patch' on {hook}: the store does not record the image tower's patch "
             "grid (towers.image); re-cache it with this vlmfast"
@@ -66,7 +73,7 @@ def patch_rows(
     rows = np.flatnonzero(image & np.isin(sample, np.asarray(labels.sample, dtype=np.int64)))
     lab, keep = patch_labels(sample[rows], position[rows], boxes, grid)
     rows = rows[keep]
-    kinds = set(attrs["boxes"].get("kinds") or labels.kinds)
+    kinds = set(attrs[ATTR_BOXES].get(BOXES_KINDS) or labels.kinds)
     cols = [i for i, k in enumerate(labels.kinds) if k in kinds]
     concepts = ConceptSet.make([labels.names[i] for i in cols], [labels.kinds[i] for i in cols])
     return rows.astype(np.int64), sample[rows], modality[rows], lab[:, cols], concepts

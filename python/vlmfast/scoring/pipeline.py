@@ -31,7 +31,7 @@ from vlmfast.scoring.selectivity import (
     wilson_interval,
 )
 from vlmfast.stats import UnitScores, score_dense, score_sparse
-from vlmfast.stats._inputs import as_numpy, check_labels
+from vlmfast.stats.inputs import as_numpy, check_labels
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,16 @@ class ScoringConfig:
     """Exemplars (top activations) kept per unit."""
     best: int = 3
     """Best concepts kept per unit for the automated labels."""
+
+    @classmethod
+    def from_options(
+        cls, *, threshold: float = 0.9, alpha: float = 0.05, level: float = 0.95, top_n: int = 16
+    ) -> ScoringConfig:
+        """The config of ``vlmfast score``'s options and the pipeline's ``[score]`` keys."""
+        return cls(
+            selectivity=SelectivityConfig(threshold=threshold, alpha=alpha, level=level),
+            top_n=top_n,
+        )
 
 
 @dataclass

@@ -8,7 +8,10 @@
 
     s = vf.stats.score_sparse_token_chunks(chunks, labels, n_features)  # per-sample max over tokens
 
-``vlmfast.stats.reference`` holds the pure-numpy references the tests compare against.
+``vlmfast.stats.reference`` holds the pure-numpy references the tests compare against;
+``vlmfast.stats.inputs`` the array checks other packages share (``as_numpy``,
+``check_labels``). Token-level scoring: ``tokens`` (the streaming scorers),
+``token_aggregate`` (per-sample max/mean), ``token_inputs`` (chunk validation).
 """
 
 from __future__ import annotations

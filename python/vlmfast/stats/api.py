@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vlmfast.errors import InputError, ShapeError
-from vlmfast.stats._inputs import (
+from vlmfast.stats.inputs import (
     check_float,
     check_indices,
     check_labels,

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod errors;
 mod stats;
 mod store;
+mod tokens;
 
 pub use errors::{guard, to_pyerr};
 
@@ -16,6 +17,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(worker_threads, m)?)?;
     store::register(m)?;
     stats::register(m)?;
+    tokens::register(m)?;
     Ok(())
 }
 

@@ -49,30 +49,7 @@ impl LabelIndex {
                 "labels has too many concepts (more than 2^32)",
             ));
         }
-        let c = n_concepts;
-        let rows_per_block = 4096;
-        let n_pos: Vec<u64> = if c == 0 || n_rows == 0 {
-            vec![0; c]
-        } else {
-            labels
-                .par_chunks(rows_per_block * c)
-                .map(|block| {
-                    let mut counts = vec![0u64; c];
-                    for row in block.chunks_exact(c) {
-                        for (count, &y) in counts.iter_mut().zip(row) {
-                            *count += u64::from(y);
-                        }
-                    }
-                    counts
-                })
-                .reduce(
-                    || vec![0u64; c],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                        a
-                    },
-                )
-        };
+        let n_pos = count_positives(labels, n_rows, n_concepts);
         let half = n_rows as u64 / 2;
         let flipped: Vec<bool> = n_pos.iter().map(|&p| p > half).collect();
         let n_listed: Vec<u64> = n_pos
@@ -80,59 +57,8 @@ impl LabelIndex {
             .zip(&flipped)
             .map(|(&p, &f)| if f { n_rows as u64 - p } else { p })
             .collect();
-        // Listed concepts per row, built per block of rows and concatenated.
-        let blocks: Vec<(Vec<u32>, Vec<u32>)> = if c == 0 || n_rows == 0 {
-            Vec::new()
-        } else {
-            labels
-                .par_chunks(rows_per_block * c)
-                .map(|block| {
-                    let mut counts = Vec::with_capacity(block.len() / c);
-                    let mut list = Vec::new();
-                    for row in block.chunks_exact(c) {
-                        let before = list.len();
-                        for (j, (&y, &f)) in row.iter().zip(&flipped).enumerate() {
-                            if y != f {
-                                list.push(j as u32);
-                            }
-                        }
-                        counts.push((list.len() - before) as u32);
-                    }
-                    (counts, list)
-                })
-                .collect()
-        };
-        let mut offsets = Vec::with_capacity(n_rows + 1);
-        offsets.push(0u64);
-        let total: usize = blocks.iter().map(|(_, l)| l.len()).sum();
-        let mut concepts = Vec::with_capacity(total);
-        let mut acc = 0u64;
-        for (counts, list) in blocks {
-            for n in counts {
-                acc += u64::from(n);
-                offsets.push(acc);
-            }
-            concepts.extend_from_slice(&list);
-        }
-        if n_rows > 0 && c == 0 {
-            offsets.resize(n_rows + 1, 0);
-        }
-        let inline_ok = c < OVERFLOW as usize;
-        let slots: Vec<u64> = (0..n_rows)
-            .into_par_iter()
-            .map(|r| {
-                let (lo, hi) = (offsets[r] as usize, offsets[r + 1] as usize);
-                if !inline_ok || hi - lo > 4 {
-                    return OVERFLOW;
-                }
-                let mut slot = u64::MAX;
-                for (i, &cid) in concepts[lo..hi].iter().enumerate() {
-                    slot &= !(EMPTY << (16 * i));
-                    slot |= u64::from(cid) << (16 * i);
-                }
-                slot
-            })
-            .collect();
+        let (offsets, concepts) = list_concepts(labels, n_rows, &flipped);
+        let slots = inline_slots(&offsets, &concepts, n_rows, n_concepts);
         Ok(Self {
             n_rows,
             n_concepts,
@@ -197,6 +123,97 @@ impl LabelIndex {
             + self.slots.len() * 8
             + self.n_concepts * 17
     }
+}
+
+/// Rows per parallel task when the index is built.
+const ROWS_PER_BLOCK: usize = 4096;
+
+/// Positives per concept of a row-major `[n_rows, c]` boolean matrix.
+fn count_positives(labels: &[bool], n_rows: usize, c: usize) -> Vec<u64> {
+    if c == 0 || n_rows == 0 {
+        return vec![0; c];
+    }
+    labels
+        .par_chunks(ROWS_PER_BLOCK * c)
+        .map(|block| {
+            let mut counts = vec![0u64; c];
+            for row in block.chunks_exact(c) {
+                for (count, &y) in counts.iter_mut().zip(row) {
+                    *count += u64::from(y);
+                }
+            }
+            counts
+        })
+        .reduce(
+            || vec![0u64; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// The CSR lists of listed concepts per row (`offsets[n_rows + 1]`,
+/// `concepts`): built per block of rows in parallel, then concatenated.
+fn list_concepts(labels: &[bool], n_rows: usize, flipped: &[bool]) -> (Vec<u64>, Vec<u32>) {
+    let c = flipped.len();
+    let blocks: Vec<(Vec<u32>, Vec<u32>)> = if c == 0 || n_rows == 0 {
+        Vec::new()
+    } else {
+        labels
+            .par_chunks(ROWS_PER_BLOCK * c)
+            .map(|block| {
+                let mut counts = Vec::with_capacity(block.len() / c);
+                let mut list = Vec::new();
+                for row in block.chunks_exact(c) {
+                    let before = list.len();
+                    for (j, (&y, &f)) in row.iter().zip(flipped).enumerate() {
+                        if y != f {
+                            list.push(j as u32);
+                        }
+                    }
+                    counts.push((list.len() - before) as u32);
+                }
+                (counts, list)
+            })
+            .collect()
+    };
+    let mut offsets = Vec::with_capacity(n_rows + 1);
+    offsets.push(0u64);
+    let total: usize = blocks.iter().map(|(_, l)| l.len()).sum();
+    let mut concepts = Vec::with_capacity(total);
+    let mut acc = 0u64;
+    for (counts, list) in blocks {
+        for n in counts {
+            acc += u64::from(n);
+            offsets.push(acc);
+        }
+        concepts.extend_from_slice(&list);
+    }
+    if n_rows > 0 && c == 0 {
+        offsets.resize(n_rows + 1, 0);
+    }
+    (offsets, concepts)
+}
+
+/// Per row, up to 4 listed concepts packed inline (see [`LabelIndex`]'s `slots`).
+fn inline_slots(offsets: &[u64], concepts: &[u32], n_rows: usize, c: usize) -> Vec<u64> {
+    let inline_ok = c < OVERFLOW as usize;
+    (0..n_rows)
+        .into_par_iter()
+        .map(|r| {
+            let (lo, hi) = (offsets[r] as usize, offsets[r + 1] as usize);
+            if !inline_ok || hi - lo > 4 {
+                return OVERFLOW;
+            }
+            let mut slot = u64::MAX;
+            for (i, &cid) in concepts[lo..hi].iter().enumerate() {
+                slot &= !(EMPTY << (16 * i));
+                slot |= u64::from(cid) << (16 * i);
+            }
+            slot
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //!   only nonzeros are sorted; the zeros form one tie group.
 //! * [`dense::score_dense`] takes `scores[N,F]`: one sort per unit.
 //!
-//! * [`tokens`], [`token_dense`] and [`token_lists`] aggregate token rows per
-//!   sample (max or mean), streamed in chunks, and score the samples.
+//! * [`tokens`] aggregates token rows per sample (max or mean), streamed in
+//!   chunks, and scores the samples.
 //!
 //! Both walk each unit's sorted activations once and update every concept in
 //! the same pass (see [`walk`]).
@@ -17,15 +17,11 @@ pub mod labels;
 pub mod radix;
 pub mod scores;
 pub mod sparse;
-pub mod token_dense;
-pub mod token_lists;
 pub mod tokens;
 pub mod walk;
 
 #[cfg(test)]
 mod brute;
-#[cfg(test)]
-mod token_tests;
 
 pub use labels::LabelIndex;
 pub use scores::Scores;

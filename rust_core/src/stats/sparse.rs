@@ -78,11 +78,35 @@ pub fn bucket<I: FeatureIndex>(
     n_rows: usize,
     n_features: usize,
 ) -> CoreResult<Buckets> {
-    if indices.len() != values.len() {
+    let k = check_lengths(indices.len(), values.len(), rows, n_rows)?;
+    let ranges = block_ranges(indices.len(), k);
+    let counts: Vec<Vec<u32>> = ranges
+        .par_iter()
+        .map(|&(lo, hi)| count_block(indices, values, rows, (lo, hi), n_rows, n_features))
+        .collect::<CoreResult<_>>()?;
+    let (offsets, cursors) = feature_offsets(counts, n_features);
+    let keys = scatter(indices, values, rows, &ranges, cursors, offsets[n_features]);
+    Ok(Buckets { keys, offsets })
+}
+
+impl Rows<'_> {
+    /// The row of entry `e`.
+    #[inline]
+    fn row_of(self, e: usize) -> i64 {
+        match self {
+            Rows::Dense(k) => (e / k) as i64,
+            Rows::Explicit(r) => r[e],
+        }
+    }
+}
+
+/// Checks that the inputs agree in length and that the rows fit a scoring
+/// pass; returns the entries per block unit (`k` for `[N, k]` codes, whose
+/// blocks must hold whole rows for the duplicate check; 1 for COO).
+fn check_lengths(len: usize, n_values: usize, rows: Rows<'_>, n_rows: usize) -> CoreResult<usize> {
+    if len != n_values {
         return Err(CoreError::input(format!(
-            "indices has {} entries but values has {}",
-            indices.len(),
-            values.len()
+            "indices has {len} entries but values has {n_values}"
         )));
     }
     if n_rows > u32::MAX as usize {
@@ -90,68 +114,71 @@ pub fn bucket<I: FeatureIndex>(
             "{n_rows} rows is more than the 2^32 - 1 a scoring pass supports; score in row blocks"
         )));
     }
-    let len = indices.len();
-    let row_of = |e: usize| -> i64 {
-        match rows {
-            Rows::Dense(k) => (e / k) as i64,
-            Rows::Explicit(r) => r[e],
-        }
-    };
-    // blocks of whole rows for [N, k] codes (the duplicate check needs them)
-    let k = match rows {
-        Rows::Dense(k) => k.max(1),
-        Rows::Explicit(r) => {
-            if r.len() != len {
-                return Err(CoreError::input(format!(
-                    "rows has {} entries but indices has {len}",
-                    r.len()
-                )));
-            }
-            1
-        }
-    };
+    match rows {
+        Rows::Dense(k) => Ok(k.max(1)),
+        Rows::Explicit(r) if r.len() != len => Err(CoreError::input(format!(
+            "rows has {} entries but indices has {len}",
+            r.len()
+        ))),
+        Rows::Explicit(_) => Ok(1),
+    }
+}
+
+/// `[lo, hi)` entry ranges of about 4 blocks per thread, each a multiple of `k` entries.
+fn block_ranges(len: usize, k: usize) -> Vec<(usize, usize)> {
     let target_blocks = (rayon::current_num_threads() * 4).max(1);
     let block_len = (len.div_ceil(target_blocks)).div_ceil(k).max(1) * k;
-    let ranges: Vec<(usize, usize)> = (0..len)
+    (0..len)
         .step_by(block_len.max(1))
         .map(|lo| (lo, (lo + block_len).min(len)))
-        .collect();
+        .collect()
+}
+
+/// Checks the entries `lo..hi` (range, NaN, row; for `[N, k]` codes a
+/// feature repeated in a row) and counts the nonzeros per feature.
+fn count_block<I: FeatureIndex>(
+    indices: &[I],
+    values: &[f32],
+    rows: Rows<'_>,
+    (lo, hi): (usize, usize),
+    n_rows: usize,
+    n_features: usize,
+) -> CoreResult<Vec<u32>> {
     let check_dups = matches!(rows, Rows::Dense(_));
-    let counts: Vec<Vec<u32>> = ranges
-        .par_iter()
-        .map(|&(lo, hi)| -> CoreResult<Vec<u32>> {
-            let mut counts = vec![0u32; n_features];
-            let mut stamp: Vec<u32> = if check_dups {
-                vec![u32::MAX; n_features]
-            } else {
-                Vec::new()
-            };
-            for e in lo..hi {
-                let (idx, v) = (indices[e], values[e]);
-                check_entry(idx, v, e, n_features)?;
-                let f = idx.as_i64() as usize;
-                let row = row_of(e);
-                if row < 0 || row as u64 >= n_rows as u64 {
-                    return Err(CoreError::input(format!(
-                        "rows has value {row} at position {e}, outside [0, {n_rows})"
-                    )));
-                }
-                if check_dups {
-                    if stamp[f] == row as u32 {
-                        return Err(CoreError::input(format!(
-                            "indices lists feature {f} twice in row {row}"
-                        )));
-                    }
-                    stamp[f] = row as u32;
-                }
-                if v != 0.0 {
-                    counts[f] += 1;
-                }
+    let mut counts = vec![0u32; n_features];
+    let mut stamp: Vec<u32> = if check_dups {
+        vec![u32::MAX; n_features]
+    } else {
+        Vec::new()
+    };
+    for e in lo..hi {
+        let (idx, v) = (indices[e], values[e]);
+        check_entry(idx, v, e, n_features)?;
+        let f = idx.as_i64() as usize;
+        let row = rows.row_of(e);
+        if row < 0 || row as u64 >= n_rows as u64 {
+            return Err(CoreError::input(format!(
+                "rows has value {row} at position {e}, outside [0, {n_rows})"
+            )));
+        }
+        if check_dups {
+            if stamp[f] == row as u32 {
+                return Err(CoreError::input(format!(
+                    "indices lists feature {f} twice in row {row}"
+                )));
             }
-            Ok(counts)
-        })
-        .collect::<CoreResult<_>>()?;
-    // feature offsets, then each block's write cursor per feature
+            stamp[f] = row as u32;
+        }
+        if v != 0.0 {
+            counts[f] += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Feature offsets into the key array (`offsets[n_features]` is the number
+/// of nonzeros), then each block's write cursor per feature.
+fn feature_offsets(counts: Vec<Vec<u32>>, n_features: usize) -> (Vec<usize>, Vec<Vec<usize>>) {
     let mut offsets = Vec::with_capacity(n_features + 1);
     offsets.push(0usize);
     let mut acc = 0usize;
@@ -159,7 +186,6 @@ pub fn bucket<I: FeatureIndex>(
         acc += counts.iter().map(|c| c[f] as usize).sum::<usize>();
         offsets.push(acc);
     }
-    let nnz = acc;
     let mut cursors: Vec<Vec<usize>> = Vec::with_capacity(counts.len());
     let mut running: Vec<usize> = offsets[..n_features].to_vec();
     for c in &counts {
@@ -169,7 +195,19 @@ pub fn bucket<I: FeatureIndex>(
             .zip(c)
             .for_each(|(r, &n)| *r += n as usize);
     }
-    drop(counts);
+    (offsets, cursors)
+}
+
+/// Writes each nonzero's `(value, row)` key at its block's cursor for its
+/// feature, the blocks in parallel.
+fn scatter<I: FeatureIndex>(
+    indices: &[I],
+    values: &[f32],
+    rows: Rows<'_>,
+    ranges: &[(usize, usize)],
+    mut cursors: Vec<Vec<usize>>,
+    nnz: usize,
+) -> Vec<u64> {
     let mut keys: Vec<u64> = Vec::with_capacity(nnz);
     let ptr = SendPtr(keys.as_mut_ptr());
     ranges
@@ -183,14 +221,14 @@ pub fn bucket<I: FeatureIndex>(
                     let f = indices[e].as_i64() as usize;
                     // SAFETY: cursor[f] stays within this block's disjoint slots of
                     // feature f, all < nnz = capacity; every slot is written once.
-                    unsafe { p.0.add(cursor[f]).write(pack(v, row_of(e) as u32)) };
+                    unsafe { p.0.add(cursor[f]).write(pack(v, rows.row_of(e) as u32)) };
                     cursor[f] += 1;
                 }
             }
         });
     // SAFETY: the scatter above initialised all nnz slots.
     unsafe { keys.set_len(nnz) };
-    Ok(Buckets { keys, offsets })
+    keys
 }
 
 /// Scores already-bucketed features: sorts each bucket and walks it.

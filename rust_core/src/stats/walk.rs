@@ -163,6 +163,33 @@ fn close_group_se(sc: &mut Scratch, s: u64, t: u64) {
     sc.touched.clear();
 }
 
+/// Running totals of one unit's walk, over all rows (not per concept).
+#[derive(Default)]
+struct WalkTotals {
+    /// Rows above the current tie group.
+    s: u64,
+    /// Sum of all values.
+    total_v: f64,
+    /// Rows with a value above 0.
+    fire_total: u64,
+    /// Top activations recorded so far.
+    n_top: usize,
+    /// Sum of `t³ − t` over the tie groups.
+    ties: f64,
+}
+
+impl WalkTotals {
+    /// Ends a tie group of `t` rows (the DeLong sums first, with `se`).
+    #[inline(always)]
+    fn close_group(&mut self, sc: &mut Scratch, se: bool, t: u64) {
+        if se {
+            close_group_se(sc, self.s, t);
+        }
+        self.ties += tie_term(t);
+        self.s += t;
+    }
+}
+
 /// Scores one unit. `keys` are its stored activations, sorted ascending;
 /// `n_zero` rows are not stored and have value 0 (sparse codes; 0 for dense).
 pub fn score_unit(
@@ -171,13 +198,10 @@ pub fn score_unit(
     labels: &LabelIndex,
     opts: &ScoreOptions,
     sc: &mut Scratch,
-    out: RowOut<'_>,
+    mut out: RowOut<'_>,
 ) {
     sc.reset();
     let n = labels.n_rows as u64;
-    let se = opts.with_se;
-    let stats = opts.stats;
-    let top_n = opts.top_n;
     // stored values below zero come after the virtual zero group in the walk
     let n_below = keys.partition_point(|&k| ((k >> 32) as u32) < ZERO_BITS);
     if n_zero > 0 {
@@ -186,157 +210,210 @@ pub fn score_unit(
             labels.for_each_listed(k as u32 as usize, |c| sc.negl[c] += 1);
         }
     }
-    let mut s: u64 = 0; // rows above the current group
-    let mut total_v = 0f64;
-    let mut fire_total = 0u64;
-    let mut n_top = 0usize;
-    let mut ties = 0f64;
+    // read once, before the loop (measured: read inside it, the compiler
+    // duplicated the group loop)
+    let flags = (opts.with_se, opts.stats, opts.top_n);
+    let mut w = WalkTotals::default();
     let mut zero_done = n_zero == 0;
     let mut i = keys.len();
     while i > 0 || !zero_done {
         let next_is_zero = !zero_done && (i == 0 || i <= n_below);
         if next_is_zero {
             zero_done = true;
-            let t = n_zero;
-            let twomr = 2 * n - 2 * s - t + 1;
-            for c in 0..labels.n_concepts {
-                let zl = labels.n_listed[c] - sc.nl[c] - sc.negl[c];
-                if zl == 0 {
-                    continue;
-                }
-                sc.sum2r[c] += zl * twomr;
-                sc.nl[c] += zl;
-                if se {
-                    sc.gl[c] = zl;
-                    sc.touched.push(c as u32);
-                }
-            }
-            if se {
-                close_group_se(sc, s, t);
-            }
-            ties += tie_term(t);
-            s += t;
-            continue;
+            walk_zero_group(n_zero, n, labels, opts.with_se, sc, &mut w);
+        } else {
+            i = walk_value_group(keys, i, n, labels, flags, sc, &mut out, &mut w);
         }
-        // the tie group ending at i (exclusive), walking down
-        let bits = (keys[i - 1] >> 32) as u32;
-        let mut j = i - 1;
-        while j > 0 && (keys[j - 1] >> 32) as u32 == bits {
-            j -= 1;
-        }
-        let t = (i - j) as u64;
-        let twomr = 2 * n - 2 * s - t + 1;
-        let v = from_order_bits(bits);
-        let fires = v > 0.0;
-        for idx in (j..i).rev() {
-            if idx >= PREFETCH {
-                labels.prefetch(keys[idx - PREFETCH] as u32 as usize);
-            }
-            let row = keys[idx] as u32 as usize;
-            let in_top = n_top < top_n;
-            if in_top {
-                out.top_rows[n_top] = row as i64;
-                out.top_values[n_top] = v;
-            }
-            labels.for_each_listed(row, |c| {
-                sc.sum2r[c] += twomr;
-                sc.nl[c] += 1;
-                if stats {
-                    sc.sumv[c] += f64::from(v);
-                    sc.nfire[c] += u64::from(fires);
-                    if in_top {
-                        sc.topl[c] += 1;
-                    }
-                }
-                if se {
-                    if sc.gl[c] == 0 {
-                        sc.touched.push(c as u32);
-                    }
-                    sc.gl[c] += 1;
-                }
-            });
-            if in_top {
-                n_top += 1;
-            }
-        }
-        total_v += f64::from(v) * t as f64;
-        fire_total += if fires { t } else { 0 };
-        if se {
-            close_group_se(sc, s, t);
-        }
-        ties += tie_term(t);
-        s += t;
-        i = j;
     }
-    debug_assert_eq!(s, n);
-    for k in n_top..top_n {
+    debug_assert_eq!(w.s, n);
+    for k in w.n_top..opts.top_n {
         out.top_rows[k] = -1;
         out.top_values[k] = f32::NAN;
     }
-    *out.firing = fire_total;
-    *out.ties = ties;
-    let all_2r = n * (n + 1);
+    *out.firing = w.fire_total;
+    *out.ties = w.ties;
     for c in 0..labels.n_concepts {
-        let p = labels.n_pos[c];
-        let q = n - p;
-        let flipped = labels.flipped[c];
-        let r2_pos = if flipped {
-            all_2r - sc.sum2r[c]
-        } else {
-            sc.sum2r[c]
-        };
-        let two_u = i128::from(r2_pos) - i128::from(p) * i128::from(p + 1);
-        out.auroc[c] = if p == 0 || q == 0 {
-            f64::NAN
-        } else {
-            two_u as f64 / (2.0 * p as f64 * q as f64)
-        };
-        if stats {
-            let fire_pos = if flipped {
-                fire_total - sc.nfire[c]
-            } else {
-                sc.nfire[c]
-            };
-            out.pos_firing[c] = fire_pos.min(u64::from(u32::MAX)) as u32;
-            let sum_pos = if flipped {
-                total_v - sc.sumv[c]
-            } else {
-                sc.sumv[c]
-            };
-            out.mean_pos[c] = if p == 0 {
-                f32::NAN
-            } else {
-                (sum_pos / p as f64) as f32
-            };
-            out.mean_neg[c] = if q == 0 {
-                f32::NAN
-            } else {
-                ((total_v - sum_pos) / q as f64) as f32
-            };
-            if top_n > 0 {
-                let pos_top = if flipped {
-                    n_top as u64 - u64::from(sc.topl[c])
-                } else {
-                    u64::from(sc.topl[c])
-                };
-                out.precision[c] = if n_top == 0 {
-                    f32::NAN
-                } else {
-                    (pos_top as f64 / n_top as f64) as f32
-                };
-            }
+        finish_concept(c, n, labels, opts, sc, &w, &mut out);
+    }
+}
+
+/// Walks the virtual group of the `t` unstored zero rows: the listed rows
+/// not yet seen above and not among the negative values are in it.
+#[inline(always)]
+fn walk_zero_group(
+    t: u64,
+    n: u64,
+    labels: &LabelIndex,
+    se: bool,
+    sc: &mut Scratch,
+    w: &mut WalkTotals,
+) {
+    let twomr = 2 * n - 2 * w.s - t + 1;
+    for c in 0..labels.n_concepts {
+        let zl = labels.n_listed[c] - sc.nl[c] - sc.negl[c];
+        if zl == 0 {
+            continue;
         }
+        sc.sum2r[c] += zl * twomr;
+        sc.nl[c] += zl;
         if se {
-            // flush the unlisted rows below the last listed one
-            let gap = n - sc.mark[c];
-            sc.h2u[c] += u128::from(gap) * sq(2 * sc.ls[c]);
-            let (h2_pos, h2_neg) = if flipped {
-                (sc.h2u[c], sc.h2l[c])
-            } else {
-                (sc.h2l[c], sc.h2u[c])
-            };
-            out.se[c] = delong_se(p, q, two_u, h2_pos, h2_neg);
+            sc.gl[c] = zl;
+            sc.touched.push(c as u32);
         }
+    }
+    w.close_group(sc, se, t);
+}
+
+/// Walks the tie group of stored values ending at `keys[i - 1]` (walking
+/// down); returns where it starts (the next `i`). `flags` are
+/// `(with_se, stats, top_n)` of the [`ScoreOptions`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn walk_value_group(
+    keys: &[u64],
+    i: usize,
+    n: u64,
+    labels: &LabelIndex,
+    (se, stats, top_n): (bool, bool, usize),
+    sc: &mut Scratch,
+    out: &mut RowOut<'_>,
+    w: &mut WalkTotals,
+) -> usize {
+    let bits = (keys[i - 1] >> 32) as u32;
+    let mut j = i - 1;
+    while j > 0 && (keys[j - 1] >> 32) as u32 == bits {
+        j -= 1;
+    }
+    let t = (i - j) as u64;
+    let twomr = 2 * n - 2 * w.s - t + 1;
+    let v = from_order_bits(bits);
+    let fires = v > 0.0;
+    for idx in (j..i).rev() {
+        if idx >= PREFETCH {
+            labels.prefetch(keys[idx - PREFETCH] as u32 as usize);
+        }
+        let row = keys[idx] as u32 as usize;
+        let in_top = w.n_top < top_n;
+        if in_top {
+            out.top_rows[w.n_top] = row as i64;
+            out.top_values[w.n_top] = v;
+        }
+        labels.for_each_listed(row, |c| {
+            sc.sum2r[c] += twomr;
+            sc.nl[c] += 1;
+            if stats {
+                sc.sumv[c] += f64::from(v);
+                sc.nfire[c] += u64::from(fires);
+                if in_top {
+                    sc.topl[c] += 1;
+                }
+            }
+            if se {
+                if sc.gl[c] == 0 {
+                    sc.touched.push(c as u32);
+                }
+                sc.gl[c] += 1;
+            }
+        });
+        if in_top {
+            w.n_top += 1;
+        }
+    }
+    w.total_v += f64::from(v) * t as f64;
+    w.fire_total += if fires { t } else { 0 };
+    w.close_group(sc, se, t);
+    j
+}
+
+/// Writes concept `c`'s outputs from the walk's sums (undoing the flip
+/// where the concept's negatives were listed).
+#[inline(always)]
+fn finish_concept(
+    c: usize,
+    n: u64,
+    labels: &LabelIndex,
+    opts: &ScoreOptions,
+    sc: &mut Scratch,
+    w: &WalkTotals,
+    out: &mut RowOut<'_>,
+) {
+    let p = labels.n_pos[c];
+    let q = n - p;
+    let flipped = labels.flipped[c];
+    let all_2r = n * (n + 1);
+    let r2_pos = if flipped {
+        all_2r - sc.sum2r[c]
+    } else {
+        sc.sum2r[c]
+    };
+    let two_u = i128::from(r2_pos) - i128::from(p) * i128::from(p + 1);
+    out.auroc[c] = if p == 0 || q == 0 {
+        f64::NAN
+    } else {
+        two_u as f64 / (2.0 * p as f64 * q as f64)
+    };
+    if opts.stats {
+        finish_concept_stats(c, p, q, flipped, opts.top_n, sc, w, out);
+    }
+    if opts.with_se {
+        // flush the unlisted rows below the last listed one
+        let gap = n - sc.mark[c];
+        sc.h2u[c] += u128::from(gap) * sq(2 * sc.ls[c]);
+        let (h2_pos, h2_neg) = if flipped {
+            (sc.h2u[c], sc.h2l[c])
+        } else {
+            (sc.h2l[c], sc.h2u[c])
+        };
+        out.se[c] = delong_se(p, q, two_u, h2_pos, h2_neg);
+    }
+}
+
+/// Firing count, mean activation on/off concept and top-n precision of concept `c`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn finish_concept_stats(
+    c: usize,
+    p: u64,
+    q: u64,
+    flipped: bool,
+    top_n: usize,
+    sc: &Scratch,
+    w: &WalkTotals,
+    out: &mut RowOut<'_>,
+) {
+    let fire_pos = if flipped {
+        w.fire_total - sc.nfire[c]
+    } else {
+        sc.nfire[c]
+    };
+    out.pos_firing[c] = fire_pos.min(u64::from(u32::MAX)) as u32;
+    let sum_pos = if flipped {
+        w.total_v - sc.sumv[c]
+    } else {
+        sc.sumv[c]
+    };
+    out.mean_pos[c] = if p == 0 {
+        f32::NAN
+    } else {
+        (sum_pos / p as f64) as f32
+    };
+    out.mean_neg[c] = if q == 0 {
+        f32::NAN
+    } else {
+        ((w.total_v - sum_pos) / q as f64) as f32
+    };
+    if top_n > 0 {
+        let n_top = w.n_top;
+        let pos_top = if flipped {
+            n_top as u64 - u64::from(sc.topl[c])
+        } else {
+            u64::from(sc.topl[c])
+        };
+        out.precision[c] = if n_top == 0 {
+            f32::NAN
+        } else {
+            (pos_top as f64 / n_top as f64) as f32
+        };
     }
 }
 

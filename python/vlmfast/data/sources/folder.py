@@ -36,6 +36,24 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
     return None, None
 
 
+def _check_csv_header(path: Path) -> None:
+    """A CSV captions file must name an image column and a caption column."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    columns = [c.strip() for c in header]
+    missing = [
+        f"an image column (one of {', '.join(keys)})" if kind == "image" else
+        f"a caption column (one of {', '.join(keys)})"
+        for kind, keys in (("image", IMAGE_KEYS), ("caption", CAPTION_KEYS))
+        if not any(k in columns for k in keys)
+    ]  # fmt: skip
+    if missing:
+        raise InputError(
+            f"{path}: its columns are {', '.join(columns) or '(none)'}; it needs "
+            + " and ".join(missing)
+        )
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -62,6 +80,8 @@ class FolderSource(PairSource):
             raise InputError(
                 f"folder source: {path!s} is neither a folder nor a .jsonl/.csv captions file"
             )
+        if self.captions_file is not None and self.captions_file.suffix.lower() == ".csv":
+            _check_csv_header(self.captions_file)
 
     def _rows(self, report: BadRecordReport) -> Iterator[tuple[int, dict[str, Any] | None]]:
         assert self.captions_file is not None
@@ -107,6 +127,11 @@ class FolderSource(PairSource):
             ckey, caption = _pick(row, CAPTION_KEYS)
             if not rel:
                 report.add("bad_line", where, f"no image column (one of {IMAGE_KEYS})")
+                continue
+            if ckey is None:
+                report.add(
+                    "bad_line", f"{where} ({rel})", f"no caption key (one of {CAPTION_KEYS})"
+                )
                 continue
             caption = "" if caption is None else str(caption).strip()
             if not caption:

@@ -27,6 +27,24 @@ def _split_query(text: str) -> tuple[str, dict[str, str]]:
     return path, {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
 
 
+def _kind_of_path(path: str, spec: str) -> str:
+    """The source type of a bare path: ``coco``, ``wds`` or ``folder``, from what it is."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        return "coco"
+    if suffix == ".tar" or "{" in path or (p.is_dir() and any(p.glob("*.tar"))):
+        return "wds"
+    if p.is_dir() or suffix in (".jsonl", ".csv"):
+        return "folder"
+    if any(ch in path for ch in "*?["):
+        return "wds"
+    raise InputError(
+        f"open_source: cannot tell what {spec!r} is (no such folder or file, or an "
+        "unknown extension); use a prefix folder:, coco:, wds: or synthetic:"
+    )
+
+
 def open_source(
     spec: str | Path | Iterable[Any],
     limit: int | None = None,
@@ -76,21 +94,7 @@ def open_source(
         return SyntheticSource(target, **kw)
     path, query = _split_query(target)
     if not kind:
-        p = Path(path)
-        suffix = p.suffix.lower()
-        if suffix == ".json":
-            kind = "coco"
-        elif suffix == ".tar" or "{" in path or (p.is_dir() and any(p.glob("*.tar"))):
-            kind = "wds"
-        elif p.is_dir() or suffix in (".jsonl", ".csv"):
-            kind = "folder"
-        elif any(ch in path for ch in "*?["):
-            kind = "wds"
-        else:
-            raise InputError(
-                f"open_source: cannot tell what {spec!r} is (no such folder or file, or an "
-                "unknown extension); use a prefix folder:, coco:, wds: or synthetic:"
-            )
+        kind = _kind_of_path(path, spec)
     if kind == "folder":
         from vlmfast.data.sources.folder import FolderSource
 

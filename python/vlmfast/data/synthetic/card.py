@@ -74,10 +74,8 @@ def _load(info: dict[str, Any]) -> str:
     return f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end (1-minute)"
 
 
-def model_card(config: dict[str, Any], info: dict[str, Any], result: dict[str, Any]) -> str:
-    """Markdown text of the card."""
-    tc = info.get("train_config", {})
-    n_params = info.get("n_params")
+def _train_command(tc: dict[str, Any], info: dict[str, Any]) -> str:
+    """The ``vlmfast synth train`` command line that reproduces the run."""
     cmd = (
         f"vlmfast synth train --seed {tc.get('seed')} --steps {tc.get('steps')} "
         f"--batch-size {tc.get('batch_size')} --lr {tc.get('lr')} --threads {tc.get('threads')} "
@@ -87,9 +85,22 @@ def model_card(config: dict[str, Any], info: dict[str, Any], result: dict[str, A
     done = info.get("steps_done")
     if done is not None and tc.get("steps") is not None and done < tc["steps"]:
         cmd += f" --stop-after {done} --max-minutes 1000"
-    cmd += " --out DIR"
+    return cmd + " --out DIR"
+
+
+def _floors(result: dict[str, Any]) -> str:
+    """The floors line: each floor, and whether the evaluation met them all."""
     floors = result.get("floors", {})
     passed = all(result["summary"].get(k, 0.0) >= v for k, v in floors.items())
+    listed = ", ".join(f"{k} >= {v:.0%}" for k, v in floors.items())
+    return f"Floors (issue 4): {listed}: {'all met' if passed else 'NOT all met (see the table)'}."
+
+
+def model_card(config: dict[str, Any], info: dict[str, Any], result: dict[str, Any]) -> str:
+    """Markdown text of the card."""
+    tc = info.get("train_config", {})
+    n_params = info.get("n_params")
+    cmd = _train_command(tc, info)
     return f"""# vlmfast synthetic:tiny — model card
 
 A CLIP trained from scratch on vlmfast's synthetic concept-binding benchmark
@@ -143,7 +154,7 @@ Run: {info.get("steps_done")} steps x {tc.get("batch_size")} images in {info.get
 {format_table(result)}
 ```
 
-Floors (issue 4): {", ".join(f"{k} >= {v:.0%}" for k, v in floors.items())}: {"all met" if passed else "NOT all met (see the table)"}.
+{_floors(result)}
 {_limitations(result)}"""
 
 

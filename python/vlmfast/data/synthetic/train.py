@@ -16,32 +16,19 @@ a held-out combination of the compositional split.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vlmfast.data.synthetic import spec
-from vlmfast.data.synthetic.captions import (
-    caption_true,
-    flipped_relation,
-    heldout_combinations,
-    relation_caption,
-    training_negatives,
-)
-from vlmfast.data.synthetic.dataset import (
-    SyntheticSample,
-    make_samples,
-    render_batch,
-)
-from vlmfast.data.synthetic.model import build_clip, pixels_from_uint8, tiny_config
+from vlmfast.data.synthetic.aux_probes import AuxProbes
+from vlmfast.data.synthetic.batches import pick_negatives, relation_recaption, training_batch
+from vlmfast.data.synthetic.losses import contrastive_loss, encode_text_trimmed, step_loss
+from vlmfast.data.synthetic.model import build_clip, tiny_config
 from vlmfast.data.synthetic.tokenizer import WordTokenizer
 
 
@@ -102,234 +89,6 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def _positives(samples: list[SyntheticSample]) -> np.ndarray:
-    """pos[i, j] = caption j is true of image i (exact, from the scenes)."""
-    n = len(samples)
-    pos = np.zeros((n, n), dtype=bool)
-    for i, si in enumerate(samples):
-        for j, sj in enumerate(samples):
-            pos[i, j] = i == j or caption_true(si.scene, sj.caption)
-    return pos
-
-
-def encode_text_trimmed(model: Any, tokens: Any) -> Any:
-    """``model.encode_text`` computed on length buckets cut to their longest sequence.
-
-    Exact for a causal text tower pooled at the EOT (argmax) token: positions after
-    a sequence's EOT never influence it. Saves most of the padding compute.
-    """
-    import torch
-
-    lengths = (tokens != 0).sum(dim=1)
-    out = torch.empty((tokens.shape[0], model.text_projection.shape[1]), dtype=torch.float32)
-    edges = [0, 8, 12, tokens.shape[1]]
-    for lo, hi in itertools.pairwise(edges):
-        rows = ((lengths > lo) & (lengths <= hi)).nonzero().flatten()
-        if rows.numel() == 0:
-            continue
-        length = int(lengths[rows].max())
-        tok = tokens[rows, :length]
-        x = model.token_embedding(tok) + model.positional_embedding[:length]
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0]), tok.argmax(dim=-1)] @ model.text_projection
-        out = out.index_put((rows,), x)
-    return out
-
-
-def pick_negatives(
-    rng: np.random.Generator, sample: SyntheticSample, k: int, flipped: bool = False
-) -> list[str]:
-    """Up to ``k`` negative texts: binding/relation swaps first, then the others at
-    random; with ``flipped``, plus the inverse-relation-word negative of a relation
-    caption (``captions.flipped_relation``).
-
-    Never a text with a held-out combination (the compositional split stays unseen).
-    """
-    first = [
-        sample.negatives[n].text
-        for n in ("swapped_attributes", "swapped_relation")
-        if n in sample.negatives
-    ]
-    rest = [
-        sample.negatives[n].text for n in ("wrong_color", "wrong_shape") if n in sample.negatives
-    ]
-    rest = [rest[i] for i in rng.permutation(len(rest))]
-    out = (first + rest)[:k]
-    if flipped:
-        flip = flipped_relation(sample.caption)
-        if flip is not None and not heldout_combinations(flip):
-            out.append(flip.text)
-    return out
-
-
-def relation_recaption(rng: np.random.Generator, sample: SyntheticSample) -> SyntheticSample:
-    """``sample`` with a true relation caption of its scene (and that caption's hard
-    negatives) in place of its caption; unchanged if it has one object or no
-    relation qualifies. Held-out (relation, subject) pairings are never drawn and
-    negatives with a held-out combination are dropped, as in the ``train`` split."""
-    if sample.caption.kind == "relation" or len(sample.scene.objects) < 2:
-        return sample
-    cap = relation_caption(rng, sample.scene, banned=spec.HELDOUT_RELATION_SUBJECT)
-    if cap is None:
-        return sample
-    return replace(sample, caption=cap, negatives=training_negatives(rng, sample.scene, cap))
-
-
-class AuxProbes:
-    """Linear read-outs used as auxiliary losses (see ``TrainConfig.aux_weight``).
-
-    Image: for each of the ``GRID**2`` cells, its object's color and shape (or
-    "empty"), and for each color and shape its (row, column) where present. Text: the color and shape of each of the first two mentions (or
-    "unsaid"/"absent") and the relation word (or none): a text embedding that
-    solves it must encode which object is the relation's subject.
-    """
-
-    def __init__(self, dim: int) -> None:
-        import torch
-
-        cells = spec.GRID * spec.GRID
-        self.n_color = len(spec.COLORS) + 1
-        self.n_shape = len(spec.SHAPES) + 1
-        self.image = torch.nn.Linear(dim, cells * (self.n_color + self.n_shape))
-        self.coords = torch.nn.Linear(dim, 2 * (len(spec.COLORS) + len(spec.SHAPES)))
-        self.text = torch.nn.Linear(
-            dim, 2 * (self.n_color + 1 + self.n_shape + 1) + len(spec.RELATIONS) + 1
-        )
-
-    def parameters(self) -> list[Any]:
-        return [*self.image.parameters(), *self.coords.parameters(), *self.text.parameters()]
-
-    def coord_targets(self, samples: list[SyntheticSample]) -> tuple[Any, Any]:
-        """(row, col) in [-1, 1] of each color and each shape, and where it is present."""
-        import torch
-
-        k = len(spec.COLORS) + len(spec.SHAPES)
-        target = torch.zeros((len(samples), k, 2))
-        present = torch.zeros((len(samples), k, 1))
-        half = (spec.GRID - 1) / 2
-        for i, s in enumerate(samples):
-            for o in s.scene.objects:
-                rc = torch.tensor([(o.row - half) / half, (o.col - half) / half])
-                for j in (
-                    spec.COLORS.index(o.color),
-                    len(spec.COLORS) + spec.SHAPES.index(o.shape),
-                ):
-                    target[i, j] = rc
-                    present[i, j] = 1.0
-        return target, present
-
-    def image_targets(self, samples: list[SyntheticSample]) -> tuple[Any, Any]:
-        import torch
-
-        cells = spec.GRID * spec.GRID
-        color = torch.zeros((len(samples), cells), dtype=torch.long)
-        shape = torch.zeros((len(samples), cells), dtype=torch.long)
-        for i, s in enumerate(samples):
-            for o in s.scene.objects:
-                cell = o.row * spec.GRID + o.col
-                color[i, cell] = 1 + spec.COLORS.index(o.color)
-                shape[i, cell] = 1 + spec.SHAPES.index(o.shape)
-        return color, shape
-
-    def text_targets(self, samples: list[SyntheticSample]) -> Any:
-        import torch
-
-        out = torch.zeros((len(samples), 5), dtype=torch.long)
-        for i, s in enumerate(samples):
-            cap = s.caption
-            for m, mention in enumerate(cap.mentions[:2]):
-                # 0: no such mention, 1: mentioned without it, 2 + index: named
-                out[i, 2 * m] = 2 + spec.COLORS.index(mention.color) if mention.color else 1
-                out[i, 2 * m + 1] = 2 + spec.SHAPES.index(mention.shape) if mention.shape else 1
-            if cap.relation is not None:
-                out[i, 4] = 1 + spec.RELATIONS.index(cap.relation)
-        return out
-
-    def loss(self, img: Any, txt: Any, samples: list[SyntheticSample]) -> Any:
-        """Mean cross-entropy of every read-out (``img``/``txt``: unnormalised embeddings)."""
-        import torch
-
-        f = torch.nn.functional
-        cells = spec.GRID * spec.GRID
-        nc, ns = self.n_color, self.n_shape
-        color, shape = self.image_targets(samples)
-        logits = self.image(img).view(len(samples), cells, nc + ns)
-        loss_img = f.cross_entropy(logits[..., :nc].reshape(-1, nc), color.flatten()) + (
-            f.cross_entropy(logits[..., nc:].reshape(-1, ns), shape.flatten())
-        )
-        target, present = self.coord_targets(samples)
-        pred = self.coords(img).view(target.shape)
-        loss_img = loss_img + ((pred - target) ** 2 * present).sum() / present.sum().clamp(min=1)
-        # text classes: colors 0 absent, 1 unsaid, 2.. ; shapes likewise
-        t = self.text_targets(samples)
-        tl = self.text(txt)
-        sizes = [nc + 1, ns + 1, nc + 1, ns + 1, len(spec.RELATIONS) + 1]
-        bounds = np.cumsum([0, *sizes])
-        loss_txt = sum(
-            f.cross_entropy(tl[:, bounds[k] : bounds[k + 1]], t[:, k]) for k in range(len(sizes))
-        )
-        return loss_img + loss_txt
-
-
-def contrastive_loss(
-    img: Any, txt: Any, neg: Any, neg_owner: Any, pos: Any, logit_scale: Any
-) -> Any:
-    """Symmetric InfoNCE on each pair's own caption, with per-image hard negatives.
-
-    img [B, D], txt [B, D], neg [N, D] (normalised); neg_owner [N] image index of
-    each negative; pos [B, B] bool (caption j true of image i).
-
-    The target of image i is its own caption i only. Other in-batch captions that
-    are also true of image i (``pos``) are removed from its denominator (they are
-    not negatives), and likewise other images a caption is true of. The target
-    must not be the *set* of true captions: a multi-positive target lets an image
-    satisfy the loss with an order-free caption ("a red circle and a blue square")
-    scoring far above both a relation caption and its swapped-relation negative,
-    so the hard negative never gets a gradient (the cause of the first bundled
-    model's chance-level relations).
-    """
-    import torch
-
-    b = img.shape[0]
-    eye = torch.eye(b, dtype=torch.bool, device=img.device)
-    other_true = pos & ~eye
-    scale = logit_scale.exp()
-    it = (scale * img @ txt.T).masked_fill(other_true, float("-inf"))  # [B, B]
-    ineg = scale * img @ neg.T  # [B, N]
-    own = neg_owner[None, :] == torch.arange(b, device=img.device)[:, None]
-    ineg = ineg.masked_fill(~own, float("-inf"))
-    target = torch.arange(b, device=img.device)
-    loss_i = torch.nn.functional.cross_entropy(torch.cat([it, ineg], dim=1), target)
-    loss_t = torch.nn.functional.cross_entropy(it.T, target)
-    return 0.5 * (loss_i + loss_t)
-
-
-def _step_loss(
-    model: Any,
-    px: Any,
-    tokens: Any,
-    owner: Any,
-    pos: Any,
-    samples: list[SyntheticSample],
-    probes: AuxProbes | None,
-    aux_weight: float,
-) -> Any:
-    """The step's loss: ``contrastive_loss`` on the batch (captions first in
-    ``tokens``, then the hard negatives), plus the weighted probe losses."""
-    import torch
-
-    img_raw = model.encode_image(px)
-    txt_raw = encode_text_trimmed(model, tokens)
-    img = torch.nn.functional.normalize(img_raw, dim=-1)
-    txt = torch.nn.functional.normalize(txt_raw, dim=-1)
-    b = len(samples)
-    loss = contrastive_loss(img, txt[:b], txt[b:], owner, pos, model.logit_scale)
-    if probes is not None:
-        loss = loss + aux_weight * probes.loss(img_raw, txt_raw[:b], samples)
-    return loss
-
-
 def _build(cfg: TrainConfig, config: dict[str, Any]) -> tuple[Any, AuxProbes | None, Any]:
     """The initialised model (position embedding scaled), the probes and AdamW."""
     import torch
@@ -378,29 +137,10 @@ def train(
     history: list[dict[str, float]] = []
     step = 0
     for step in range(cfg.steps):
-        samples = make_samples(
-            cfg.seed, "train", range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-        )
-        step_rng = np.random.default_rng([cfg.seed, 7, step])
-        if cfg.relation_boost > 0:
-            boost_rng = np.random.default_rng([cfg.seed, 8, step])
-            samples = [
-                relation_recaption(boost_rng, s) if boost_rng.random() < cfg.relation_boost else s
-                for s in samples
-            ]
-        px = pixels_from_uint8(render_batch(samples, noise_std=cfg.noise_std))
-        neg_texts, owner = [], []
-        for i, s in enumerate(samples):
-            for text in pick_negatives(step_rng, s, cfg.max_negatives, cfg.flipped_negatives):
-                neg_texts.append(text)
-                owner.append(i)
-        tokens = tok([s.caption.text for s in samples] + neg_texts)
-        pos = torch.from_numpy(_positives(samples))
+        samples, px, tokens, owner, pos = training_batch(cfg, step, tok)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
-        loss = _step_loss(
-            model, px, tokens, torch.tensor(owner), pos, samples, probes, cfg.aux_weight
-        )
+        loss = step_loss(model, px, tokens, owner, pos, samples, probes, cfg.aux_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -452,3 +192,15 @@ def save_model(
     save_file({k: v.contiguous().float() for k, v in state.items()}, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "train.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+__all__ = [
+    "AuxProbes",
+    "TrainConfig",
+    "contrastive_loss",
+    "encode_text_trimmed",
+    "pick_negatives",
+    "relation_recaption",
+    "save_model",
+    "train",
+]

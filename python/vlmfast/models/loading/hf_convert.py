@@ -191,6 +191,22 @@ def convert_clip(config: Any, sd: Mapping[str, torch.Tensor]) -> ConvertedPair:
     return ConvertedPair("clip", image, text, pair, out)
 
 
+def _copy_map_head(
+    out: dict[str, torch.Tensor], sd: Mapping[str, torch.Tensor], h: str, width: int
+) -> None:
+    """SigLIP's MAP pooling head (probe, fused attention, LayerNorm, MLP) into ``image.pool``."""
+    out["image.pool.probe"] = _take(sd, f"{h}.probe").reshape(1, 1, width)
+    in_w = _take(sd, f"{h}.attention.in_proj_weight")
+    in_b = _take(sd, f"{h}.attention.in_proj_bias")
+    for name, w, b in zip(("q", "k", "v"), in_w.chunk(3, dim=0), in_b.chunk(3, dim=0)):
+        out[f"image.pool.attn.{name}.weight"] = w
+        out[f"image.pool.attn.{name}.bias"] = b
+    _copy_linear(out, "image.pool.attn.out", sd, f"{h}.attention.out_proj")
+    _copy_linear(out, "image.pool.ln", sd, f"{h}.layernorm")
+    _copy_linear(out, "image.pool.mlp.fc1", sd, f"{h}.mlp.fc1")
+    _copy_linear(out, "image.pool.mlp.fc2", sd, f"{h}.mlp.fc2")
+
+
 def convert_siglip(config: Any, sd: Mapping[str, torch.Tensor]) -> ConvertedPair:
     """Internal tower settings and weights of a transformers ``SiglipModel``."""
     vcfg, tcfg = config.vision_config, config.text_config
@@ -235,17 +251,7 @@ def convert_siglip(config: Any, sd: Mapping[str, torch.Tensor]) -> ConvertedPair
     out["image.pos_embed"] = _take(sd, f"{v}.embeddings.position_embedding.weight")
     _copy_blocks(out, "image", sd, v, image["layers"])
     _copy_linear(out, "image.ln_final", sd, f"{v}.post_layernorm")
-    h = f"{v}.head"
-    out["image.pool.probe"] = _take(sd, f"{h}.probe").reshape(1, 1, width)
-    in_w = _take(sd, f"{h}.attention.in_proj_weight")
-    in_b = _take(sd, f"{h}.attention.in_proj_bias")
-    for name, w, b in zip(("q", "k", "v"), in_w.chunk(3, dim=0), in_b.chunk(3, dim=0)):
-        out[f"image.pool.attn.{name}.weight"] = w
-        out[f"image.pool.attn.{name}.bias"] = b
-    _copy_linear(out, "image.pool.attn.out", sd, f"{h}.attention.out_proj")
-    _copy_linear(out, "image.pool.ln", sd, f"{h}.layernorm")
-    _copy_linear(out, "image.pool.mlp.fc1", sd, f"{h}.mlp.fc1")
-    _copy_linear(out, "image.pool.mlp.fc2", sd, f"{h}.mlp.fc2")
+    _copy_map_head(out, sd, f"{v}.head", width)
     t = "text_model"
     out["text.token_embed.weight"] = _take(sd, f"{t}.embeddings.token_embedding.weight")
     out["text.pos_embed"] = _take(sd, f"{t}.embeddings.position_embedding.weight")

@@ -7,7 +7,7 @@ writes changes, so existing runs recompute it.
 
 from __future__ import annotations
 
-from vlmfast.pipeline.runner import StageDef
+from vlmfast.pipeline.context import StageDef
 from vlmfast.pipeline.stages import (
     attribute,
     cache,
@@ -42,12 +42,14 @@ STAGES: dict[str, StageDef] = {
     "train-sae": StageDef(
         "train-sae",
         ("cache",),
-        ("sae.n_latents", "sae.k", "sae.steps", "sae.batch_size", "sae.lr", "run.seed"),
+        # sae.rows (which token rows train): a run from before it existed retrains once
+        ("sae.n_latents", "sae.k", "sae.steps", "sae.batch_size", "sae.lr", "sae.rows", "run.seed"),
         1,
         train_sae.run,
     ),
     "score": StageDef("score", ("cache", "train-sae"), ("score",), 1, score.run),
-    "trace": StageDef("trace", (), (*_MODEL, "data", "trace"), 1, trace.run),
+    # trace 2: trace_<tower>.npz also holds null_p_<kind> (vlmfast.causal.tracing.arrays)
+    "trace": StageDef("trace", (), (*_MODEL, "data", "trace"), 2, trace.run),
     "attribute": StageDef("attribute", (), (*_MODEL, "data", "attribute"), 1, attribute.run),
     "circuit": StageDef(
         "circuit", (), (*_MODEL, "data", "circuit", "concepts.circuit"), 1, circuit.run

@@ -41,11 +41,17 @@ def is_synthetic(spec: str) -> bool:
     return spec.split(":", 1)[0] == "synthetic"
 
 
-def read_records(spec: str, n: int, what: str) -> list[Any]:
-    """The first ``n`` records of ``spec`` with both an image and a caption."""
-    from vlmfast.data import open_source
+def read_pairs(ctx: Any, spec: str, n: int, what: str, **kw: Any) -> Any:
+    """``vlmfast.data.pairs.read_pairs`` of ``spec`` (the stage's ``what`` in errors), its
+    skip report logged when the source skipped records."""
+    from vlmfast.data.pairs import read_pairs as read
 
-    records = [r for r in open_source(spec, limit=n) if r.image is not None and r.caption]
-    if not records:
-        raise InputError(f"{what}: data {spec!r} yielded no image-caption pairs")
-    return records
+    pairs = read(spec, n, what=f"{what} data", **kw)
+    if pairs.report.n_bad:
+        ctx.log("  " + pairs.report.summary().replace("\n", "\n  "))
+    return pairs
+
+
+def skipped(pairs: Any) -> dict[str, Any]:
+    """``{"skipped_records": ...}`` for a stage result when the source skipped records."""
+    return {"skipped_records": pairs.report.as_dict()} if pairs.report.n_bad else {}

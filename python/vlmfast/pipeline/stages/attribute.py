@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmfast.pipeline.runner import StageContext
-from vlmfast.pipeline.stages._common import read_records
+from vlmfast.pipeline.context import StageContext
+from vlmfast.pipeline.stages._common import read_pairs, skipped
 
 
 def _top_heads(grid: Any, n: int = 5) -> list[dict[str, Any]]:
@@ -25,15 +25,15 @@ def _top_heads(grid: Any, n: int = 5) -> list[dict[str, Any]]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import vlmfast as vf
-    from vlmfast.causal.attribution_result import json_safe
-    from vlmfast.cli._tables import write_table
-    from vlmfast.cli.attribute import corrupt_inputs
+    from vlmfast.causal.core import corrupt_inputs, json_safe
+    from vlmfast.tables import write_table
 
     cfg = ctx.config
     a = cfg.attribute
     pair = ctx.pair()
     spec = a.data or cfg.data.spec
-    records = read_records(spec, a.pairs, "[attribute]")
+    pairs = read_pairs(ctx, spec, a.pairs, "[attribute]")
+    records = pairs.records
     inputs = corrupt_inputs(pair, records, a.corrupt, seed=cfg.run.seed, noise_std=a.noise_std)
     att = vf.causal.attribute(
         pair, **inputs, components=a.components, towers=a.towers, method=a.method,
@@ -47,6 +47,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "corrupt": a.corrupt,
         "noise_std": a.noise_std if a.corrupt == "image-noise" else None,
         "table": "attribution.parquet",
+        **skipped(pairs),
     }
     data["compare_exact_heads"] = None
     data["exact_heads"] = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.context import StageContext
 from vlmfast.pipeline.stages._common import is_synthetic, neuron_hooks, resolve_hook, sae_hooks
+from vlmfast.store import schema as S
 
 
 def cached_hooks(ctx: StageContext) -> list[str]:
@@ -33,7 +34,7 @@ def model_quality(ctx: StageContext) -> dict[str, Any] | None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from vlmfast.store.cache import CacheConfig, run_cache
+    from vlmfast.caching import CacheConfig, read_skip_report, run_cache
 
     cfg = ctx.config
     quality = model_quality(ctx)
@@ -58,18 +59,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ),
         log=lambda _msg: None,
     )
+    skipped = read_skip_report(ctx.dir / "store.zarr")
+    if skipped:
+        ctx.log(f"  {cfg.data.spec}: {skipped['n_bad']} bad records skipped {skipped['counts']}")
     hooks = {h: {"rows": int(store.n_rows(h)), "width": int(store.width(h))} for h in store.hooks}
     for hook, info in hooks.items():
         ctx.log(f"  {hook:<28} rows={info['rows']:>7} width={info['width']}")
-    concepts = store.attrs.get("concepts") or {}
-    names, kinds = list(concepts.get("names") or []), list(concepts.get("kinds") or [])
+    concepts = store.attrs.get(S.ATTR_CONCEPTS) or {}
+    names = list(concepts.get(S.CONCEPT_NAMES) or [])
+    kinds = list(concepts.get(S.CONCEPT_KINDS) or [])
     per_kind = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
     return {
         "store": "store.zarr",
         "model": cfg.model.spec,
         "data": cfg.data.spec,
         "hooks": hooks,
-        "samples": int((store.attrs.get("progress") or {}).get("samples_done", 0)),
+        "skipped_records": skipped,
+        "samples": int((store.attrs.get(S.ATTR_PROGRESS) or {}).get(S.PROGRESS_SAMPLES_DONE, 0)),
         "concepts": {"n": len(names), "per_kind": per_kind, "names": names},
         "quality": quality,
     }

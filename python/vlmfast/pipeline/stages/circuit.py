@@ -13,12 +13,12 @@ shapes and colors, else the bundled color vocabulary), ``image-noise`` adds pixe
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from vlmfast.errors import InputError
-from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.context import StageContext
+from vlmfast.pipeline.stages._common import read_pairs, skipped
 
 
 def _kinds() -> list[list[str]]:
@@ -48,51 +48,32 @@ def swap_word(concept: str) -> str:
 
 def concept_pairs(spec: str, concept: str, n: int, scan: int = 4000) -> list[Any]:
     """Up to ``n`` records whose caption names ``concept`` (among the first ``scan``)."""
-    from vlmfast.data import open_source
+    from vlmfast.data.pairs import read_pairs as read
 
-    pat = re.compile(rf"\b{re.escape(concept)}\b", re.IGNORECASE)
-    out = []
-    for r in open_source(spec, limit=scan):
-        if r.image is not None and r.caption and pat.search(str(r.caption)):
-            out.append(r)
-            if len(out) == n:
-                break
-    if len(out) < 2:
-        raise InputError(f"[circuit] {concept!r}: data {spec!r} has {len(out)} captions naming it")
-    return out
+    return read(
+        spec, n, what=f"[circuit] {concept!r}: data", naming=concept, scan=scan, minimum=2
+    ).records
 
 
 def corrupt_pair_inputs(
     pair: Any, records: Sequence[Any], concept: str, corrupt: str, seed: int, noise_std: float
 ) -> dict[str, Any]:
-    """Clean images/texts and the configured corruption of them."""
-    import torch
+    """Clean images/texts and the configured corruption of them: ``text-swap`` here, the
+    others as ``vlmfast.causal`` corrupts them."""
+    from vlmfast.causal.core import corrupt_inputs
+    from vlmfast.data.pairs import caption_pattern
 
+    if corrupt != "text-swap":
+        return corrupt_inputs(pair, records, corrupt, seed=seed, noise_std=noise_std)
     px = pair.preprocess([r.image for r in records])
     captions = [str(r.caption) for r in records]
     out: dict[str, Any] = {"images": px, "texts": pair.tokenize(captions)}
-    out["corrupt_images"] = out["corrupt_texts"] = None
-    if corrupt == "text-swap":
-        other = swap_word(concept)
-        pat = re.compile(rf"\b{re.escape(concept)}\b", re.IGNORECASE)
-        out["corrupt_texts"] = pair.tokenize([pat.sub(other, c) for c in captions])
-        out["swap"] = other
-    elif corrupt == "image-noise":
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(px.shape, generator=gen).to(device=px.device, dtype=px.dtype)
-        out["corrupt_images"] = px + noise_std * noise
-    else:
-        out["corrupt_images"] = px.roll(1, 0)
+    out["corrupt_images"] = None
+    other = swap_word(concept)
+    pat = caption_pattern(concept)
+    out["corrupt_texts"] = pair.tokenize([pat.sub(other, c) for c in captions])
+    out["swap"] = other
     return out
-
-
-def _find_circuit() -> Any:
-    """``vf.causal.find_circuit``, or None where it is not importable."""
-    try:
-        from vlmfast.causal import find_circuit
-    except ImportError:
-        return None
-    return find_circuit
 
 
 def candidate_towers(cfg: Any) -> list[str]:
@@ -108,28 +89,19 @@ def _draw(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Edges among the circuit's ``limit`` highest-ranked nodes (0: all) and into the logit,
     drawn to ``<concept>.svg`` / ``.dot``; returns the edges and the SVG's name."""
-    from vlmfast.causal import circuit_edges, circuit_to_dot, circuit_to_svg
+    from vlmfast.causal.circuits.draw import draw_circuit
 
-    nodes = list(circuit.nodes[:limit] if limit else circuit.nodes)
-    if not nodes:
-        return [], None
-    edges = circuit_edges(
-        pair, inputs["images"], inputs["texts"], inputs["corrupt_images"],
-        inputs["corrupt_texts"], nodes=nodes,
-    )  # fmt: skip
-    labels = {n.key: f"rank {r}" for r, n in enumerate(nodes)}
+    n = min(len(circuit.nodes), limit or len(circuit.nodes))
     title = f"circuit for {concept}" + (
-        f" (its {len(nodes)} highest-ranked of {len(circuit.nodes)} nodes)"
-        if len(nodes) < len(circuit.nodes)
-        else ""
+        f" (its {n} highest-ranked of {len(circuit.nodes)} nodes)" if n < len(circuit.nodes) else ""
     )
-    (ctx.dir / f"{concept}.dot").write_text(circuit_to_dot(nodes, edges, labels=labels))
-    (ctx.dir / f"{concept}.svg").write_text(circuit_to_svg(nodes, edges, labels, title=title))
-    return [e.to_dict() for e in edges], f"{concept}.svg"
+    edges, files = draw_circuit(circuit, pair, inputs, ctx.dir / concept, limit=limit, title=title)
+    return [e.to_dict() for e in edges], (files[1].name if files else None)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from vlmfast.cli._tables import write_table
+    from vlmfast.causal import find_circuit
+    from vlmfast.tables import write_table
 
     cfg = ctx.config
     c = cfg.circuit
@@ -137,18 +109,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not concepts:
         ctx.log("  no [concepts].circuit: nothing to find")
         return {}
-    find_circuit = _find_circuit()
-    if find_circuit is None:
-        raise InputError(
-            "the circuit stage needs vf.causal.find_circuit, which is not importable; "
-            "leave 'circuit' out of [run].stages (or empty [concepts].circuit) to run the rest"
-        )
     pair = ctx.pair()
     spec = c.data or cfg.data.spec
     towers = candidate_towers(cfg)
     out: dict[str, Any] = {}
     for concept in concepts:
-        records = concept_pairs(spec, concept, c.pairs)
+        pairs = read_pairs(ctx, spec, c.pairs, f"[circuit] {concept!r}:", naming=concept, minimum=2)
+        records = pairs.records
         inputs = corrupt_pair_inputs(pair, records, concept, c.corrupt, cfg.run.seed, c.noise_std)
         circuit = find_circuit(
             pair, inputs["images"], inputs["texts"], inputs["corrupt_images"],
@@ -168,6 +135,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "towers": towers,
             "drawing": drawing,
             "edges_among": min(len(circuit.nodes), c.draw_nodes or len(circuit.nodes)),
+            **skipped(pairs),
         }
         write_table(circuit.rows(), ctx.dir / f"{concept}")
         out[concept] = json.loads(circuit.to_json())

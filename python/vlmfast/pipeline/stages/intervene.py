@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmfast.errors import InputError
-from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.context import StageContext
 from vlmfast.pipeline.stages._common import neuron_hooks
 
 
@@ -34,8 +34,9 @@ def _scores_dir(ctx: StageContext) -> tuple[Any, str | None, str]:
 def run(ctx: StageContext) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from vlmfast.causal import EvalSet, concept_intervention, load_scores, top_units
-    from vlmfast.cli._tables import write_table
+    from vlmfast.causal import EvalSet, load_scores
+    from vlmfast.causal.interventions.targets import intervene_on_concept, shared_concepts
+    from vlmfast.tables import write_table
 
     cfg = ctx.config
     iv = cfg.intervene
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             ctx.upstream("train-sae") / sae_mod
         )
     ev = EvalSet.from_spec(iv.eval_data, pair)
-    shared = [c for c in scores.concepts if c in ev.concepts]
+    shared = shared_concepts(scores, ev)
     targets = list(cfg.concepts.intervene)
     for c in targets:
         if c not in shared:
@@ -63,15 +64,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     jobs = [(mode, c) for mode in iv.modes for c in targets]
     for mode, concept in tqdm(jobs, desc="intervene", unit="run", disable=not ctx.progress):
-        units = top_units(scores, concept, n=iv.n, modality=modality)
-        out["units"][concept] = units.to_dict()
-        kind = ev.kinds[ev.concepts.index(concept)]
-        vocab = [c for c in shared if ev.kinds[ev.concepts.index(c)] == kind]
-        r = concept_intervention(
-            pair, units, mode=mode, ablation=iv.ablation,
-            alpha=iv.alpha if mode == "steer" else None, eval_data=ev, concepts=vocab,
-            null=iv.null, seed=cfg.run.seed, pvalues=iv.null >= 20, saes=saes,
+        units, r = intervene_on_concept(
+            pair, scores, ev, concept, n=iv.n, modality=modality, candidates=shared, mode=mode,
+            ablation=iv.ablation, alpha=iv.alpha if mode == "steer" else None, null=iv.null,
+            seed=cfg.run.seed, pvalues=iv.null >= 20, saes=saes,
         )  # fmt: skip
+        out["units"][concept] = units.to_dict()
         out[mode][concept] = r.to_dict()
         for row in r.rows():
             rows.append({"mode": mode, **row})

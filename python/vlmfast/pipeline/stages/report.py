@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmfast.errors import InputError
-from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.context import StageContext
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.context import StageContext
 from vlmfast.pipeline.stages._common import is_synthetic, neuron_hooks, sae_hooks
 
 
@@ -66,12 +66,11 @@ def ground_truth_table(
 
 
 def _config(ctx: StageContext) -> Any:
-    from vlmfast.scoring import ScoringConfig, SelectivityConfig
+    from vlmfast.scoring import ScoringConfig
 
     s = ctx.config.score
-    return ScoringConfig(
-        selectivity=SelectivityConfig(threshold=s.threshold, alpha=s.alpha, level=s.level),
-        top_n=s.top_n,
+    return ScoringConfig.from_options(
+        threshold=s.threshold, alpha=s.alpha, level=s.level, top_n=s.top_n
     )
 
 

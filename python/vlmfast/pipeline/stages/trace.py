@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from vlmfast.pipeline.runner import StageContext
-from vlmfast.pipeline.stages._common import read_records
+from vlmfast.pipeline.context import StageContext
+from vlmfast.pipeline.stages._common import read_pairs, skipped
 
 
 def localization(res: Any, frac: float = 0.5) -> dict[str, Any]:
@@ -48,13 +48,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from tqdm import tqdm
 
     from vlmfast.causal.tracing import prepare_counts, trace
+    from vlmfast.causal.tracing.arrays import save_trace_arrays
 
     cfg = ctx.config
     t = cfg.trace
     pair = ctx.pair()
-    records = read_records(t.data or cfg.data.spec, t.pairs, "[trace]")
-    images = pair.preprocess([r.image for r in records])
-    texts = pair.tokenize([str(r.caption) for r in records])
+    pairs = read_pairs(ctx, t.data or cfg.data.spec, t.pairs, "[trace]")
+    images, texts = pair.preprocess(pairs.images), pair.tokenize(pairs.captions)
     out: dict[str, Any] = {}
     for tower in t.towers:
         counts = prepare_counts(pair, tower, images if tower == "image" else texts, t.kinds)
@@ -68,11 +68,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 progress=bar.update,
             )  # fmt: skip
         res.meta.update(
-            {"model": cfg.model.spec, "data": t.data or cfg.data.spec, "n": len(records)}
+            {"model": cfg.model.spec, "data": t.data or cfg.data.spec, "n": len(pairs)}
+            | skipped(pairs)
         )
-        arrays = {f"effect_{k}": v.numpy() for k, v in res.effect.items()}
-        arrays |= {f"recovery_{k}": v.numpy() for k, v in res.recovery.items()}
-        np.savez(ctx.dir / f"trace_{tower}.npz", **arrays)  # type: ignore[arg-type]
+        save_trace_arrays(res, ctx.dir / f"trace_{tower}.npz")
         _plot(res, ctx.dir / f"trace_{tower}.svg")
         ctx.log("  " + res.summary().replace("\n", "\n  "))
         entry = res.to_dict()

@@ -1,23 +1,26 @@
 """Stage ``train-sae``: one top-k SAE per modality hook, into ``RUN/train-sae/<modality>/``.
 
-The rows of a small store are held in memory (an image hook's patch rows, CLS rows left
-out; a text hook's token rows) and reshuffled every epoch; a store over
-``IN_MEMORY_BYTES`` streams shuffled batches from disk (``vlmfast.sae.data.store_batches``).
+It trains through the library's one recipe (:func:`vlmfast.sae.train_sae`), the one
+``vlmfast train-sae`` calls: the same token rows (``[sae] rows``, default ``tokens``: an
+image hook's patch rows, its CLS row left out, and a text hook's token rows), the same
+shuffling and batches whether the store is held in memory or streamed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-import torch
-
-from vlmfast.pipeline.runner import StageContext
+from vlmfast.pipeline.context import StageContext
 from vlmfast.pipeline.stages._common import sae_hooks
 
-IN_MEMORY_BYTES = 2 << 30
 _TIMING_KEYS = ("tokens_per_s", "seconds", "elapsed", "time")
+STAGE_WARMUP_STEPS = 100
+"""The stage's learning-rate warm-up (``vlmfast train-sae``'s default is 5% of the steps)."""
+STAGE_DEAD_TOKENS = 10_000_000
+"""Rows without firing before a latent counts as dead, in the stage."""
+STAGE_INIT_SEED = 0
+"""Seed of the stage's SAE weights: it has always been 0 (``run.seed`` seeds the batches),
+kept so that existing runs reproduce."""
 
 
 def open_store(ctx: StageContext) -> Any:
@@ -26,81 +29,64 @@ def open_store(ctx: StageContext) -> Any:
     return ActivationStore.open(ctx.upstream("cache") / "store.zarr")
 
 
-def training_rows(store: Any, hook: str) -> torch.Tensor:
-    """The rows an SAE of ``hook`` trains on, in memory: patch rows (CLS left out) or tokens."""
-    rows = store.read(hook).float()
-    towers = store.attrs.get("towers") or {}
-    if hook.startswith("image.") and (towers.get("image") or {}).get("cls_token"):
-        rows = rows[torch.from_numpy(np.asarray(store.index(hook).position) != 0)]
-    return rows
-
-
-def shuffled(rows: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless batches of ``rows``, reshuffled every epoch."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(rows), generator=gen)
-        for lo in range(0, len(order) - batch + 1, batch):
-            yield rows[order[lo : lo + batch]]
-
-
-def train_one(ctx: StageContext, store: Any, mod: str, hook: str) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, train
-    from vlmfast.sae.schedule import convergence_warnings
+def sae_config(ctx: StageContext, hook: str) -> Any:
+    """The :class:`vlmfast.sae.TrainSAEConfig` of this run's SAE on ``hook``."""
+    from vlmfast.sae import TrainSAEConfig
 
     cfg = ctx.config
     s = cfg.sae
-    device = s.device or cfg.model.device
-    seed = cfg.run.seed
-    d_in = int(store.width(hook))
-    torch.manual_seed(seed)
-    sae = TopKSAE(d_in=d_in, n_latents=s.n_latents, k=s.k, hook=hook).to(device)
-    trainer = SAETrainer(sae, TrainConfig(seed=seed, lr=s.lr), total_steps=s.steps)
-    closer = None
-    if int(store.n_rows(hook)) * d_in * 4 <= IN_MEMORY_BYTES:
-        batches: Iterator[torch.Tensor] = shuffled(training_rows(store, hook), s.batch_size, seed)
-    else:
-        from vlmfast.sae.data import store_batches
+    return TrainSAEConfig(
+        hook=hook,
+        k=[s.k],
+        n_latents=[s.n_latents],
+        lr=[s.lr],
+        rows=s.rows,
+        batch_size=s.batch_size,
+        steps=s.steps,
+        warmup_steps=STAGE_WARMUP_STEPS,
+        dead_tokens=STAGE_DEAD_TOKENS,
+        seed=cfg.run.seed,
+        init_seed=STAGE_INIT_SEED,
+        device=s.device or cfg.model.device,
+        checkpoint_every=None,
+        trainer_state=False,
+    )
 
-        stream = store_batches(store, hook, s.batch_size, seed=seed)
-        batches, closer = stream, stream
-    fvu: list[float] = []
-    bar = tqdm(total=s.steps, unit="step", desc=f"train-sae {mod}", disable=not ctx.progress)
-    try:
-        logs = train(
-            (b.to(device) for b in batches),
-            [trainer],
-            max_steps=s.steps,
-            on_log=lambda ls: fvu.extend(float(x.metrics["fvu"]) for x in ls),
-            on_step=lambda _done: bar.update(1),
-        )
-    finally:
-        bar.close()
-        if closer is not None:
-            closer.close()
-    sae.save(ctx.dir / mod)
-    metrics: dict[str, Any] = logs[-1].to_json() if logs else {}
+
+def train_one(ctx: StageContext, store: Any, mod: str, hook: str) -> dict[str, Any]:
+    from vlmfast.sae import train_sae
+    from vlmfast.sae.schedule import convergence_warnings
+
+    sae_cfg = sae_config(ctx, hook)
+    result = train_sae(
+        store, sae_cfg, ctx.dir / mod, progress=ctx.progress, desc=f"train-sae {mod}"
+    )
+    (trained,) = result.saes
+    metrics: dict[str, Any] = trained.last.to_json() if trained.last is not None else {}
     shown = {
         k: v
         for k, v in (metrics.get("metrics") or metrics).items()
         if isinstance(v, int | float) and not any(t in k for t in _TIMING_KEYS)
     }
-    warnings = convergence_warnings(fvu)
-    ctx.log(f"  {mod} SAE on {hook}: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    warnings = convergence_warnings(trained.fvu)
+    memory = "in memory" if result.in_memory else "streamed"
+    ctx.log(
+        f"  {mod} SAE on {hook} ({result.n_rows:,} rows, rows={result.rows}, {memory}): "
+        + "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
+    )
     for w in warnings:
         ctx.log(f"  warning: {w}")
     return {
         "hook": hook,
         "checkpoint": mod,
-        "d_in": d_in,
-        "n_latents": s.n_latents,
-        "k": s.k,
-        "steps": s.steps,
-        "batch_size": s.batch_size,
+        "d_in": trained.sae.d_in,
+        "n_latents": sae_cfg.n_latents[0],
+        "k": sae_cfg.k[0],
+        "rows": result.rows,
+        "steps": result.steps,
+        "batch_size": result.batch_size,
         "metrics": shown,
-        "fvu_curve": fvu,
+        "fvu_curve": trained.fvu,
         "warnings": warnings,
     }
 

@@ -1,0 +1,123 @@
+"""``run_cache``: caching activations of both towers over an image-text source into a
+store, resumably.
+
+The source is read in a fixed order and cut into batches of ``batch_size``
+records (batch ``g`` holds records ``g*batch_size ...``); after each committed
+batch the store's ``progress.samples_done`` records how many source records
+are in it. A re-run with the same model, data, hooks and positions skips that
+many records and continues, so a run killed at any moment and re-run yields the
+same store as an uninterrupted one (``caching.loop``).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) or inside an initialised
+``torch.distributed`` group, the batches are split across ranks: see
+``vlmfast.caching.ranks``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlmfast.caching.config import CacheConfig, parts_dir
+from vlmfast.caching.loop import cache_loop
+from vlmfast.caching.ranks import run_ranks
+from vlmfast.caching.setup import check_same, setup_cache
+from vlmfast.errors import InputError, StoreError
+from vlmfast.store.activation_store import ActivationStore, read_attrs
+from vlmfast.store.schema import ATTR_PROGRESS, PROGRESS_FINISHED, PROGRESS_SAMPLES_DONE
+
+
+def _distributed(cfg: CacheConfig) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call joined the group) of a torchrun launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, False
+    from vlmfast.process_group import join_process_group
+
+    rank, world = join_process_group(cfg.device)
+    return rank, world, True
+
+
+def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> ActivationStore:
+    """Caches (or resumes caching) activations; returns the store, open read-only.
+
+    Under ``torchrun`` (or in an initialised ``torch.distributed`` group) every rank
+    calls this with the same config; the ranks split the batches and every rank
+    returns the finished store.
+    """
+    rank, world, joined = _distributed(cfg)
+    if world <= 1:
+        return _run_single(cfg, log)
+    from vlmfast.process_group import leave_process_group
+
+    ok = False
+    try:
+        run_ranks(cfg, rank, world, log if rank == 0 else (lambda _: None))
+        ok = True
+    finally:
+        if joined:
+            leave_process_group(ok)
+    return ActivationStore.open(cfg.out)
+
+
+def _run_single(cfg: CacheConfig, log: Callable[[str], None]) -> ActivationStore:
+    setup = setup_cache(cfg)
+    store: ActivationStore | None = None
+    done = 0
+    if cfg.overwrite:
+        shutil.rmtree(parts_dir(cfg.out), ignore_errors=True)
+    elif cfg.out.exists():
+        attrs = read_attrs(cfg.out)
+        check_same(attrs, setup.identity, cfg.out)
+        progress = attrs[ATTR_PROGRESS]
+        if progress.get(PROGRESS_FINISHED):
+            # opening for appending persists the committed array shapes, in case the
+            # run was killed between its final commit point and writing them
+            ActivationStore.open(cfg.out, mode="a").close()
+            log(f"{cfg.out}: already complete ({progress[PROGRESS_SAMPLES_DONE]} samples)")
+            return ActivationStore.open(cfg.out)
+        store = ActivationStore.open(cfg.out, mode="a")
+        done = int(store.attrs[ATTR_PROGRESS].get(PROGRESS_SAMPLES_DONE, 0))
+        log(f"{cfg.out}: resuming after {done} samples")
+    elif parts_dir(cfg.out).exists():
+        raise StoreError(
+            f"{parts_dir(cfg.out)} holds the parts of an unfinished multi-rank cache of "
+            f"{cfg.out}: re-run it with torchrun and the same number of ranks to finish it, "
+            "or pass --overwrite"
+        )
+    store, consumed = cache_loop(cfg, setup, cfg.out, store, done)
+    report = getattr(setup.source, "report", None)
+    if store is None:
+        skipped = f"{report.n_bad} bad records skipped: {report.summary()}" if report else ""
+        raise InputError(f"{cfg.data}: no records to cache ({skipped or 'the source is empty'})")
+    store.close()
+    log(f"{cfg.out}: {consumed} samples, hooks {', '.join(setup.hooks)}")
+    if report is not None and report.n_bad:
+        log(f"{cfg.data}: {report.summary()}")
+        write_skip_report(cfg.out, report.as_dict())
+    return ActivationStore.open(cfg.out)
+
+
+SKIP_REPORT_FILE = "skipped_records.json"
+"""Beside the store's arrays: the bad records the source skipped (counts per reason,
+first examples) in this run; zarr readers ignore the file."""
+
+
+def write_skip_report(out: Path, report: dict[str, Any]) -> None:
+    """Writes ``report`` into ``out/skipped_records.json`` atomically."""
+    tmp = out / f".{SKIP_REPORT_FILE}.tmp"
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    os.replace(tmp, out / SKIP_REPORT_FILE)
+
+
+def read_skip_report(out: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The skip report a cache run left beside the store, or ``None`` when nothing was skipped."""
+    path = Path(out) / SKIP_REPORT_FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,11 @@
+"""Activation patching sweeps: every single component of a tower, batched.
+
+Public API: ``patch_heads``, ``patch_sweep`` (``sweep.py``; ``method="serial"`` is the
+one-forward-per-component reference).
+"""
+
+from __future__ import annotations
+
+from vlmfast.causal.patching.sweep import patch_heads, patch_sweep
+
+__all__ = ["patch_heads", "patch_sweep"]
