@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 _NAMES: dict[str, str] = {
     "AblationLadder": "direct",
     "Alignment": "core.metrics",
+    "AttributionConfig": "attribution",
     "AttributionResult": "attribution",
     "Circuit": "circuits",
     "CircuitConfig": "circuits",
@@ -39,6 +40,7 @@ _NAMES: dict[str, str] = {
     "LogitDiff": "core.metrics",
     "MatchedScore": "core.metrics",
     "SteeringSweep": "interventions",
+    "TraceConfig": "tracing",
     "TraceResult": "tracing",
     "Unit": "core.units",
     "UnitLayout": "core.units",
@@ -71,6 +73,7 @@ _SUBPACKAGES = ("attribution", "circuits", "core", "direct", "interventions", "p
 __all__ = [
     "AblationLadder",
     "Alignment",
+    "AttributionConfig",
     "AttributionResult",
     "Circuit",
     "CircuitConfig",
@@ -87,6 +90,7 @@ __all__ = [
     "LogitDiff",
     "MatchedScore",
     "SteeringSweep",
+    "TraceConfig",
     "TraceResult",
     "Unit",
     "UnitLayout",
@@ -116,7 +120,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from vlmfast.causal.attribution import AttributionResult, attribute, exact_effects
+    from vlmfast.causal.attribution import (
+        AttributionConfig,
+        AttributionResult,
+        attribute,
+        exact_effects,
+    )
     from vlmfast.causal.circuits import (
         Circuit,
         CircuitConfig,
@@ -159,7 +168,7 @@ if TYPE_CHECKING:
         steering_sweep,
     )
     from vlmfast.causal.patching import patch_heads, patch_sweep
-    from vlmfast.causal.tracing import TraceResult, trace
+    from vlmfast.causal.tracing import TraceConfig, TraceResult, trace
 
 
 def __getattr__(name: str) -> Any:

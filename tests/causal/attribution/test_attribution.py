@@ -292,3 +292,21 @@ def test_compare_with_a_trace(tiny: Any, tiny_inputs: Any) -> None:
         att.compare(
             vf.causal.trace(tiny, px, tok, "image", corrupted=px_c, kinds=("heads",), layers=[0])
         )
+
+
+def test_a_config_and_keywords_are_the_same_call() -> None:
+    """``attribute(..., config=AttributionConfig(...))`` is the keyword call."""
+    pair = testing.tiny_pair("ViT-B-32").eval()
+    px, tok = testing.random_pixels(pair, 2, seed=1), testing.random_pair_tokens(pair, 2, seed=2)
+    px_c = testing.random_pixels(pair, 2, seed=3)
+    kw: dict[str, Any] = dict(components=("heads",), towers=("image",), method="atp*")
+    by_kw = vf.causal.attribute(pair, px, tok, px_c, **kw)
+    config = vf.causal.AttributionConfig(**kw)
+    by_config = vf.causal.attribute(pair, px, tok, px_c, config=config)
+    assert by_kw.scores.keys() == by_config.scores.keys()
+    for key in by_kw.scores:
+        assert torch.equal(by_kw.scores[key], by_config.scores[key])
+    mixed = vf.causal.attribute(pair, px, tok, px_c, config=config, method="atp")
+    assert by_config.method == "atp*" and mixed.method == "atp" and config.method == "atp*"
+    with pytest.raises(TypeError, match="mehtod"):
+        vf.causal.attribute(pair, px, tok, px_c, mehtod="ig")

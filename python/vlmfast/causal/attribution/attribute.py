@@ -58,7 +58,6 @@ Nothing is written anywhere; the pair must be in eval mode.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -67,16 +66,15 @@ from vlmfast.causal.attribution.engine import AttributionEngine
 from vlmfast.causal.attribution.exact import exact_effects, null_estimate
 from vlmfast.causal.attribution.options import (
     ATTRIBUTION_KINDS,
-    DEFAULT_STEPS,
     DIRECTIONS,
     METHODS,
+    AttributionConfig,
     attribution_inputs,
 )
 from vlmfast.causal.attribution.result import AttributionResult
 from vlmfast.causal.core import backend
 from vlmfast.causal.core.conventions import TOWERS, check_choice
-from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
-from vlmfast.causal.core.metrics import Metric, metric_space, resolve_metric, similarity
+from vlmfast.causal.core.metrics import metric_space, resolve_metric, similarity
 from vlmfast.errors import InputError
 
 __all__ = ["ATTRIBUTION_KINDS", "DIRECTIONS", "METHODS", "attribute", "exact_effects"]
@@ -89,15 +87,8 @@ def attribute(
     corrupt_images: Any = None,
     corrupt_texts: Any = None,
     *,
-    components: Sequence[str] = ATTRIBUTION_KINDS,
-    towers: Sequence[str] = TOWERS,
-    method: str = "atp",
-    metric: str | Metric = "score",
-    direction: str = "denoising",
-    steps: int = DEFAULT_STEPS,
-    null: int = 0,
-    seed: int = 0,
-    max_rows: int = DEFAULT_MAX_ROWS,
+    config: AttributionConfig | None = None,
+    **options: Any,
 ) -> AttributionResult:
     """Attribution scores of every component of the chosen kinds and towers.
 
@@ -107,19 +98,25 @@ def attribute(
             image ``i`` paired with caption ``i``.
         corrupt_images, corrupt_texts: the corrupted inputs, same shapes; ``None`` = that
             tower is not corrupted (at least one must be given).
-        components: kinds among ``"resid"``, ``"heads"``, ``"neurons"``.
-        towers: ``"image"`` and/or ``"text"``.
-        method: ``"atp"``, ``"atp*"`` or ``"ig"`` (see the module doc).
-        metric: ``"score"``, ``"logit_diff"``, ``"alignment"`` or a callable on
-            ``[..., n_img, n_txt]`` similarities returning one number per leading index.
-        direction: ``"denoising"`` (gradient at corrupt, delta = clean - corrupt) or
-            ``"noising"`` (gradient at clean, delta = corrupt - clean).
-        steps: interpolation steps of ``"ig"`` (midpoint rule).
-        null: K > 0 adds the random-subset false-negative estimate (``att.null``): K
-            components per (tower, kind, layer) patched exactly.
-        seed: seed of the null's random draw.
-        max_rows: the most rows per batched forward (IG steps x batch; null sweeps).
+        config: an :class:`AttributionConfig` (every option, documented per field).
+        **options: the same options as keywords (``components=``, ``towers=``,
+            ``method=``, ``metric=``, ``direction=``, ``steps=``, ``null=``, ``seed=``,
+            ``max_rows=``); they replace ``config``'s fields.
+
+    Returns:
+        An :class:`AttributionResult`: per tower and kind, the estimated effect on the
+        metric of patching each component (metric units), its completeness gap, and the
+        null's false-negative estimate when ``null > 0``.
+
+    Raises:
+        InputError: an option out of range, or inputs that do not pair up.
+        TypeError: an unknown option.
     """
+    cfg = AttributionConfig.build(config, options)
+    components, towers, method, metric = cfg.components, cfg.towers, cfg.method, cfg.metric
+    direction, steps, null, seed, max_rows = (
+        cfg.direction, cfg.steps, cfg.null, cfg.seed, cfg.max_rows
+    )  # fmt: skip
     check_choice(method, METHODS, "method")
     if method == "ig" and (not isinstance(steps, int) or steps < 1):
         raise InputError(f"steps must be a positive int for method='ig', got {steps!r}")

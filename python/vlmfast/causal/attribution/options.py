@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -16,6 +17,9 @@ from vlmfast.causal.core.conventions import (
     check_tower,
 )
 from vlmfast.causal.core.inputs import prepare_inputs
+from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
+from vlmfast.causal.core.metrics import Metric
+from vlmfast.causal.core.options import with_options
 from vlmfast.errors import InputError
 
 ATTRIBUTION_KINDS = ("resid", "heads", "neurons")
@@ -23,11 +27,49 @@ ATTRIBUTION_KINDS = ("resid", "heads", "neurons")
 METHODS = ("atp", "atp*", "ig")
 DEFAULT_STEPS = 16
 
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Everything ``vf.causal.attribute`` can be told, with its defaults.
+
+    ``attribute(pair, px, tok, px_c, config=AttributionConfig(method="ig"))`` and
+    ``attribute(pair, px, tok, px_c, method="ig")`` are the same call; keywords given
+    with a config replace its fields.
+    """
+
+    components: Sequence[str] = ATTRIBUTION_KINDS
+    """Kinds among ``"resid"``, ``"heads"``, ``"neurons"``."""
+    towers: Sequence[str] = TOWERS
+    """``"image"`` and/or ``"text"``."""
+    method: str = "atp"
+    """``"atp"``, ``"atp*"`` or ``"ig"`` (see ``vlmfast.causal.attribution.attribute``)."""
+    metric: str | Metric = "score"
+    """``"score"``, ``"logit_diff"``, ``"alignment"`` or a callable on ``[..., n_img,
+    n_txt]`` similarities returning one number per leading index."""
+    direction: str = "denoising"
+    """``"denoising"`` (gradient at corrupt, delta = clean - corrupt) or ``"noising"``."""
+    steps: int = DEFAULT_STEPS
+    """Interpolation steps of ``"ig"`` (midpoint rule)."""
+    null: int = 0
+    """K > 0 adds the random-subset false-negative estimate: K components per (tower,
+    kind, layer) patched exactly."""
+    seed: int = 0
+    """Seed of the null's random draw."""
+    max_rows: int = DEFAULT_MAX_ROWS
+    """The most rows per batched forward (IG steps x batch; null sweeps)."""
+
+    @classmethod
+    def build(cls, config: AttributionConfig | None, options: dict[str, Any]) -> AttributionConfig:
+        """``config`` (default: the defaults) with ``options`` replacing its fields."""
+        return with_options(cls, config, options, "attribute")
+
+
 __all__ = [
     "ATTRIBUTION_KINDS",
     "DEFAULT_STEPS",
     "DIRECTIONS",
     "METHODS",
+    "AttributionConfig",
     "attribution_inputs",
 ]
 

@@ -1,6 +1,6 @@
 """Causal tracing (ROME's corrupt-then-restore) of either tower of a pair.
 
-Public API: ``trace`` (``trace.py``: the conventions), ``TraceResult`` / ``TraceNull``
+Public API: ``trace`` (``trace.py``: the conventions) with ``TraceConfig`` (``config.py``), ``TraceResult`` / ``TraceNull``
 (``result.py``), ``prepare_trace`` / ``PreparedTrace`` / ``prepare_counts``
 (``prepare.py``), ``restore_sets``; ``save_trace_arrays`` (``arrays.py``: the ``.npz``
 both front doors write); the batched and serial engines are ``engine.py``
@@ -10,6 +10,7 @@ both front doors write); the batched and serial engines are ``engine.py``
 from __future__ import annotations
 
 from vlmfast.causal.tracing.arrays import save_trace_arrays, trace_arrays
+from vlmfast.causal.tracing.config import TraceConfig
 from vlmfast.causal.tracing.engine import TRACE_KINDS
 from vlmfast.causal.tracing.prepare import PreparedTrace, prepare_counts, prepare_trace
 from vlmfast.causal.tracing.result import TraceNull, TraceResult
@@ -18,6 +19,7 @@ from vlmfast.causal.tracing.trace import restore_sets, trace
 __all__ = [
     "TRACE_KINDS",
     "PreparedTrace",
+    "TraceConfig",
     "TraceNull",
     "TraceResult",
     "prepare_counts",

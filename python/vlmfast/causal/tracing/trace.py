@@ -36,7 +36,7 @@ counts run their restorations. Each cell gets the one-sided permutation p-value
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,8 +44,7 @@ import torch
 from torch import Tensor
 
 from vlmfast.causal.core.conventions import check_choice, recovery
-from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
-from vlmfast.causal.core.metrics import Metric
+from vlmfast.causal.tracing.config import TraceConfig
 from vlmfast.causal.tracing.engine import TRACE_KINDS, Restoration, TraceSetup
 from vlmfast.causal.tracing.positions import position_labels, text_labels
 from vlmfast.causal.tracing.prepare import (
@@ -64,21 +63,8 @@ def trace(
     texts: Any,
     corrupt: str = "image",
     *,
-    noise: str | float = "zero",
-    samples: int = 10,
-    seed: int = 0,
-    positions: Sequence[int] | Tensor | None = None,
-    kinds: Sequence[str] = ("resid", "attn_out", "mlp_out"),
-    window: int = 1,
-    metric: str | Metric = "score",
-    layers: Sequence[int] | None = None,
-    corrupted: Any = None,
-    null: int = 0,
-    null_count: int = 1,
-    null_level: float = 0.95,
-    method: str = "batched",
-    max_rows: int = DEFAULT_MAX_ROWS,
-    progress: Callable[[int], None] | None = None,
+    config: TraceConfig | None = None,
+    **options: Any,
 ) -> TraceResult:
     """Causal tracing of the ``corrupt`` tower (see the module doc for the conventions).
 
@@ -87,36 +73,31 @@ def trace(
         images, texts: the clean inputs, paired by index (pixels / token ids, or PIL
             images / strings).
         corrupt: ``"image"`` or ``"text"``: the tower that is corrupted and restored.
-        noise: ``"zero"``, ``"3x"`` or a float std (ignored with ``corrupted=``).
-        samples: noise draws (ignored for ``"zero"`` and ``corrupted=``).
-        seed: seeds the noise and the null.
-        positions: the corrupted positions, shared by every row (a sequence of ints), or
-            a bool Tensor [B, T] per row; default every patch / every token between SOT
-            and EOT.
-        kinds: any of ``"resid"``, ``"attn_out"``, ``"mlp_out"``, ``"heads"``.
-        window: layers restored together for ``attn_out``/``mlp_out`` (ROME: 10).
-        metric: ``"score"``, ``"logit_diff"``, ``"alignment"`` or a callable on
-            ``[..., n_img, n_txt]`` similarities returning ``[...]``.
-        layers: the layers traced (default all).
-        corrupted: inputs of the corrupted run (same shape as the clean ones) instead of
-            embedding noise.
-        null: K random restorations per kind and layer (0: no null).
-        null_count: units restored by each null draw.
-        null_level: central interval of the null reported.
-        method: ``"batched"`` (prefix reuse) or ``"serial"`` (ROME's loop, the reference).
-        max_rows: the most batch rows per batched forward (restorations x samples x rows).
-        progress: called with the number of restorations done after each forward.
+        config: a :class:`TraceConfig` (every option, documented per field).
+        **options: the same options as keywords (``noise=``, ``samples=``, ``kinds=``,
+            ``window=``, ``null=``, ``method=``, ...); they replace ``config``'s fields.
+
+    Returns:
+        A :class:`TraceResult`: per kind, the metric after each restoration (``effect``)
+        and its recovery ``(m - m_corrupt) / (m_clean - m_corrupt)`` as
+        ``[layers, positions or heads]`` tensors, with the null when ``null > 0``.
+
+    Raises:
+        InputError: an option out of range or inputs that do not pair up.
+        TypeError: an unknown option.
     """
+    cfg = TraceConfig.build(config, options)
     prep = prepare_trace(
-        pair, images, texts, corrupt, noise=noise, samples=samples, seed=seed,
-        positions=positions, kinds=kinds, window=window, metric=metric, layers=layers,
-        corrupted=corrupted, max_rows=max_rows, progress=progress,
+        pair, images, texts, corrupt, noise=cfg.noise, samples=cfg.samples, seed=cfg.seed,
+        positions=cfg.positions, kinds=cfg.kinds, window=cfg.window, metric=cfg.metric,
+        layers=cfg.layers, corrupted=cfg.corrupted, max_rows=cfg.max_rows,
+        progress=cfg.progress,
     )  # fmt: skip
-    check_choice(method, ("batched", "serial"), "method")
-    null = nonneg_int(null, "null")
-    null_count = positive_int(null_count, "null_count")
-    if not 0.0 < float(null_level) < 1.0:
-        raise InputError(f"null_level must be in (0, 1), got {null_level!r}")
+    check_choice(cfg.method, ("batched", "serial"), "method")
+    null = nonneg_int(cfg.null, "null")
+    null_count = positive_int(cfg.null_count, "null_count")
+    if not 0.0 < float(cfg.null_level) < 1.0:
+        raise InputError(f"null_level must be in (0, 1), got {cfg.null_level!r}")
     setup, clean_value, corrupt_value = prep.setup, prep.clean, prep.corrupt
     n_heads = int(pair.config.tower(setup.tower).heads)
     with torch.no_grad():
@@ -125,15 +106,16 @@ def trace(
             units = list(range(n_heads)) if kind == "heads" else prep.traced
             table = torch.empty(len(prep.layers), len(units), dtype=torch.float64)
             for i, layer in enumerate(prep.layers):
-                table[i] = setup.restore(kind, layer, [(u,) for u in units], method)
+                table[i] = setup.restore(kind, layer, [(u,) for u in units], cfg.method)
             effect[kind] = table
         rec = {k: recovery(v, clean_value, corrupt_value) for k, v in effect.items()}
         null_res = None
         if null:
             null_res = _null(
                 setup, effect, prep.kinds, prep.layers, prep.traced, n_heads, null, null_count,
-                null_level, seed, method, clean_value, corrupt_value,
+                cfg.null_level, cfg.seed, cfg.method, clean_value, corrupt_value,
             )  # fmt: skip
+    noise, seed, metric, method = cfg.noise, cfg.seed, cfg.metric, cfg.method
 
     return TraceResult(
         tower=setup.tower,
