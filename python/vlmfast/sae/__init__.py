@@ -16,7 +16,11 @@ result = train_sae(store, TrainSAEConfig(hook="image.blocks.8.resid_post", k=[32
 
 Modules, lowest first: ``config``, ``rows``, ``median``, ``files`` (the saved layout), ``model``,
 ``losses`` / ``metrics`` / ``distributed``, ``trainer``, ``checkpoint``, ``data`` (the
-batches), ``schedule`` (default lengths), ``recipe``, ``splice``.
+batches), ``schedule`` (default lengths), ``recipe``, ``splice``; ``evaluation``
+(``evaluate``: FVU, L0, cosine, dead/dense/alive on held-out rows, split by token type),
+``planted`` (a generator with a known dictionary: frequencies, co-firing groups, parent
+and child features) and ``matching`` (``score_dictionary``: mean max cosine and the
+matched activation correlation against the truth, with nulls and intervals).
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vlmfast.sae.checkpoint import load_sae, resume_trainer, save_sae, save_training_checkpoint
     from vlmfast.sae.config import SAEConfig, TrainConfig, TrainSAEConfig
+    from vlmfast.sae.evaluation import ReconstructionMetrics, SAEEvaluation, evaluate
     from vlmfast.sae.losses import auxk_loss, fvu_loss
+    from vlmfast.sae.matching import (
+        DictionaryScore,
+        linear_assignment,
+        matched_correlation,
+        mean_max_cosine,
+        score_dictionary,
+    )
     from vlmfast.sae.median import geometric_median
     from vlmfast.sae.metrics import RunningMetrics
     from vlmfast.sae.model import ForwardOutput, TopKSAE
+    from vlmfast.sae.planted import PlantedBatch, PlantedConfig, PlantedGenerator, make_planted
     from vlmfast.sae.recipe import TrainedSAE, TrainSAEResult, train_sae
     from vlmfast.sae.rows import DEFAULT_ROWS, ROWS
     from vlmfast.sae.trainer import SAETrainer, StepResult, TrainLog, clean_batch, train
@@ -45,6 +58,18 @@ _LAZY_ATTRS: dict[str, str] = {
     "SAEConfig": "vlmfast.sae.config",
     "TrainConfig": "vlmfast.sae.config",
     "TrainSAEConfig": "vlmfast.sae.config",
+    "ReconstructionMetrics": "vlmfast.sae.evaluation",
+    "SAEEvaluation": "vlmfast.sae.evaluation",
+    "evaluate": "vlmfast.sae.evaluation",
+    "DictionaryScore": "vlmfast.sae.matching",
+    "linear_assignment": "vlmfast.sae.matching",
+    "matched_correlation": "vlmfast.sae.matching",
+    "mean_max_cosine": "vlmfast.sae.matching",
+    "score_dictionary": "vlmfast.sae.matching",
+    "PlantedBatch": "vlmfast.sae.planted",
+    "PlantedConfig": "vlmfast.sae.planted",
+    "PlantedGenerator": "vlmfast.sae.planted",
+    "make_planted": "vlmfast.sae.planted",
     "geometric_median": "vlmfast.sae.median",
     "auxk_loss": "vlmfast.sae.losses",
     "fvu_loss": "vlmfast.sae.losses",
@@ -66,9 +91,15 @@ _LAZY_ATTRS: dict[str, str] = {
 __all__ = [
     "DEFAULT_ROWS",
     "ROWS",
+    "DictionaryScore",
     "ForwardOutput",
+    "PlantedBatch",
+    "PlantedConfig",
+    "PlantedGenerator",
+    "ReconstructionMetrics",
     "RunningMetrics",
     "SAEConfig",
+    "SAEEvaluation",
     "SAETrainer",
     "StepResult",
     "TopKSAE",
@@ -79,12 +110,18 @@ __all__ = [
     "TrainedSAE",
     "auxk_loss",
     "clean_batch",
+    "evaluate",
     "fvu_loss",
     "geometric_median",
+    "linear_assignment",
     "load_sae",
+    "make_planted",
+    "matched_correlation",
+    "mean_max_cosine",
     "resume_trainer",
     "save_sae",
     "save_training_checkpoint",
+    "score_dictionary",
     "train",
     "train_sae",
 ]

@@ -1,0 +1,114 @@
+"""Cross-modal binding, measured: modality invariance at the concept and the feature level.
+
+    from vlmfast import crossmodal as xm
+    p = xm.planted_pairs(n=2000, d=32, n_concepts=8, shared_fraction=0.5, seed=0)
+    t = xm.concept_transfer(p.image_rows, p.text_rows, p.image_labels, p.text_labels)
+    t.image_to_text.auroc, t.image_to_text.pvalue          # per concept, vs shuffled labels
+    r = xm.shared_dictionary_from_rows(p.image_rows, p.text_rows, p.image_labels,
+                                       p.text_labels, encode=p.truth_features,
+                                       remove_gap=True)
+    r.split.label, r.bridge.bridge, r.invariant.at(0.9).fraction   # None when undefined
+
+Modules: ``planted`` (the planted shared space: :func:`planted_pairs`),
+``probe`` (concept level: :func:`concept_transfer`), ``feature_pairs``
+(:func:`modality_split`, :func:`bridge_scores`), ``invariant``
+(:func:`invariant_curve`), ``shared_dictionary`` (:func:`analyze_shared_dictionary`,
+:func:`shared_dictionary_from_rows`, :func:`remove_modality_gap`), ``checks``
+(paired-row validation). Each docstring defines its quantity, null and interval.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY_ATTRS: dict[str, str] = {
+    "PlantedCrossModal": "vlmfast.crossmodal.planted",
+    "planted_pairs": "vlmfast.crossmodal.planted",
+    "ConceptTransfer": "vlmfast.crossmodal.probe",
+    "ProbeDirection": "vlmfast.crossmodal.probe",
+    "concept_transfer": "vlmfast.crossmodal.probe",
+    "BridgeScores": "vlmfast.crossmodal.feature_pairs",
+    "ModalitySplit": "vlmfast.crossmodal.feature_pairs",
+    "bridge_scores": "vlmfast.crossmodal.feature_pairs",
+    "modality_split": "vlmfast.crossmodal.feature_pairs",
+    "DEFAULT_THRESHOLDS": "vlmfast.crossmodal.invariant",
+    "InvariantCurve": "vlmfast.crossmodal.invariant",
+    "InvariantPoint": "vlmfast.crossmodal.invariant",
+    "invariant_curve": "vlmfast.crossmodal.invariant",
+    "GapMeans": "vlmfast.crossmodal.shared_dictionary",
+    "SharedDictionaryResult": "vlmfast.crossmodal.shared_dictionary",
+    "analyze_shared_dictionary": "vlmfast.crossmodal.shared_dictionary",
+    "remove_modality_gap": "vlmfast.crossmodal.shared_dictionary",
+    "shared_dictionary_from_rows": "vlmfast.crossmodal.shared_dictionary",
+}
+
+__all__ = sorted(_LAZY_ATTRS)
+
+if TYPE_CHECKING:
+    from vlmfast.crossmodal.feature_pairs import (
+        BridgeScores as BridgeScores,
+    )
+    from vlmfast.crossmodal.feature_pairs import (
+        ModalitySplit as ModalitySplit,
+    )
+    from vlmfast.crossmodal.feature_pairs import (
+        bridge_scores as bridge_scores,
+    )
+    from vlmfast.crossmodal.feature_pairs import (
+        modality_split as modality_split,
+    )
+    from vlmfast.crossmodal.invariant import (
+        DEFAULT_THRESHOLDS as DEFAULT_THRESHOLDS,
+    )
+    from vlmfast.crossmodal.invariant import (
+        InvariantCurve as InvariantCurve,
+    )
+    from vlmfast.crossmodal.invariant import (
+        InvariantPoint as InvariantPoint,
+    )
+    from vlmfast.crossmodal.invariant import (
+        invariant_curve as invariant_curve,
+    )
+    from vlmfast.crossmodal.planted import (
+        PlantedCrossModal as PlantedCrossModal,
+    )
+    from vlmfast.crossmodal.planted import (
+        planted_pairs as planted_pairs,
+    )
+    from vlmfast.crossmodal.probe import (
+        ConceptTransfer as ConceptTransfer,
+    )
+    from vlmfast.crossmodal.probe import (
+        ProbeDirection as ProbeDirection,
+    )
+    from vlmfast.crossmodal.probe import (
+        concept_transfer as concept_transfer,
+    )
+    from vlmfast.crossmodal.shared_dictionary import (
+        GapMeans as GapMeans,
+    )
+    from vlmfast.crossmodal.shared_dictionary import (
+        SharedDictionaryResult as SharedDictionaryResult,
+    )
+    from vlmfast.crossmodal.shared_dictionary import (
+        analyze_shared_dictionary as analyze_shared_dictionary,
+    )
+    from vlmfast.crossmodal.shared_dictionary import (
+        remove_modality_gap as remove_modality_gap,
+    )
+    from vlmfast.crossmodal.shared_dictionary import (
+        shared_dictionary_from_rows as shared_dictionary_from_rows,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRS:
+        value = getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vlmfast.crossmodal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_ATTRS])
