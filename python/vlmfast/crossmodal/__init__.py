@@ -9,6 +9,12 @@
                                        remove_gap=True)
     r.split.label, r.bridge.bridge, r.invariant.at(0.9).fraction   # None when undefined
 
+Grounding heads (``grounding``: :func:`grounding_scores`, attention of each image-tower
+head on the named object's patches against other objects and random boxes;
+``grounding_inputs``: :func:`grounding_inputs` from a source with boxes;
+``grounding_causal``: :func:`grounding_patching`, the recovered fraction of the matched
+logit when the top heads are patched from clean into corrupted images).
+
 Modules: ``planted`` (the planted shared space: :func:`planted_pairs`),
 ``probe`` (concept level: :func:`concept_transfer`), ``feature_pairs``
 (:func:`modality_split`, :func:`bridge_scores`), ``invariant``
@@ -36,6 +42,17 @@ _LAZY_ATTRS: dict[str, str] = {
     "InvariantCurve": "vlmfast.crossmodal.invariant",
     "InvariantPoint": "vlmfast.crossmodal.invariant",
     "invariant_curve": "vlmfast.crossmodal.invariant",
+    "GroundingScores": "vlmfast.crossmodal.grounding",
+    "NullComparison": "vlmfast.crossmodal.grounding",
+    "QueryGrounding": "vlmfast.crossmodal.grounding",
+    "grounding_scores": "vlmfast.crossmodal.grounding",
+    "ranked_table": "vlmfast.crossmodal.grounding",
+    "GroundingInputs": "vlmfast.crossmodal.grounding_inputs",
+    "grounding_inputs": "vlmfast.crossmodal.grounding_inputs",
+    "recolor_named": "vlmfast.crossmodal.grounding_inputs",
+    "GroundingPatching": "vlmfast.crossmodal.grounding_causal",
+    "grounding_patching": "vlmfast.crossmodal.grounding_causal",
+    "top_heads": "vlmfast.crossmodal.grounding_causal",
     "GapMeans": "vlmfast.crossmodal.shared_dictionary",
     "SharedDictionaryResult": "vlmfast.crossmodal.shared_dictionary",
     "analyze_shared_dictionary": "vlmfast.crossmodal.shared_dictionary",
@@ -57,6 +74,39 @@ if TYPE_CHECKING:
     )
     from vlmfast.crossmodal.feature_pairs import (
         modality_split as modality_split,
+    )
+    from vlmfast.crossmodal.grounding import (
+        GroundingScores as GroundingScores,
+    )
+    from vlmfast.crossmodal.grounding import (
+        NullComparison as NullComparison,
+    )
+    from vlmfast.crossmodal.grounding import (
+        QueryGrounding as QueryGrounding,
+    )
+    from vlmfast.crossmodal.grounding import (
+        grounding_scores as grounding_scores,
+    )
+    from vlmfast.crossmodal.grounding import (
+        ranked_table as ranked_table,
+    )
+    from vlmfast.crossmodal.grounding_causal import (
+        GroundingPatching as GroundingPatching,
+    )
+    from vlmfast.crossmodal.grounding_causal import (
+        grounding_patching as grounding_patching,
+    )
+    from vlmfast.crossmodal.grounding_causal import (
+        top_heads as top_heads,
+    )
+    from vlmfast.crossmodal.grounding_inputs import (
+        GroundingInputs as GroundingInputs,
+    )
+    from vlmfast.crossmodal.grounding_inputs import (
+        grounding_inputs as grounding_inputs,
+    )
+    from vlmfast.crossmodal.grounding_inputs import (
+        recolor_named as recolor_named,
     )
     from vlmfast.crossmodal.invariant import (
         DEFAULT_THRESHOLDS as DEFAULT_THRESHOLDS,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from vlmfast.sae.checkpoint import load_sae, resume_trainer, save_sae, save_training_checkpoint
     from vlmfast.sae.config import SAEConfig, TrainConfig, TrainSAEConfig
     from vlmfast.sae.evaluation import ReconstructionMetrics, SAEEvaluation, evaluate
+    from vlmfast.sae.loaders import UnsupportedSAEError, load, parse_spec
     from vlmfast.sae.losses import auxk_loss, fvu_loss
     from vlmfast.sae.matching import (
         DictionaryScore,
@@ -71,6 +72,9 @@ _LAZY_ATTRS: dict[str, str] = {
     "PlantedGenerator": "vlmfast.sae.planted",
     "make_planted": "vlmfast.sae.planted",
     "geometric_median": "vlmfast.sae.median",
+    "UnsupportedSAEError": "vlmfast.sae.loaders",
+    "load": "vlmfast.sae.loaders",
+    "parse_spec": "vlmfast.sae.loaders",
     "auxk_loss": "vlmfast.sae.losses",
     "fvu_loss": "vlmfast.sae.losses",
     "RunningMetrics": "vlmfast.sae.metrics",
@@ -108,16 +112,19 @@ __all__ = [
     "TrainSAEConfig",
     "TrainSAEResult",
     "TrainedSAE",
+    "UnsupportedSAEError",
     "auxk_loss",
     "clean_batch",
     "evaluate",
     "fvu_loss",
     "geometric_median",
     "linear_assignment",
+    "load",
     "load_sae",
     "make_planted",
     "matched_correlation",
     "mean_max_cosine",
+    "parse_spec",
     "resume_trainer",
     "save_sae",
     "save_training_checkpoint",
