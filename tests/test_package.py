@@ -23,6 +23,22 @@ def test_import_has_no_heavy_side_effects() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import vlmfast.pipeline.config",
+        "from vlmfast.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+        "from vlmfast.cli import main\ntry:\n    main(['trace', '--help'])\nexcept SystemExit:\n    pass",
+    ],
+    ids=["pipeline-config", "cli-help", "trace-help"],
+)
+def test_front_doors_validate_without_torch(code: str) -> None:
+    """Parsing a config or the command line (and its errors) must not wait for torch."""
+    check = f"import sys\n{code}\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
 def test_native_module_loads() -> None:
     assert _native.__version__ == vlmfast.__version__
     assert _native.worker_threads() >= 1

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vlmfast.causal.core import CORRUPTIONS, DEFAULT_MAX_ROWS
-from vlmfast.causal.core import TOWERS as TOWERS  # re-exported: the commands use A.TOWERS
+from vlmfast.causal.core.corruption import CORRUPTIONS
+from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
+from vlmfast.causal.core.vocabulary import TOWERS as TOWERS  # re-exported: commands use A.TOWERS
 
 DEVICES = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _HOOK = re.compile(r"^((image|text|joint)(\.[A-Za-z0-9_*?\[\]{}\-]+)+|[*?][A-Za-z0-9_.*?\-]*)$")

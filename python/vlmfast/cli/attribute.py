@@ -16,8 +16,9 @@ import importlib.util
 import json
 from typing import Any
 
-from vlmfast.causal.attribution import ATTRIBUTION_KINDS, METHODS
-from vlmfast.causal.core import CORRUPTIONS, DIRECTIONS, corrupt_inputs
+from vlmfast.causal.core.corruption import CORRUPTIONS, corrupt_inputs
+from vlmfast.causal.core.vocabulary import ATTRIBUTION_KINDS, DIRECTIONS
+from vlmfast.causal.core.vocabulary import ATTRIBUTION_METHODS as METHODS
 from vlmfast.cli import args as A
 from vlmfast.cli.outputs import print_skips, skips_json
 from vlmfast.tables import write_table

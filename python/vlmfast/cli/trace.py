@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vlmfast.causal.tracing import TRACE_KINDS
+from vlmfast.causal.core.vocabulary import TRACE_KINDS
 from vlmfast.cli import args as A
 from vlmfast.cli.outputs import print_skips, skips_json
 from vlmfast.tables import write_table

@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmfast.causal.attribution import ATTRIBUTION_KINDS
-from vlmfast.causal.attribution import METHODS as ATTRIBUTION_METHODS
-from vlmfast.causal.core import CORRUPTIONS, TOWERS
-from vlmfast.causal.tracing import TRACE_KINDS
+from vlmfast.causal.core.corruption import CORRUPTIONS
+from vlmfast.causal.core.vocabulary import (
+    ATTRIBUTION_KINDS,
+    ATTRIBUTION_METHODS,
+    TOWERS,
+    TRACE_KINDS,
+)
 from vlmfast.errors import InputError
 from vlmfast.pipeline.sections import (
     STAGE_NAMES,

@@ -20,11 +20,10 @@ from vlmfast.causal.core.inputs import prepare_inputs
 from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
 from vlmfast.causal.core.metrics import Metric
 from vlmfast.causal.core.options import with_options
+from vlmfast.causal.core.vocabulary import ATTRIBUTION_KINDS, ATTRIBUTION_METHODS
 from vlmfast.errors import InputError
 
-ATTRIBUTION_KINDS = ("resid", "heads", "neurons")
-"""Component kinds attribution scores (``capture.KIND_POINT`` maps each to its hook)."""
-METHODS = ("atp", "atp*", "ig")
+METHODS = ATTRIBUTION_METHODS
 DEFAULT_STEPS = 16
 
 

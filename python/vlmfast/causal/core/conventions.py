@@ -25,16 +25,11 @@ from typing import Any
 
 import torch
 
+from vlmfast.causal.core.vocabulary import DIRECTIONS, TOWERS  # re-exported
 from vlmfast.errors import InputError, ShapeError
 
 RECOVERY_TOL = 1e-6
 """Default smallest ``|m(clean) - m(corrupt)|`` a recovery may divide by."""
-
-TOWERS = ("image", "text")
-
-DIRECTIONS = ("denoising", "noising")
-"""``denoising`` (the project's convention): base = corrupt, source = clean; ``noising``:
-base = clean, source = corrupt."""
 
 
 def check_eval_mode(pair: Any, what: str = "this causal tool") -> None:

@@ -9,9 +9,9 @@ both front doors write); the batched and serial engines are ``engine.py``
 
 from __future__ import annotations
 
+from vlmfast.causal.core.vocabulary import TRACE_KINDS
 from vlmfast.causal.tracing.arrays import save_trace_arrays, trace_arrays
 from vlmfast.causal.tracing.config import TraceConfig
-from vlmfast.causal.tracing.engine import TRACE_KINDS
 from vlmfast.causal.tracing.prepare import PreparedTrace, prepare_counts, prepare_trace
 from vlmfast.causal.tracing.result import TraceNull, TraceResult
 from vlmfast.causal.tracing.trace import restore_sets, trace

@@ -29,10 +29,6 @@ from vlmfast.causal.core.conventions import check_metric_output
 from vlmfast.causal.core.metrics import Metric, similarity
 from vlmfast.models.interventions import Intervention
 
-TRACE_KINDS = ("resid", "attn_out", "mlp_out", "heads")
-"""What a restoration restores: ``blocks.L.resid_post`` at positions, the attention or MLP
-output at positions over a window of layers, or ``attn.z`` of heads at every position."""
-
 Restoration = tuple[int, ...]
 """The units (positions, or heads for ``"heads"``) one restoration restores."""
 

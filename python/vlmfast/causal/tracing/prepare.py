@@ -27,7 +27,8 @@ from vlmfast.causal.core.conventions import (
 )
 from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
 from vlmfast.causal.core.metrics import Metric, metric_space, resolve_metric
-from vlmfast.causal.tracing.engine import TRACE_KINDS, TraceSetup
+from vlmfast.causal.core.vocabulary import TRACE_KINDS
+from vlmfast.causal.tracing.engine import TraceSetup
 from vlmfast.causal.tracing.positions import corruption_mask, eot_positions, traced_positions
 from vlmfast.errors import InputError
 

@@ -44,8 +44,9 @@ import torch
 from torch import Tensor
 
 from vlmfast.causal.core.conventions import check_choice, recovery
+from vlmfast.causal.core.vocabulary import TRACE_KINDS
 from vlmfast.causal.tracing.config import TraceConfig
-from vlmfast.causal.tracing.engine import TRACE_KINDS, Restoration, TraceSetup
+from vlmfast.causal.tracing.engine import Restoration, TraceSetup
 from vlmfast.causal.tracing.positions import position_labels, text_labels
 from vlmfast.causal.tracing.prepare import (
     noise_kind_label,
