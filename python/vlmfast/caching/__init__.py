@@ -19,8 +19,9 @@ Public API: ``CacheConfig``, ``run_cache``, ``CacheSetup``, ``setup_cache``,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlmfast.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from vlmfast.caching.boxes import box_attrs
@@ -71,12 +72,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY_ATTRS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vlmfast.caching' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRS, __all__)

@@ -16,8 +16,9 @@ loaded on first use (PEP 562), so ``vlmfast.causal.core`` stays cheap for the CL
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlmfast.lazy_exports import lazy_exports
 
 # public name -> sub-package module that defines it
 _NAMES: dict[str, str] = {
@@ -171,15 +172,4 @@ if TYPE_CHECKING:
     from vlmfast.causal.tracing import TraceConfig, TraceResult, trace
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"vlmfast.causal.{name}")
-    if name not in _NAMES:
-        raise AttributeError(f"module 'vlmfast.causal' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"vlmfast.causal.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*__all__, *_SUBPACKAGES])
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES, __all__, submodules=_SUBPACKAGES)

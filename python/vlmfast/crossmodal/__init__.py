@@ -25,8 +25,9 @@ Modules: ``planted`` (the planted shared space: :func:`planted_pairs`),
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlmfast.lazy_exports import lazy_exports
 
 _LAZY_ATTRS: dict[str, str] = {
     "PlantedCrossModal": "vlmfast.crossmodal.planted",
@@ -152,13 +153,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRS:
-        value = getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vlmfast.crossmodal' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY_ATTRS])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRS, __all__)

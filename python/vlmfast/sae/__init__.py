@@ -25,8 +25,9 @@ matched activation correlation against the truth, with nulls and intervals).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlmfast.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from vlmfast.sae.checkpoint import load_sae, resume_trainer, save_sae, save_training_checkpoint
@@ -134,12 +135,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY_ATTRS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vlmfast.sae' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRS, __all__)

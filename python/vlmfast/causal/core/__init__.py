@@ -17,8 +17,9 @@ its parser, before torch is imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlmfast.lazy_exports import lazy_exports
 
 _NAMES: dict[str, str] = {
     "CORRUPTIONS": "corruption",
@@ -112,13 +113,4 @@ if TYPE_CHECKING:
     from vlmfast.causal.core.units import UNIT_KINDS, Unit, UnitLayout, UnitSet, random_like
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'vlmfast.causal.core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"vlmfast.causal.core.{_NAMES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES, __all__)
