@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cache_cli import _argv, _assert_same_store, _cfg, model_dir, reference
 
-from vlmfast.caching import run_cache
+from vlmfast.caching import read_skip_report, run_cache
 from vlmfast.caching.config import part_path, parts_dir
 from vlmfast.caching.ranks import _prepare_out
 from vlmfast.errors import StoreError
@@ -61,11 +61,15 @@ def _launch(argv: list[str], crash: dict[int, str] | None = None) -> list[subpro
     return procs
 
 
-def _run_ok(argv: list[str]) -> None:
+def _run_ok(argv: list[str]) -> list[str]:
+    """Each rank's output (after checking every rank succeeded)."""
     procs = _launch(argv)
+    outs = []
     for rank, p in enumerate(procs):
         out, _ = p.communicate(timeout=TIMEOUT)
         assert p.returncode == 0, f"rank {rank} failed:\n{out[-4000:]}"
+        outs.append(out)
+    return outs
 
 
 def _run_killed(argv: list[str], rank: int, crash_at: str) -> None:
@@ -205,6 +209,14 @@ def test_two_ranks_scan_bad_records_and_match_one_process(model_dir: Path, tmp_p
     _run_ok(argv)  # resumes with the saved scan
     _assert_same_store(one, out)
     assert ActivationStore.open(out).attrs == ActivationStore.open(one).attrs
+    # an uninterrupted run prints and saves the same skip report as one process
+    fresh = tmp_path / "fresh.zarr"
+    argv[argv.index(str(out))] = str(fresh)
+    outs = _run_ok(argv)
+    expected = read_skip_report(one)
+    assert expected is not None and expected["counts"]
+    assert read_skip_report(fresh) == expected
+    assert "bad records skipped" in outs[0]
 
 
 def test_known_records_decode_only_selected_batches(tmp_path: Path) -> None:

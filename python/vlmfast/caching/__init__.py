@@ -12,7 +12,7 @@ resumable, crash-safe writing) -> ranks (``ranks``, ``scan``, ``merge``: ``torch
 ``store`` knows nothing of models or data; this package is where they meet it.
 
 Public API: ``CacheConfig``, ``run_cache``, ``CacheSetup``, ``setup_cache``,
-``iter_forward``, ``forward_rows``, ``prepare_inputs``, ``weights_hash``,
+``iter_forward``, ``forward_rows``, ``preprocess_batch``, ``weights_hash``,
 ``tower_geometry``, ``hook_rows``, ``POSITIONS``, ``JOINT_HOOK``, ``InputGeometry``,
 ``input_geometry``, ``box_attrs``.
 """
@@ -25,26 +25,28 @@ from vlmfast.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from vlmfast.caching.boxes import box_attrs
-    from vlmfast.caching.cache import read_skip_report, run_cache
+    from vlmfast.caching.cache import run_cache
     from vlmfast.caching.config import JOINT_HOOK, CacheConfig
-    from vlmfast.caching.forward import forward_rows, iter_forward, prepare_inputs
+    from vlmfast.caching.forward import forward_rows, iter_forward, preprocess_batch
     from vlmfast.caching.geometry import InputGeometry, input_geometry
     from vlmfast.caching.rows import POSITIONS, hook_rows
     from vlmfast.caching.setup import CacheSetup, setup_cache, tower_geometry, weights_hash
+    from vlmfast.caching.skip_report import read_skip_report
 
 # Imported lazily (PEP 562), so that ``import vlmfast.caching`` stays cheap.
 _LAZY_ATTRS: dict[str, str] = {
     "CacheConfig": "vlmfast.caching.config",
     "JOINT_HOOK": "vlmfast.caching.config",
     "run_cache": "vlmfast.caching.cache",
-    "read_skip_report": "vlmfast.caching.cache",
+    "read_skip_report": "vlmfast.caching.skip_report",
     "CacheSetup": "vlmfast.caching.setup",
     "setup_cache": "vlmfast.caching.setup",
     "weights_hash": "vlmfast.caching.setup",
     "tower_geometry": "vlmfast.caching.setup",
     "iter_forward": "vlmfast.caching.forward",
     "forward_rows": "vlmfast.caching.forward",
-    "prepare_inputs": "vlmfast.caching.forward",
+    "preprocess_batch": "vlmfast.caching.forward",
+    "prepare_inputs": "vlmfast.caching.forward",  # deprecated name of preprocess_batch
     "hook_rows": "vlmfast.caching.rows",
     "POSITIONS": "vlmfast.caching.rows",
     "InputGeometry": "vlmfast.caching.geometry",
@@ -63,7 +65,7 @@ __all__ = [
     "hook_rows",
     "input_geometry",
     "iter_forward",
-    "prepare_inputs",
+    "preprocess_batch",
     "read_skip_report",
     "run_cache",
     "setup_cache",

@@ -15,17 +15,19 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) or inside an initialised
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from vlmfast.caching.config import CacheConfig, parts_dir
 from vlmfast.caching.loop import cache_loop
 from vlmfast.caching.ranks import run_ranks
 from vlmfast.caching.setup import check_same, setup_cache
+from vlmfast.caching.skip_report import (
+    SKIP_REPORT_FILE as SKIP_REPORT_FILE,
+)
+from vlmfast.caching.skip_report import read_skip_report as read_skip_report
+from vlmfast.caching.skip_report import report_skipped
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store.activation_store import ActivationStore, read_attrs
 from vlmfast.store.schema import ATTR_PROGRESS, PROGRESS_FINISHED, PROGRESS_SAMPLES_DONE
@@ -99,25 +101,5 @@ def _run_single(cfg: CacheConfig, log: Callable[[str], None]) -> ActivationStore
         raise InputError(f"{cfg.data}: no records to cache ({skipped or 'the source is empty'})")
     store.close()
     log(f"{cfg.out}: {consumed} samples, hooks {', '.join(setup.hooks)}")
-    if report is not None and report.n_bad:
-        log(f"{cfg.data}: {report.summary()}")
-        write_skip_report(cfg.out, report.as_dict())
+    report_skipped(cfg, getattr(setup.source, "report", None), log)
     return ActivationStore.open(cfg.out)
-
-
-SKIP_REPORT_FILE = "skipped_records.json"
-"""Beside the store's arrays: the bad records the source skipped (counts per reason,
-first examples) in this run; zarr readers ignore the file."""
-
-
-def write_skip_report(out: Path, report: dict[str, Any]) -> None:
-    """Writes ``report`` into ``out/skipped_records.json`` atomically."""
-    tmp = out / f".{SKIP_REPORT_FILE}.tmp"
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, out / SKIP_REPORT_FILE)
-
-
-def read_skip_report(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The skip report a cache run left beside the store, or ``None`` when nothing was skipped."""
-    path = Path(out) / SKIP_REPORT_FILE
-    return json.loads(path.read_text()) if path.exists() else None

@@ -8,6 +8,7 @@ next batch is preprocessed on background threads while the forward runs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,10 +54,14 @@ def tower_hooks(hooks: list[str]) -> tuple[list[str], list[str], list[str]]:
     )
 
 
-def prepare_inputs(
+def preprocess_batch(
     pair: Any, batch: Sequence[Any], hooks: list[str], pool: Executor | None = None
 ) -> BatchInputs:
-    """Preprocesses the images (on ``pool``'s threads when given) and tokenizes the captions."""
+    """Preprocesses the images (on ``pool``'s threads when given) and tokenizes the captions.
+
+    Called ``prepare_inputs`` before 0.x; that name now means one thing only,
+    :func:`vlmfast.causal.core.prepare_inputs` (clean / corrupted inputs as base and source).
+    """
     _, img_hooks, txt_hooks = tower_hooks(hooks)
     images = [r.image for r in batch if r.image is not None]
     texts = [r.caption for r in batch if r.caption is not None]
@@ -76,13 +81,13 @@ def forward_rows(
 ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """One forward of both towers; rows and index per store hook.
 
-    ``inputs``: the batch's ``prepare_inputs`` when it was prepared ahead.
+    ``inputs``: the batch's ``preprocess_batch`` when it was prepared ahead.
     """
     with_img = [r for r in batch if r.image is not None]
     with_txt = [r for r in batch if r.caption is not None]
     want, img_hooks, txt_hooks = tower_hooks(hooks)
     if inputs is None:
-        inputs = prepare_inputs(pair, batch, hooks)
+        inputs = preprocess_batch(pair, batch, hooks)
     cache: dict[str, torch.Tensor] = {}
     lengths = None
     # all_rows: a store must not depend on where batches start (a resumed cache is bitwise
@@ -188,7 +193,7 @@ def _forward_batches(
             return g, batch, False, None
         if ahead is None:
             return g, batch, True, None
-        return g, batch, True, ahead.submit(prepare_inputs, setup.pair, batch, setup.hooks, pool)
+        return g, batch, True, ahead.submit(preprocess_batch, setup.pair, batch, setup.hooks, pool)
 
     nxt = start(next(batches, None))
     while nxt is not None:
@@ -203,3 +208,17 @@ def _forward_batches(
             setup.pair, batch, setup.hooks, cfg.positions, setup.store_dtype, inputs
         )
         yield g, batch, rows, consumed
+
+
+def __getattr__(name: str) -> Any:
+    # The caching side's ``prepare_inputs`` was renamed (one name per concept: the causal
+    # ``prepare_inputs`` orients clean/corrupt inputs); the old name warns for one release.
+    if name == "prepare_inputs":
+        warnings.warn(
+            "vlmfast.caching.prepare_inputs was renamed preprocess_batch; "
+            "the old name goes away in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return preprocess_batch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,6 +49,7 @@ from vlmfast.caching.scan import (
     scan_share,
 )
 from vlmfast.caching.setup import CacheSetup, check_same, setup_cache
+from vlmfast.caching.skip_report import report_skipped
 from vlmfast.data.sources.pending import resolve_decode_workers
 from vlmfast.errors import InputError, StoreError
 from vlmfast.store.activation_store import ActivationStore, read_attrs
@@ -156,6 +157,9 @@ def run_ranks(cfg: CacheConfig, rank: int, world: int, log: Callable[[str], None
         log(
             f"{cfg.out}: {plan.samples_done} samples from {world} ranks, hooks {', '.join(plan.hooks)}"
         )
+        # every rank read the whole source (bad images from the shared scan), so rank 0's
+        # report is the run's, as in one process
+        report_skipped(cfg, getattr(setup.source, "report", None), log)
     dist.barrier()  # the store is committed
 
 

@@ -62,6 +62,7 @@ _NAMES: dict[str, str] = {
     "load_scores": "core.top_units",
     "patch_heads": "patching",
     "patch_sweep": "patching",
+    "PatchConfig": "patching",
     "resolve_metric": "core.metrics",
     "similarity": "core.metrics",
     "steering_sweep": "interventions",
@@ -90,6 +91,7 @@ __all__ = [
     "LadderRung",
     "LogitDiff",
     "MatchedScore",
+    "PatchConfig",
     "SteeringSweep",
     "TraceConfig",
     "TraceResult",
@@ -168,7 +170,7 @@ if TYPE_CHECKING:
         concept_intervention,
         steering_sweep,
     )
-    from vlmfast.causal.patching import patch_heads, patch_sweep
+    from vlmfast.causal.patching import PatchConfig, patch_heads, patch_sweep
     from vlmfast.causal.tracing import TraceConfig, TraceResult, trace
 
 

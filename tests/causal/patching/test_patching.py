@@ -243,3 +243,20 @@ def test_bad_arguments(clip_pair: Any) -> None:
         patch_sweep(clip_pair, px, tok[:2], src)
     with pytest.raises(InputError, match=r"no 'image\.blocks\.0\.attn\.z'"):
         patch_sweep(clip_pair, px, tok, {"image.blocks.0.resid_pre": px})
+
+
+def test_patch_config_is_the_keyword_form(clip_pair: Any) -> None:
+    from vlmfast.causal import PatchConfig
+
+    px, tok = _clip_inputs(0)
+    src = {"images": _clip_inputs(1)[0], "texts": tok}
+    cfg = PatchConfig(component="neurons", layers=[1], indices=[0, 3], normalize="delta")
+    by_config = patch_sweep(clip_pair, px, tok, src, config=cfg)
+    by_keywords = patch_sweep(
+        clip_pair, px, tok, src, component="neurons", layers=[1], indices=[0, 3], normalize="delta"
+    )
+    assert torch.equal(by_config, by_keywords)
+    # keywords given with a config replace its fields
+    assert patch_sweep(clip_pair, px, tok, src, config=cfg, indices=[3]).shape == (1, 1)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['componnet'\\]"):
+        patch_sweep(clip_pair, px, tok, src, componnet="heads")

@@ -25,6 +25,7 @@ from vlmfast.causal.core import backend
 from vlmfast.causal.core.components import ComponentSpec, component_spec
 from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
 from vlmfast.causal.core.metrics import Metric, metric_space, resolve_metric, similarity
+from vlmfast.causal.patching.config import PatchConfig
 from vlmfast.errors import InputError, ShapeError
 
 
@@ -66,14 +67,8 @@ def patch_sweep(
     source: Any,
     metric: str | Metric = "score",
     *,
-    component: str = "heads",
-    tower: str = "image",
-    point: str | None = None,
-    layers: Sequence[int] | None = None,
-    indices: Sequence[int] | None = None,
-    normalize: str | None = None,
-    max_rows: int = DEFAULT_MAX_ROWS,
-    method: str = "batched",
+    config: PatchConfig | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """Patch every single component of one tower; returns ``Tensor[len(layers), len(indices)]``.
 
@@ -85,17 +80,18 @@ def patch_sweep(
         metric: ``"score"`` (matched ``scale*cos + bias``), ``"logit_diff"`` (matched minus
             mismatched captions), ``"alignment"`` (matched cosine) or a callable on
             ``[..., n_img, n_txt]`` similarities (see ``vlmfast.causal.core.metrics``).
-        component: ``"heads"``, ``"neurons"`` or ``"positions"``.
-        tower: ``"image"`` or ``"text"``: the tower whose components are patched.
-        point: the hook point in each block (default ``attn.z`` / ``mlp.post`` / ``resid_pre``).
-        layers, indices: which layers and component indices (default: all).
-        normalize: None, ``"delta"`` (minus the base metric) or ``"recovery"``
-            ((patched - base) / (source - base)).
-        max_rows: the most batch rows per batched forward (components x base rows).
-        method: ``"batched"`` (prefix reuse, stacked patches) or ``"serial"`` (one full
-            forward per component, the TransformerLens way; the reference).
+        config: a :class:`PatchConfig` (component, tower, point, layers, indices,
+            normalize, max_rows, method); keyword ``options`` replace its fields.
+
+    Raises:
+        InputError: an unknown component, tower, normalize or method, an index out of
+            range, ``max_rows < 1``, or a source without the patched hooks.
+        TypeError: an unknown option.
     """
-    spec = component_spec(tower, component, point)
+    cfg = PatchConfig.build(config, options)
+    tower, component, normalize, method = cfg.tower, cfg.component, cfg.normalize, cfg.method
+    max_rows = cfg.max_rows
+    spec = component_spec(tower, component, cfg.point)
     metric_fn = resolve_metric(metric)
     space = metric_space(metric_fn)
     if normalize not in (None, "delta", "recovery"):
@@ -107,9 +103,9 @@ def patch_sweep(
     images, texts = backend.as_inputs(pair, images, texts)
     tower_in = images if tower == "image" else texts
     n_layers = backend.n_layers(pair, tower)
-    layer_list = _check_indices("layers", layers, n_layers)
+    layer_list = _check_indices("layers", cfg.layers, n_layers)
     n_comp = backend.n_components(pair, spec.tower, spec.kind, tower_in)
-    comp_list = _check_indices(component, indices, n_comp)
+    comp_list = _check_indices(component, cfg.indices, n_comp)
 
     hooks = [spec.hook(layer) for layer in layer_list]
     scale, bias = backend.logit_scale_bias(pair)
