@@ -6,7 +6,9 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "PAIR_MOMENTS",
     "DenseTokenScorer",
+    "PairMoments",
     "ShuffleStream",
     "SparseTokenScorer",
     "StoreArray",
@@ -219,3 +221,21 @@ class DenseTokenScorer:
         with_se: bool = False,
         top_n: int = 0,
     ) -> dict[str, Any]: ...
+
+PAIR_MOMENTS: list[str]
+
+@final
+class PairMoments:
+    """Per-feature moments of matched image/caption top-k codes, streamed."""
+
+    def __new__(cls, n_features: int) -> PairMoments: ...
+    def push(
+        self,
+        image_indices: npt.NDArray[np.int64],
+        image_values: npt.NDArray[np.float32],
+        text_indices: npt.NDArray[np.int64],
+        text_values: npt.NDArray[np.float32],
+    ) -> None: ...
+    @property
+    def pairs(self) -> int: ...
+    def sums(self) -> npt.NDArray[np.float64]: ...

@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod pairs;
 mod stats;
 mod store;
 mod tokens;
@@ -18,6 +19,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     stats::register(m)?;
     tokens::register(m)?;
+    pairs::register(m)?;
     Ok(())
 }
 

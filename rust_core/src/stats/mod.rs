@@ -14,6 +14,7 @@
 
 pub mod dense;
 pub mod labels;
+pub mod pairs;
 pub mod radix;
 pub mod scores;
 pub mod sparse;
