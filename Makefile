@@ -39,7 +39,7 @@ $(DEPS_STAMP): $(LOCK) | $(UV)
 # Universal resolution (Linux x86_64, CPython 3.11-3.12: see [tool.uv] in pyproject.toml),
 # one version per package across those Pythons. An upgrade is its own commit, suite run on it.
 lock: | $(UV)
-	$(UV) pip compile -q pyproject.toml --extra dev --extra report --universal \
+	$(UV) pip compile -q pyproject.toml --extra dev --extra report --extra docs --universal \
 		--fork-strategy fewest --generate-hashes -o $(LOCK)
 
 env: $(DEPS_STAMP)
