@@ -25,7 +25,7 @@ from vlmfast.store import ActivationStore
 N_SAMPLES, STEPS, BATCH, K, N_LATENTS = 120, 15, 128, 4, 64
 
 
-def _config() -> Any:
+def _config(arch: str = "topk") -> Any:
     from vlmfast.pipeline import demo_config
 
     cfg = demo_config()
@@ -36,6 +36,9 @@ def _config() -> Any:
     cfg.data.spec = f"synthetic:n={N_SAMPLES},seed=11"
     cfg.quality.enabled = False
     cfg.sae.n_latents, cfg.sae.k, cfg.sae.steps, cfg.sae.batch_size = N_LATENTS, K, STEPS, BATCH
+    cfg.sae.arch = arch
+    if arch == "matryoshka":
+        cfg.sae.groups = [16, 16, 32]
     return cfg
 
 
@@ -79,21 +82,25 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "sae_weights.safetensors"))
 
 
-def _pipeline_saes(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+def _pipeline_saes(run_dir: Path, arch: str = "topk") -> dict[str, dict[str, torch.Tensor]]:
     from vlmfast.pipeline import run_pipeline
 
     shutil.rmtree(run_dir / "train-sae", ignore_errors=True)
     with _one_thread():
-        res = run_pipeline(_config(), run_dir, log=lambda _: None)
+        res = run_pipeline(_config(arch), run_dir, log=lambda _: None)
     assert {s.name: s.status for s in res.stages}["train-sae"] == "ran"
     return {mod: _weights(run_dir / "train-sae" / mod) for mod in ("image", "text")}
 
 
-def _cli_sae(run_dir: Path, hook: str, out: Path) -> dict[str, torch.Tensor]:
+def _cli_sae(run_dir: Path, hook: str, out: Path, arch: str = "topk") -> dict[str, torch.Tensor]:
     """``vlmfast train-sae`` with the stage's settings (its warm-up, dead-latent window and
     init seed differ from the CLI's defaults, so they are given)."""
+    groups = ["--groups", "16", "16", "32"] if arch == "matryoshka" else []
     args = [
         "train-sae",
+        "--arch",
+        arch,
+        *groups,
         "--store",
         str(run_dir / "cache" / "store.zarr"),
         "--hook",
@@ -127,8 +134,9 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("arch", ["topk", "matryoshka", "jumprelu"])
 def test_cli_and_pipeline_write_bit_identical_weights_in_memory_and_streamed(
-    run_dir: Path, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_dir: Path, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str
 ) -> None:
     hooks = _hooks(store)
     width = store.width(hooks["image"])
@@ -145,16 +153,47 @@ def test_cli_and_pipeline_write_bit_identical_weights_in_memory_and_streamed(
     for mode, limit in (("memory", 1 << 40), ("streamed", 0)):
         monkeypatch.setattr(sae_data, "IN_MEMORY_BYTES", limit)
         made.clear()
-        pipeline = _pipeline_saes(run_dir)
-        cli = {mod: _cli_sae(run_dir, h, tmp_path / mode / mod) for mod, h in hooks.items()}
+        pipeline = _pipeline_saes(run_dir, arch)
+        cli = {mod: _cli_sae(run_dir, h, tmp_path / mode / mod, arch) for mod, h in hooks.items()}
         assert set(made) == {"_InMemory" if mode == "memory" else "_Streamed"}
         for mod in hooks:
             assert _same(pipeline[mod], cli[mod]), f"{mode}: {mod} SAEs differ"
             cfg = json.loads((run_dir / "train-sae" / mod / "cfg.json").read_text())
-            assert cfg["vlmfast"]["rows"] == "tokens"
+            assert cfg["vlmfast"]["rows"] == "tokens" and cfg["vlmfast"]["arch"] == arch
         results[mode] = pipeline
     for mod in hooks:
         assert _same(results["memory"][mod], results["streamed"][mod])
+
+
+def test_stage_trains_sae_hooks_beside_the_modality_saes_which_stay_as_they_were(
+    run_dir: Path,
+) -> None:
+    """``[sae] hooks``: one that holds the image hook's rows (the last block's MLP, another
+    width) trains in the image SAE's pass, the joint one in a pass of its own; the
+    modality SAEs are bit-identical to a run without them."""
+    from vlmfast.pipeline import run_pipeline
+
+    alone = _pipeline_saes(run_dir)
+    cfg = _config()
+    cfg.sae.hooks = ["image.blocks.-1.mlp.post", "joint.embed"]
+    with _one_thread():
+        res = run_pipeline(cfg, run_dir, log=lambda _: None)
+    assert {s.name: s.status for s in res.stages}["train-sae"] == "ran"
+    stage = run_dir / "train-sae"
+    result = json.loads((stage / "result.json").read_text())
+    hooks = ["image.blocks.3.mlp.post", "joint.embed"]
+    assert {h: r["checkpoint"] for h, r in result["hooks"].items()} == {
+        h: f"hooks/{h}" for h in hooks
+    }
+    for hook in hooks:
+        assert TopKSAE.load(stage / "hooks" / hook).cfg.hook == hook
+    image = "image.blocks.3.resid_post"
+    assert result["image"]["pass_hooks"] == result["hooks"][hooks[0]]["pass_hooks"]
+    assert result["image"]["pass_hooks"] == [image, hooks[0]]
+    assert result["hooks"]["joint.embed"]["pass_hooks"] == ["joint.embed"]
+    assert not list(stage.rglob("INCOMPLETE"))
+    for mod in ("image", "text"):
+        assert _same(_weights(stage / mod), alone[mod]), mod
 
 
 def _spy(init: Any, made: list[str], kind: str) -> Any:

@@ -3,6 +3,8 @@
     vlmfast train-sae --store acts.zarr --hook image.blocks.8.resid_post --k 32 \\
         --n-latents 65536 --out saes/l8
     vlmfast train-sae --store acts.zarr --hook joint.embed --k 16 32 --n-latents 4096 --out sweep
+    vlmfast train-sae --store acts.zarr --hook image.blocks.4.resid_post,image.blocks.8.resid_post \
+        --arch matryoshka --groups 1024 1024 2048 --k 32 --n-latents 4096 --out layers
     torchrun --nproc-per-node 2 -m vlmfast train-sae --store acts.zarr --hook ... --out ...
 
 Rows (--rows): tokens (the default) trains on the hook's token rows with an image hook's
@@ -15,6 +17,12 @@ training length max(one epoch, 5000 steps, 200 x n_latents rows), so a small sto
 several epochs; a warning when the final FVU is above 0.1 (--fvu-warn) or still falling; a latent is
 dead after max(batch, min(10M, tokens/20)) rows without firing; Adam with lr
 2e-4/sqrt(n_latents/2^14), 5% warm-up, linear decay over the last 20%.
+Architectures (--arch): topk (the default: per-row top-k with AuxK), batchtopk, matryoshka
+(--groups: nested group sizes summing to --n-latents) and jumprelu (--threshold-init,
+--bandwidth, --l0-coef, --l0-coef-adapt); recorded in cfg.json. Several hooks (--hook
+repeated or a comma list): one SAE per hook, into OUT/<hook>/; hooks that hold the same
+rows (one tower, same row count) train in one pass that reads each batch's rows once for
+all of them, the others in separate passes (vlmfast.sae.passes).
 Writes ``OUT/cfg.json`` + ``sae_weights.safetensors`` (one SAE) or ``OUT/<name>/`` per SAE of a
 sweep, training checkpoints (``trainer_state.pt``) and ``OUT/metrics.jsonl``; until the run
 finishes its folders hold an ``INCOMPLETE`` marker (readers refuse them; --resume continues).
@@ -32,12 +40,13 @@ from vlmfast.cli.args import (
     add_seed_arg,
     device,
     existing_dir,
-    hook_name,
+    hook_list,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
 )
+from vlmfast.sae.config import ARCHS
 from vlmfast.sae.rows import DEFAULT_ROWS, ROWS, ROWS_HELP
 
 
@@ -52,11 +61,16 @@ def register(subparsers: Any) -> None:
         "--store", required=True, type=existing_dir("an activation store"), help="store folder"
     )
     p.add_argument(
-        "--hook", required=True, type=hook_name, help="hook name in the store, or joint.embed"
+        "--hook",
+        required=True,
+        type=hook_list,
+        action="extend",
+        help="hook name in the store, or joint.embed; several: repeat it or a comma list",
     )
     add_out_arg(p)
     p.add_argument("--rows", choices=ROWS, default=DEFAULT_ROWS, help=ROWS_HELP)
     _add_sae_args(p)
+    _add_arch_args(p)
     _add_run_args(p)
     # a failed run keeps its checkpoints (marked INCOMPLETE) for --resume: main() must not
     # remove the folder; a run that fails its checks writes nothing in the first place
@@ -107,6 +121,40 @@ def _add_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=nonnegative_int, default=None)
 
 
+def _add_arch_args(p: argparse.ArgumentParser) -> None:
+    """The architecture and its options (None: the SAEConfig default)."""
+    p.add_argument("--arch", default="topk", help=f"SAE architecture: {', '.join(ARCHS)}")
+    p.add_argument(
+        "--groups",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="matryoshka: nested group sizes (sum: --n-latents; default n/8, n/8, n/4, n/2)",
+    )
+    p.add_argument(
+        "--threshold-ema",
+        type=positive_float,
+        default=None,
+        help="batchtopk/matryoshka: weight of a batch in the inference-threshold estimate",
+    )
+    p.add_argument(
+        "--threshold-init",
+        type=positive_float,
+        default=None,
+        help="jumprelu: initial threshold (default: from the first batch)",
+    )
+    p.add_argument("--bandwidth", type=positive_float, default=None, help="jumprelu: kernel width")
+    p.add_argument(
+        "--l0-coef", type=nonnegative_float, default=None, help="jumprelu: L0 penalty weight"
+    )
+    p.add_argument(
+        "--l0-coef-adapt",
+        type=nonnegative_float,
+        default=None,
+        help="jumprelu: L0 weight adaptation toward L0 = k (0: fixed)",
+    )
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     """How the run goes: seed, device, logging, checkpoints."""
     add_seed_arg(p, help="seed of the weights and of the batches")
@@ -139,11 +187,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`vlmfast.sae.TrainSAEConfig` of the parsed arguments."""
     from vlmfast.sae import TrainSAEConfig
 
+    hooks = list(args.hook)
     return TrainSAEConfig(
-        hook=args.hook,
+        hook=hooks[0] if len(hooks) == 1 else hooks,
         k=list(args.k),
         n_latents=list(args.n_latents),
         lr=list(args.lr),
+        arch=args.arch,
+        groups=args.groups,
+        threshold_ema=args.threshold_ema,
+        threshold_init=args.threshold_init,
+        bandwidth=args.bandwidth,
+        l0_coef=args.l0_coef,
+        l0_coef_adapt=args.l0_coef_adapt,
         rows=args.rows,
         batch_size=args.batch_size,
         tokens=args.tokens,
@@ -192,13 +248,15 @@ def _report(result: Any, args: argparse.Namespace) -> None:
     """What was trained, where it went, and the convergence warnings."""
     from vlmfast.sae.schedule import convergence_warnings
 
-    where = ", ".join(str(s.path) for s in result.saes)
-    memory = "held in memory" if result.in_memory else "streamed"
-    print(
-        f"trained {len(result.saes)} SAE(s) for {result.steps} steps of {result.batch_size} rows "
-        f"({result.epochs:.1f} epochs of {result.n_rows:,} rows, rows={result.rows}, {memory})"
-        f" -> {where}"
-    )
+    for done in result.passes or [result]:
+        where = ", ".join(str(s.path) for s in done.saes)
+        memory = "held in memory" if done.in_memory else "streamed"
+        arch = done.saes[0].sae.cfg.arch
+        print(
+            f"trained {len(done.saes)} {arch} SAE(s) for {done.steps} steps of {done.batch_size} "
+            f"rows ({done.epochs:.1f} epochs of {done.n_rows:,} rows, rows={done.rows}, {memory})"
+            f" -> {where}"
+        )
     for s in result.saes:
         for warning in convergence_warnings(s.fvu, threshold=args.fvu_warn):
             print(f"warning: {s.name}: {warning}", file=sys.stderr)

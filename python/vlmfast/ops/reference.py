@@ -23,6 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+_SCRATCH_MAX_BYTES = 1 << 28
+"""Largest pre-activation buffer kept between calls (256 MiB)."""
+_PREACT_SCRATCH: WeakIdKeyDictionary = WeakIdKeyDictionary()
+"""``W_enc -> [N, n_latents]`` buffer reused by the CPU encoder GEMM (see :func:`_preact_out`)."""
 
 
 @dataclass
@@ -58,12 +64,16 @@ def topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
             s_vals, s_idx = torch.sort(scores[tie_rows], dim=1, descending=True, stable=True)
             vals[tie_rows] = s_vals[:, :k]
             idx[tie_rows] = s_idx[:, :k]
-    # canonical order inside the selection: by index, then stable by value descending
-    by_index = idx.argsort(dim=1)
-    idx = idx.gather(1, by_index)
-    vals = vals.gather(1, by_index)
-    by_value = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    return vals.gather(1, by_value), idx.gather(1, by_value)
+    # canonical order inside the selection: topk sorted by value already, so only rows
+    # with equal neighbours need the index order (by index, then stable by value desc)
+    dup = (vals[:, 1:] == vals[:, :-1]).any(1).nonzero().flatten() if k > 1 else None
+    if dup is not None and dup.numel():
+        sub_v, sub_i = vals[dup], idx[dup]
+        by_index = sub_i.argsort(dim=1)
+        sub_i, sub_v = sub_i.gather(1, by_index), sub_v.gather(1, by_index)
+        by_value = torch.sort(sub_v, dim=1, descending=True, stable=True).indices
+        vals[dup], idx[dup] = sub_v.gather(1, by_value), sub_i.gather(1, by_value)
+    return vals, idx
 
 
 def encoder_preacts(
@@ -72,6 +82,48 @@ def encoder_preacts(
     """Dense pre-activations ``(x - b_dec) @ W_enc.T + b_enc`` in x's dtype."""
     xc = x - b_dec.to(x.dtype)
     return torch.addmm(b_enc.to(x.dtype), xc, w_enc.to(x.dtype).t())
+
+
+def _preact_out(x: torch.Tensor, w_enc: torch.Tensor) -> torch.Tensor | None:
+    """A reused ``[N, n_latents]`` CPU buffer for the encoder GEMM, or None (allocate).
+
+    A fresh buffer of this size costs the kernel one page fault per 4 KiB on every step
+    (tens of ms at CLIP sizes, more than the top-k); the pre-activations never leave
+    :class:`_TopKEncode`'s forward, so one buffer per encoder weight is reused.
+    """
+    shape = (x.shape[0], w_enc.shape[0])
+    if x.is_cuda or shape[0] * shape[1] * x.element_size() > _SCRATCH_MAX_BYTES:
+        return None
+    buf = _PREACT_SCRATCH.get(w_enc)
+    if buf is None or buf.shape != shape or buf.dtype != x.dtype or buf.device != x.device:
+        buf = torch.empty(shape, dtype=x.dtype, device=x.device)
+        _PREACT_SCRATCH[w_enc] = buf
+    return buf
+
+
+def _scatter_grad(
+    indices: torch.Tensor, n_rows: int, coeffs: torch.Tensor, dense: torch.Tensor
+) -> torch.Tensor:
+    """``S^T @ dense`` with ``S[n, indices[n,j]] = coeffs[n,j]``: ``[n_rows, d]`` in dense's dtype.
+
+    The embedding-bag weight gradient without its forward gather (the gather is what
+    :func:`_embedding_bag_grads` also returns, and costs ``N*k*d`` reads).
+    """
+    n, k = indices.shape
+    flat = indices.reshape(-1)
+    offset2bag = torch.arange(n, device=flat.device).repeat_interleave(k)
+    bag_size = torch.full((n,), k, dtype=torch.int64, device=flat.device)
+    return torch.ops.aten._embedding_bag_dense_backward(
+        dense,
+        flat,
+        offset2bag,
+        bag_size,
+        bag_size.new_empty(0),
+        n_rows,
+        scale_grad_by_freq=False,
+        mode=0,
+        per_sample_weights=coeffs.reshape(-1).to(dense.dtype),
+    )
 
 
 def select_topk(
@@ -128,7 +180,13 @@ class _TopKEncode(torch.autograd.Function):
         compute_dtype: torch.dtype | None,
     ) -> tuple[torch.Tensor, ...]:
         dtype = compute_dtype or x.dtype
-        pre = encoder_preacts(x.to(dtype), w_enc, b_enc, b_dec)
+        xd = x.to(dtype)
+        out = _preact_out(xd, w_enc)
+        if out is None:
+            pre = encoder_preacts(xd, w_enc, b_enc, b_dec)
+        else:
+            xc = xd - b_dec.to(dtype)
+            pre = torch.addmm(b_enc.to(dtype), xc, w_enc.to(dtype).t(), out=out)
         vals, idx, aux_vals, aux_idx = select_topk(pre, k, dead_mask, k_aux)
         del pre
         out_dtype = w_enc.dtype
@@ -162,12 +220,18 @@ class _TopKEncode(torch.autograd.Function):
         dpre = torch.cat(grads, dim=1) if len(grads) > 1 else grads[0]
         cat_idx = torch.cat(idx_all, dim=1) if len(idx_all) > 1 else idx_all[0]
         xc = (x - b_dec.to(x.dtype)).to(w_enc.dtype)
-        grad_xc, grad_w = _embedding_bag_grads(cat_idx, w_enc, dpre, xc)
         grad_b_enc = torch.zeros(ctx.n_latents, dtype=w_enc.dtype, device=w_enc.device)
         grad_b_enc.index_add_(0, cat_idx.flatten(), dpre.flatten().to(w_enc.dtype))
         need_x, _, _, need_bdec = ctx.needs_input_grad[:4]
-        grad_x = grad_xc.to(x.dtype) if need_x else None
-        grad_b_dec = -grad_xc.sum(0).to(b_dec.dtype) if need_bdec else None
+        grad_x = grad_b_dec = None
+        if need_x:
+            grad_xc, grad_w = _embedding_bag_grads(cat_idx, w_enc, dpre, xc)
+            grad_x = grad_xc.to(x.dtype)
+            grad_b_dec = -grad_xc.sum(0).to(b_dec.dtype) if need_bdec else None
+        else:
+            # sum_n grad_xc[n] = sum_f grad_b_enc[f] * W_enc[f]: one GEMV, no N*k gather
+            grad_w = _scatter_grad(cat_idx, ctx.n_latents, dpre, xc)
+            grad_b_dec = -(grad_b_enc @ w_enc).to(b_dec.dtype) if need_bdec else None
         return grad_x, grad_w, grad_b_enc, grad_b_dec, None, None, None, None
 
 

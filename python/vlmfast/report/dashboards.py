@@ -22,6 +22,7 @@ from vlmfast.report.cards import EXAMPLES, CardData, Feature, card
 from vlmfast.report.fmt import interval
 from vlmfast.report.run_dir import RunDir
 from vlmfast.report.score_tables import ScoreTable
+from vlmfast.report.sec_sae_eval import suite_line, with_suite
 from vlmfast.store import schema as S
 
 INLINE_MAX = 32
@@ -214,8 +215,9 @@ def render(run: RunDir, feats: list[Feature], log: Any = None) -> None:
         isz, psz = image.get(S.TOWER_IMAGE_SIZE), image.get(S.TOWER_PATCH_SIZE)
         grid = int(isz // psz) if isz and psz else 0
         data = CardData(records, acts, hist, cls, grid, tokenizer)
+        suite = suite_line(run, t.modality)  # the SAE's eval suite, as its section shows it
         for j, f in enumerate(group):
-            f.html = card(f, j, data)
+            f.html = with_suite(card(f, j, data), suite)
 
 
 def write_pages(out_dir: Path, feats: list[Feature], page: Any) -> list[Path]:

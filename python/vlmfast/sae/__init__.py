@@ -18,6 +18,8 @@ Modules, lowest first: ``config``, ``rows``, ``median``, ``files`` (the saved la
 ``losses`` / ``metrics`` / ``distributed``, ``trainer``, ``checkpoint``, ``data`` (the
 batches), ``schedule`` (default lengths), ``recipe``, ``splice``; ``evaluation``
 (``evaluate``: FVU, L0, cosine, dead/dense/alive on held-out rows, split by token type),
+``downstream`` (the SAE spliced at its hook: KL, zero-shot accuracy, loss recovered with the
+model's logit scale), ``eval_suite`` (``evaluate_suite``: both in one call, from a store),
 ``planted`` (a generator with a known dictionary: frequencies, co-firing groups, parent
 and child features) and ``matching`` (``score_dictionary``: mean max cosine and the
 matched activation correlation against the truth, with nulls and intervals).
@@ -30,8 +32,11 @@ from typing import TYPE_CHECKING
 from vlmfast.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
+    from vlmfast.sae.archs import build_sae
     from vlmfast.sae.checkpoint import load_sae, resume_trainer, save_sae, save_training_checkpoint
     from vlmfast.sae.config import SAEConfig, TrainConfig, TrainSAEConfig
+    from vlmfast.sae.downstream import DownstreamConfig, DownstreamMetrics, downstream_metrics
+    from vlmfast.sae.eval_suite import SuiteConfig, SuiteReport, evaluate_suite
     from vlmfast.sae.evaluation import ReconstructionMetrics, SAEEvaluation, evaluate
     from vlmfast.sae.loaders import UnsupportedSAEError, load, parse_spec
     from vlmfast.sae.losses import auxk_loss, fvu_loss
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 # Imported lazily (PEP 562): the command line reads ``vlmfast.sae.rows`` (the ``--rows``
 # choices) while it builds its parser, and that must not pull in torch.
 _LAZY_ATTRS: dict[str, str] = {
+    "build_sae": "vlmfast.sae.archs",
     "load_sae": "vlmfast.sae.checkpoint",
     "resume_trainer": "vlmfast.sae.checkpoint",
     "save_sae": "vlmfast.sae.checkpoint",
@@ -63,6 +69,12 @@ _LAZY_ATTRS: dict[str, str] = {
     "ReconstructionMetrics": "vlmfast.sae.evaluation",
     "SAEEvaluation": "vlmfast.sae.evaluation",
     "evaluate": "vlmfast.sae.evaluation",
+    "DownstreamConfig": "vlmfast.sae.downstream",
+    "DownstreamMetrics": "vlmfast.sae.downstream",
+    "downstream_metrics": "vlmfast.sae.downstream",
+    "SuiteConfig": "vlmfast.sae.eval_suite",
+    "SuiteReport": "vlmfast.sae.eval_suite",
+    "evaluate_suite": "vlmfast.sae.eval_suite",
     "DictionaryScore": "vlmfast.sae.matching",
     "linear_assignment": "vlmfast.sae.matching",
     "matched_correlation": "vlmfast.sae.matching",
@@ -97,6 +109,8 @@ __all__ = [
     "DEFAULT_ROWS",
     "ROWS",
     "DictionaryScore",
+    "DownstreamConfig",
+    "DownstreamMetrics",
     "ForwardOutput",
     "PlantedBatch",
     "PlantedConfig",
@@ -107,6 +121,8 @@ __all__ = [
     "SAEEvaluation",
     "SAETrainer",
     "StepResult",
+    "SuiteConfig",
+    "SuiteReport",
     "TopKSAE",
     "TrainConfig",
     "TrainLog",
@@ -115,8 +131,11 @@ __all__ = [
     "TrainedSAE",
     "UnsupportedSAEError",
     "auxk_loss",
+    "build_sae",
     "clean_batch",
+    "downstream_metrics",
     "evaluate",
+    "evaluate_suite",
     "fvu_loss",
     "geometric_median",
     "linear_assignment",

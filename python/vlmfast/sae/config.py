@@ -7,9 +7,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vlmfast.errors import InputError
+from vlmfast.sae.arch_config import check_arch_fields
+from vlmfast.sae.arch_options import check_arch_options
 from vlmfast.sae.rows import DEFAULT_ROWS, ROWS
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+ARCHS = ("topk", "batchtopk", "matryoshka", "jumprelu")
+"""SAE architectures one trainer trains (``SAEConfig.arch``, ``vlmfast train-sae --arch``)."""
 
 
 @dataclass
@@ -42,8 +46,34 @@ class SAEConfig:
     """Token rows of the hook the SAE was trained on (``vlmfast.sae.rows.ROWS``: tokens,
     all, patches, cls, eot); ``""`` when unknown (an SAE built in code, an older or
     imported checkpoint). Informational, like ``hook``."""
+    arch: str = "topk"
+    """Architecture (:data:`ARCHS`): ``topk`` (per-row top-k with AuxK), ``batchtopk``
+    (top ``k * batch`` over the whole batch, a learned threshold at inference),
+    ``matryoshka`` (nested prefixes, BatchTopK inside) or ``jumprelu`` (per-latent
+    thresholds, straight-through L0 penalty)."""
+    groups: list[int] | None = None
+    """Matryoshka only: sizes of the nested groups of latents (they must sum to
+    ``n_latents``; prefix ``i`` is the first ``sum(groups[:i+1])`` latents). None: the
+    prefixes end at n/8, n/4, n/2 and n (see :func:`vlmfast.sae.arch_config.default_groups`)."""
+    threshold_ema: float = 0.01
+    """BatchTopK / Matryoshka: weight of each batch's smallest selected activation in the
+    running estimate of the inference threshold."""
+    threshold_init: float | None = None
+    """JumpReLU: initial per-latent threshold (in the units of the training inputs); None:
+    the ``k * batch``-th largest pre-activation of the first batch (so L0 starts near k)."""
+    bandwidth: float | None = None
+    """JumpReLU: width of the rectangle kernel of the straight-through estimators; None:
+    0.2 x the initial threshold."""
+    l0_coef: float = 0.1
+    """JumpReLU: starting weight of the L0 penalty ``l0_coef * L0 / k`` (beside the FVU)."""
+    l0_coef_adapt: float = 0.02
+    """JumpReLU: after each step the L0 weight is multiplied by ``exp(l0_coef_adapt *
+    (L0 / k - 1))`` so the L0 settles near ``k`` (0: a fixed weight, as in the paper)."""
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise InputError(f"SAEConfig.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        check_arch_fields(self)
         for name in ("d_in", "n_latents", "k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -137,14 +167,31 @@ class TrainSAEConfig:
     (:mod:`vlmfast.sae.schedule`).
     """
 
-    hook: str
-    """Store hook, or ``joint.<point>`` (image and text rows mixed in every batch)."""
+    hook: str | list[str]
+    """Store hook, or ``joint.<point>`` (image and text rows mixed in every batch); or a
+    list of them: one SAE per hook (x each sweep combination), the hooks that hold the
+    same rows trained in one pass that reads each batch's rows once for all of them
+    (:mod:`vlmfast.sae.passes`)."""
     k: list[int] = field(default_factory=lambda: [32])
     """Active latents (several: a sweep)."""
     n_latents: list[int] = field(default_factory=lambda: [65536])
     """Dictionary sizes (several: a sweep)."""
     lr: list[float | None] = field(default_factory=lambda: [None])
     """Learning rates; None: ``2e-4 / sqrt(n_latents / 2**14)``."""
+    arch: str = "topk"
+    """SAE architecture (``vlmfast.sae.config.ARCHS``); see :class:`SAEConfig`."""
+    groups: list[int] | None = None
+    """Matryoshka: nested group sizes, summing to ``n_latents``; None: SAEConfig's default."""
+    threshold_ema: float | None = None
+    """BatchTopK / Matryoshka: threshold running-estimate weight; None: SAEConfig's default."""
+    threshold_init: float | None = None
+    """JumpReLU: initial threshold; None: from the first batch (SAEConfig's default)."""
+    bandwidth: float | None = None
+    """JumpReLU: straight-through kernel width; None: SAEConfig's default."""
+    l0_coef: float | None = None
+    """JumpReLU: starting L0 penalty weight; None: SAEConfig's default."""
+    l0_coef_adapt: float | None = None
+    """JumpReLU: L0 weight adaptation rate (0: fixed); None: SAEConfig's default."""
     rows: str = DEFAULT_ROWS
     """Token rows trained on: ``tokens`` (default: an image hook's CLS rows left out),
     ``all``, ``patches``, ``cls`` or ``eot`` (see :mod:`vlmfast.sae.rows`)."""
@@ -182,13 +229,29 @@ class TrainSAEConfig:
     resume: bool = False
     """Continue from the training checkpoints in the output folder."""
 
+    @property
+    def hooks(self) -> list[str]:
+        """The run's hooks, in order (``hook`` as a list)."""
+        return [self.hook] if isinstance(self.hook, str) else list(self.hook)
+
     def __post_init__(self) -> None:
+        hooks = self.hooks
+        if not hooks:
+            raise InputError("TrainSAEConfig.hook is an empty list: name at least one hook")
+        for hook in hooks:
+            if not isinstance(hook, str) or not hook:
+                raise InputError(f"TrainSAEConfig.hook: {hook!r} is not a hook name")
+            if hooks.count(hook) > 1:
+                raise InputError(f"TrainSAEConfig.hook names {hook} twice")
         for name in ("k", "n_latents", "lr"):
             value = getattr(self, name)
             if not isinstance(value, list):
                 setattr(self, name, [value])  # one value for a single SAE
             if not getattr(self, name):
                 raise InputError(f"TrainSAEConfig.{name} is empty")
+        if self.arch not in ARCHS:
+            raise InputError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        check_arch_options(self)
         if self.rows not in ROWS:
             raise InputError(f"rows must be one of {', '.join(ROWS)}, got {self.rows!r}")
         for name in ("batch_size", "tokens", "steps", "dead_tokens", "checkpoint_every"):

@@ -19,12 +19,18 @@ in memory or streamed from disk, so the two give the very same batches:
   ``image.<point>`` and ``text.<point>`` rows in every batch, in proportion to their counts
   (an SAE on CLIP's shared embedding space, for modality-invariance analysis);
 - under data parallelism each rank reads only its own contiguous slice of the raw rows
-  (disjoint ranges), with ``batch_size / world`` rows per step.
+  (disjoint ranges), with ``batch_size / world`` rows per step;
+- several hooks that hold the same rows (hooks of one tower with the same row count, e.g.
+  the residual stream at several blocks) are read side by side: a window reads the same
+  raw rows of every hook, selects and shuffles them once, and a batch is the hooks'
+  columns side by side (``[batch, sum of widths]``; :attr:`BatchPlan.widths`). The window
+  is that of the widest hook, so each hook gets the very rows (and order) it would get
+  alone when the hooks have equal widths (or the store fits in one window).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +62,29 @@ def hook_parts(store: Any, hook: str) -> list[str]:
     return [hook]
 
 
+def aligned_parts(store: Any, hooks: Sequence[str]) -> list[tuple[str, ...]]:
+    """The store hooks read side by side: for each part of the first hook, that part of
+    every hook (same tower, same row count). Raises ``InputError`` naming two hooks that
+    do not hold the same rows, ``HookNameError`` for a hook not in the store."""
+    if not hooks:
+        raise InputError("no hook to train on: name at least one hook")
+    per_hook = [hook_parts(store, h) for h in hooks]
+    first = per_hook[0]
+    for hook, parts in zip(hooks[1:], per_hook[1:]):
+        same = len(parts) == len(first) and all(
+            p.split(".", 1)[0] == q.split(".", 1)[0] and store.n_rows(p) == store.n_rows(q)
+            for p, q in zip(parts, first)
+        )
+        if not same:
+            raise InputError(
+                f"hooks {hooks[0]} and {hook} do not hold the same rows (tower or row count "
+                "differ): they cannot be read side by side; train them in separate passes"
+            )
+    return [tuple(parts[i] for parts in per_hook) for i in range(len(first))]
+
+
 def hook_width(store: Any, hook: str) -> int:
+    """Width of ``hook`` (a ``joint.`` hook: its parts' common width)."""
     widths = {store.width(p) for p in hook_parts(store, hook)}
     if len(widths) != 1:
         raise InputError(f"{hook}: the image and text rows have different widths {sorted(widths)}")
@@ -85,6 +113,13 @@ class PartPlan:
     """Selected rows in each window."""
     share: int
     """Rows of each batch drawn from this part."""
+    columns: tuple[str, ...] = ()
+    """The store hooks read side by side (one per hook of the run; ``part`` first);
+    empty: ``part`` alone."""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.columns or (self.part,)
 
     @property
     def n_selected(self) -> int:
@@ -100,6 +135,10 @@ class BatchPlan:
     rows: str
     batch_size: int
     parts: list[PartPlan]
+    hooks: tuple[str, ...] = ()
+    """Every hook of the batches (``hook`` first); empty: ``hook`` alone."""
+    widths: tuple[int, ...] = ()
+    """Columns of each hook in a batch, in ``hooks`` order."""
 
     @property
     def n_selected(self) -> int:
@@ -108,7 +147,9 @@ class BatchPlan:
 
     def nbytes(self) -> int:
         """float32 bytes of this rank's raw rows."""
-        return sum((p.hi - p.lo) * 4 * int(self.store.width(p.part)) for p in self.parts)
+        return sum(
+            (p.hi - p.lo) * 4 * sum(int(self.store.width(c)) for c in p.reads) for p in self.parts
+        )
 
 
 def _split_batch(sizes: list[int], batch_size: int) -> list[int]:
@@ -122,7 +163,7 @@ def _split_batch(sizes: list[int], batch_size: int) -> list[int]:
 
 def plan_batches(
     store: Any,
-    hook: str,
+    hook: str | Sequence[str],
     batch_size: int,
     *,
     rows: str = DEFAULT_ROWS,
@@ -131,23 +172,28 @@ def plan_batches(
 ) -> BatchPlan:
     """Checks ``hook``, ``rows`` and ``batch_size`` against the store; reads only its index.
 
-    Raises ``InputError`` naming the store, hook, rows and batch size when a part has
-    fewer selected rows than its share of one batch.
+    ``hook`` may list several hooks that hold the same rows (:func:`aligned_parts`): their
+    batches are read side by side. Raises ``InputError`` naming the store, hook, rows and
+    batch size when a part has fewer selected rows than its share of one batch.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if world_size > 1 and batch_size % world_size:
         raise InputError(f"batch_size {batch_size} must divide by the {world_size} ranks")
-    parts = hook_parts(store, hook)
-    for p in parts:
-        check_rows(store, p, rows)
+    hooks = (hook,) if isinstance(hook, str) else tuple(hook)
+    aligned = aligned_parts(store, hooks)
+    for columns in aligned:
+        for p in columns:
+            check_rows(store, p, rows)
     local = batch_size // world_size
     plans = []
-    for p in parts:
+    for columns in aligned:
+        p = columns[0]
         n = int(store.n_rows(p))
         lo, hi = n * rank // world_size, n * (rank + 1) // world_size
-        window = window_rows(store.width(p))
-        plans.append(PartPlan(p, lo, hi, window, count_rows(store, p, rows, lo, hi, window), 0))
+        window = min(window_rows(store.width(c)) for c in columns)
+        counts = count_rows(store, p, rows, lo, hi, window)
+        plans.append(PartPlan(p, lo, hi, window, counts, 0, columns if len(hooks) > 1 else ()))
     selected = [p.n_selected for p in plans]
     total = sum(selected)
     shares = _split_batch(selected, local) if len(plans) > 1 and total > 0 else [local]
@@ -161,15 +207,25 @@ def plan_batches(
                 f"rows={rows!r}{where}, fewer than one batch of {share}{of}; lower "
                 "--batch-size, cache more samples, or pick other --rows"
             )
-    return BatchPlan(store, hook, rows, batch_size, plans)
+    widths = tuple(hook_width(store, h) for h in hooks)
+    return BatchPlan(store, hooks[0], rows, batch_size, plans, hooks, widths)
 
 
 # ---------------------------------------------------------------- rows of a window
 
 
-def read_window(store: Any, part: str, rows: str, start: int, stop: int) -> torch.Tensor:
-    """The selected rows among raw rows ``[start, stop)`` of ``part``, as float32."""
-    x = store.read(part, start, stop).float()
+def read_window(
+    store: Any, part: str, rows: str, start: int, stop: int, columns: Sequence[str] = ()
+) -> torch.Tensor:
+    """The selected rows among raw rows ``[start, stop)`` of ``part``, as float32.
+
+    ``columns``: store hooks holding the same rows as ``part`` (``part`` among them), each
+    read once and set side by side in that order; the selection is ``part``'s.
+    """
+    if len(columns) > 1:
+        x = torch.cat([store.read(c, start, stop).float() for c in columns], dim=1)
+    else:
+        x = store.read(part, start, stop).float()
     mask = row_mask(store, part, rows, start, stop)
     return x if mask is None else x[mask]
 
@@ -184,7 +240,8 @@ class _InMemory:
 
     def __init__(self, store: Any, rows: str, plan: PartPlan) -> None:
         parts = [
-            read_window(store, plan.part, rows, *_bounds(plan, w)) for w in range(len(plan.counts))
+            read_window(store, plan.part, rows, *_bounds(plan, w), plan.columns)
+            for w in range(len(plan.counts))
         ]
         self.rows = torch.cat(parts) if len(parts) > 1 else parts[0]
         self.offsets = [0]
@@ -207,7 +264,8 @@ class _Streamed:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="vlmfast-sae-window")
 
     def _read(self, w: int) -> torch.Tensor:
-        return read_window(self.store, self.plan.part, self.rows, *_bounds(self.plan, w))
+        plan = self.plan
+        return read_window(self.store, plan.part, self.rows, *_bounds(plan, w), plan.columns)
 
     def windows(self, order: list[int]) -> Iterator[torch.Tensor]:
         ahead: Future[torch.Tensor] | None = None
@@ -297,7 +355,7 @@ def iterate_batches(
 
 def store_batches(
     store: Any,
-    hook: str,
+    hook: str | Sequence[str],
     batch_size: int,
     *,
     rows: str = DEFAULT_ROWS,

@@ -7,9 +7,11 @@ result.overall.fvu, result.by_type["patch"].l0_mean, result.to_dict()
 Works for any SAE with ``encode`` / ``decode``: either ``encode(x) -> (values [N, k],
 indices [N, k])`` with ``decode(values, indices)`` (:class:`~vlmfast.sae.TopKSAE`), or
 ``encode(x) -> codes [N, n_latents]`` with ``decode(codes)``. The sums behind FVU, L0 and
-firing counts are :class:`~vlmfast.sae.metrics.RunningMetrics` (float64, FVU against the
-per-dimension mean of the rows evaluated). The null of FVU is mean ablation: FVU 1 (EV 0).
-The downstream (spliced-logit) metrics are not computed here.
+firing counts are streamed in :mod:`vlmfast.sae.eval_accumulator` (float64 sums of float32
+row reductions; FVU against the per-dimension mean of the rows evaluated, the variance
+merged batch by batch). The null of FVU is mean ablation: FVU 1 (EV 0). The downstream
+(spliced-logit) metrics are :mod:`vlmfast.sae.downstream`; both together:
+:func:`vlmfast.sae.evaluate_suite`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from vlmfast.errors import InputError, ShapeError
-from vlmfast.sae.metrics import RunningMetrics
+from vlmfast.sae.eval_accumulator import Accumulator, update_batch
 from vlmfast.scoring.selectivity import wilson_interval
 from vlmfast.stats.significance import z_for_level
 
@@ -134,65 +136,40 @@ class SAEEvaluation:
         }
 
 
-@dataclass
-class _Accumulator:
-    """RunningMetrics plus the per-row sums it lacks (cosine, L0 spread and histogram)."""
-
-    metrics: RunningMetrics
-    sum_cos: float = 0.0
-    sum_cos2: float = 0.0
-    sum_l02: float = 0.0
-    l0_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.int64))
-
-    def update(
-        self, x: torch.Tensor, recon: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
-    ) -> None:
-        self.metrics.update(x, recon, values, indices)
-        x64, r64 = x.detach().double().cpu(), recon.detach().double().cpu()
-        norms = x64.norm(dim=1) * r64.norm(dim=1)
-        cos = torch.where(norms > 0, (x64 * r64).sum(1) / norms.clamp_min(1e-300), 0.0)
-        self.sum_cos += float(cos.sum())
-        self.sum_cos2 += float(cos.pow(2).sum())
-        l0 = (values.detach() > 0).sum(1).cpu()
-        self.sum_l02 += float(l0.double().pow(2).sum())
-        counts = torch.bincount(l0, minlength=self.l0_counts.numel())
-        if counts.numel() > self.l0_counts.numel():
-            counts[: self.l0_counts.numel()] += self.l0_counts
-            self.l0_counts = counts
-        else:
-            self.l0_counts += counts
-
-    def result(self, dense_threshold: float, bins: int, level: float) -> ReconstructionMetrics:
-        m = self.metrics
-        n, n_lat = m.n_rows, m.n_latents
-        fvu = m.fvu() if n else math.nan
-        dead = int((m.fire_counts == 0).sum())
-        dense = int((m.firing_frequency() > dense_threshold).sum())
-        cos_mean = self.sum_cos / n if n else math.nan
-        return ReconstructionMetrics(
-            n_rows=n,
-            n_latents=n_lat,
-            fvu=fvu,
-            explained_variance=1.0 - fvu,
-            mse=m.mse() if n else math.nan,
-            cosine_mean=cos_mean,
-            cosine_ci=_mean_interval(self.sum_cos, self.sum_cos2, n, level),
-            l0_mean=m.l0() if n else math.nan,
-            l0_ci=_mean_interval(m.sum_l0, self.sum_l02, n, level),
-            l0_histogram={
-                "l0": list(range(self.l0_counts.numel())),
-                "counts": [int(c) for c in self.l0_counts],
-            },
-            dead_fraction=dead / n_lat if n else math.nan,
-            dead_ci=wilson_interval(dead, n_lat if n else 0, level),
-            dense_fraction=dense / n_lat if n else math.nan,
-            dense_ci=wilson_interval(dense, n_lat if n else 0, level),
-            alive_fraction=(n_lat - dead) / n_lat if n else math.nan,
-            alive_ci=wilson_interval(n_lat - dead, n_lat if n else 0, level),
-            density_histogram=m.firing_histogram(bins=bins),
-            dense_threshold=dense_threshold,
-            level=level,
-        )
+def _result(
+    acc: Accumulator, dense_threshold: float, bins: int, level: float
+) -> ReconstructionMetrics:
+    """:class:`ReconstructionMetrics` of an accumulator's sums."""
+    n, n_lat = acc.n_rows, acc.n_latents
+    fvu = acc.fvu()
+    rm = acc.running_metrics()
+    dead = int((acc.fire_counts == 0).sum())
+    dense = int((rm.firing_frequency() > dense_threshold).sum())
+    of = n_lat if n else 0
+    return ReconstructionMetrics(
+        n_rows=n,
+        n_latents=n_lat,
+        fvu=fvu,
+        explained_variance=1.0 - fvu,
+        mse=acc.sum_err2 / (n * acc.d_in) if n else math.nan,
+        cosine_mean=acc.sum_cos / n if n else math.nan,
+        cosine_ci=_mean_interval(acc.sum_cos, acc.sum_cos2, n, level),
+        l0_mean=acc.sum_l0 / n if n else math.nan,
+        l0_ci=_mean_interval(acc.sum_l0, acc.sum_l02, n, level),
+        l0_histogram={
+            "l0": list(range(acc.l0_counts.numel())),
+            "counts": [int(c) for c in acc.l0_counts],
+        },
+        dead_fraction=dead / n_lat if n else math.nan,
+        dead_ci=wilson_interval(dead, of, level),
+        dense_fraction=dense / n_lat if n else math.nan,
+        dense_ci=wilson_interval(dense, of, level),
+        alive_fraction=(n_lat - dead) / n_lat if n else math.nan,
+        alive_ci=wilson_interval(n_lat - dead, of, level),
+        density_histogram=rm.firing_histogram(bins=bins),
+        dense_threshold=dense_threshold,
+        level=level,
+    )
 
 
 def _mean_interval(total: float, total_sq: float, n: int, level: float) -> tuple[float, float]:
@@ -240,29 +217,23 @@ def evaluate_batches(
         raise InputError(f"evaluate: dense_threshold must be in [0, 1], got {dense_threshold}")
     n_lat = n_latents_of(sae)
     d_in: int | None = getattr(sae, "d_in", None)
-    overall: _Accumulator | None = None
-    by_type: dict[str, _Accumulator] = {}
+    overall: Accumulator | None = None
+    by_type: dict[str, Accumulator] = {}
     with torch.no_grad():
         for i, item in enumerate(batches):
             x, labels = item if isinstance(item, tuple) else (item, None)
             _check_batch(x, d_in, f"batch {i}")
             if overall is None:
-                overall = _Accumulator(RunningMetrics(x.shape[1], n_lat))
+                overall = Accumulator(x.shape[1], n_lat)
             values, indices, sparse = encode_codes(sae, x)
             recon = sae.decode(values, indices) if sparse else sae.decode(values)
-            overall.update(x, recon, values, indices)
-            if labels is None:
-                continue
-            lab = _as_labels(labels, x.shape[0], f"batch {i}")
-            for name in np.unique(lab).tolist():
-                rows = torch.from_numpy(np.flatnonzero(lab == name)).to(x.device)
-                acc = by_type.setdefault(name, _Accumulator(RunningMetrics(x.shape[1], n_lat)))
-                acc.update(x[rows], recon[rows], values[rows], indices[rows])
+            lab = None if labels is None else _as_labels(labels, x.shape[0], f"batch {i}")
+            update_batch(overall, by_type, x, recon, values, indices, lab)
     if overall is None:
-        overall = _Accumulator(RunningMetrics(d_in or 0, n_lat))
+        overall = Accumulator(d_in or 0, n_lat)
     return SAEEvaluation(
-        overall.result(dense_threshold, bins, level),
-        {k: acc.result(dense_threshold, bins, level) for k, acc in sorted(by_type.items())},
+        _result(overall, dense_threshold, bins, level),
+        {k: _result(acc, dense_threshold, bins, level) for k, acc in sorted(by_type.items())},
     )
 
 

@@ -49,6 +49,8 @@ class SAEFiles:
     """``[n_latents, d_in]``."""
     b_enc: torch.Tensor
     b_dec: torch.Tensor
+    threshold: torch.Tensor | None = None
+    """``[n_latents]`` inference thresholds (SAELens ``threshold``; threshold archs only)."""
 
 
 # ---------------------------------------------------------------- incomplete runs
@@ -95,8 +97,10 @@ def write_sae_files(
     """Writes ``sae_weights.safetensors`` (``tensors`` in SAELens layout) and ``cfg.json``."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    # threshold archs infer as SAELens' jumprelu: relu(pre) * (pre > threshold)
+    saelens_arch = "topk" if cfg.arch == "topk" else "jumprelu"
     payload: dict[str, Any] = {
-        "architecture": "topk",
+        "architecture": saelens_arch,
         "d_in": cfg.d_in,
         "d_sae": cfg.n_latents,
         "k": cfg.k,
@@ -105,7 +109,7 @@ def write_sae_files(
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "rescale_acts_by_decoder_norm": False,
-        "activation_fn_str": "topk",
+        "activation_fn_str": "topk" if saelens_arch == "topk" else "relu",
         "activation_fn_kwargs": {"k": cfg.k},
         "hook_name": cfg.hook,
         "model_name": cfg.model,
@@ -142,14 +146,20 @@ def _k_from(cfg: dict[str, Any], path: Path) -> int:
     raise InputError(f"{path}/{CFG_FILE}: no 'k' (is this a top-k SAE?)")
 
 
-def _read_tensors(root: Path, cfg: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """``(W_enc [n, d], W_dec [n, d], b_enc, b_dec)`` of either weights format."""
+def _read_tensors(
+    root: Path, cfg: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(W_enc [n, d], W_dec [n, d], b_enc, b_dec, threshold or None)`` of either format."""
     if (root / WEIGHTS_FILE).exists():
         tensors = load_file(str(root / WEIGHTS_FILE))
         arch = cfg.get("architecture", "topk")
-        if arch not in ("topk", "batchtopk") and "vlmfast" not in cfg:
-            raise InputError(f"{root}: architecture {arch!r} is not a top-k SAE")
-        return tensors["W_enc"].t(), tensors["W_dec"], tensors["b_enc"], tensors["b_dec"]
+        if arch not in ("topk", "batchtopk", "jumprelu") and "vlmfast" not in cfg:
+            raise InputError(f"{root}: architecture {arch!r} is not a top-k or jumprelu SAE")
+        missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
+        if missing:
+            raise InputError(f"{root}/{WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+        w_enc, w_dec = tensors["W_enc"].t(), tensors["W_dec"]
+        return w_enc, w_dec, tensors["b_enc"], tensors["b_dec"], tensors.get("threshold")
     if (root / SPARSIFY_WEIGHTS_FILE).exists():
         tensors = load_file(str(root / SPARSIFY_WEIGHTS_FILE))
         missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(tensors)
@@ -160,6 +170,7 @@ def _read_tensors(root: Path, cfg: dict[str, Any]) -> tuple[torch.Tensor, ...]:
             tensors["W_dec"],
             tensors["encoder.bias"],
             tensors["b_dec"],
+            None,
         )
     raise InputError(f"{root}: neither {WEIGHTS_FILE} nor {SPARSIFY_WEIGHTS_FILE} found")
 
@@ -176,20 +187,58 @@ def read_sae_files(path: str | Path, *, allow_incomplete: bool = False) -> SAEFi
     if not allow_incomplete:
         check_complete(root)
     cfg = _read_cfg(root)
-    w_enc, w_dec, b_enc, b_dec = _read_tensors(root, cfg)
+    w_enc, w_dec, b_enc, b_dec, threshold = _read_tensors(root, cfg)
     n_latents, d_in = w_dec.shape
     if w_enc.shape != (n_latents, d_in) or b_enc.shape != (n_latents,) or b_dec.shape != (d_in,):
         raise ShapeError(
             f"{root}: inconsistent shapes W_enc^T {list(w_enc.shape)}, W_dec {list(w_dec.shape)},"
             f" b_enc {list(b_enc.shape)}, b_dec {list(b_dec.shape)}"
         )
-    saved = cfg.get("vlmfast")
-    if isinstance(saved, dict):
-        sae_cfg = SAEConfig.from_dict({**saved, "d_in": d_in, "n_latents": n_latents})
-    else:
-        hook = cfg.get("hook_name") or cfg.get("hookpoint") or ""
-        sae_cfg = SAEConfig(d_in=d_in, n_latents=n_latents, k=_k_from(cfg, root), hook=str(hook))
+    sae_cfg = _sae_config(root, cfg, d_in, n_latents)
     declared = cfg.get("d_in")
     if isinstance(declared, int) and declared != d_in:
         raise ShapeError(f"{root}: cfg.json says d_in={declared} but the weights have {d_in}")
-    return SAEFiles(sae_cfg, w_enc, w_dec, b_enc, b_dec)
+    check_threshold(root / WEIGHTS_FILE, sae_cfg, threshold)
+    return SAEFiles(sae_cfg, w_enc, w_dec, b_enc, b_dec, threshold)
+
+
+def _sae_config(root: Path, cfg: dict[str, Any], d_in: int, n_latents: int) -> SAEConfig:
+    """The SAEConfig of a folder: the saved vlmfast one, else built from SAELens fields."""
+    saved = cfg.get("vlmfast")
+    try:
+        if isinstance(saved, dict):
+            return SAEConfig.from_dict({**saved, "d_in": d_in, "n_latents": n_latents})
+        raw_meta = cfg.get("metadata")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        hook = str(cfg.get("hook_name") or meta.get("hook_name") or cfg.get("hookpoint") or "")
+        if cfg.get("architecture") == "jumprelu":  # no k in SAELens' jumprelu: informational
+            k = _k_from(cfg, root) if "k" in cfg else 1
+            return SAEConfig(d_in=d_in, n_latents=n_latents, k=k, hook=hook, arch="jumprelu")
+        return SAEConfig(d_in=d_in, n_latents=n_latents, k=_k_from(cfg, root), hook=hook)
+    except InputError as err:
+        raise InputError(f"{root}/{CFG_FILE}: {err}") from err
+
+
+def check_threshold(path: Path, cfg: SAEConfig, threshold: torch.Tensor | None) -> None:
+    """Raises InputError/ShapeError (naming ``path`` and the key) when the ``threshold``
+    tensor disagrees with ``cfg.arch``: missing for a threshold arch, present for topk,
+    not ``[n_latents]``, or not one value for BatchTopK / Matryoshka."""
+    if cfg.arch == "topk":
+        if threshold is not None:
+            raise InputError(
+                f"{path}: has a 'threshold' tensor but cfg.json says arch 'topk'"
+                " (a jumprelu/batchtopk checkpoint with the wrong cfg.json?)"
+            )
+        return
+    if threshold is None:
+        raise InputError(
+            f"{path}: cfg.json says arch {cfg.arch!r} but there is no 'threshold' tensor"
+        )
+    if threshold.shape != (cfg.n_latents,):
+        raise ShapeError(
+            f"{path}: 'threshold' is {list(threshold.shape)}, expected [{cfg.n_latents}] (d_sae)"
+        )
+    if cfg.arch != "jumprelu" and threshold.numel() and bool((threshold != threshold[0]).any()):
+        raise InputError(
+            f"{path}: arch {cfg.arch!r} has one global threshold but 'threshold' holds several values"
+        )

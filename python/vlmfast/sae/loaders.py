@@ -38,7 +38,9 @@ from vlmfast.sae.peers import (
     read_saelens,
     read_saev,
     read_sparsify,
+    saelens_architecture,
 )
+from vlmfast.sae.peers_jumprelu import load_saelens_jumprelu
 from vlmfast.sae.peers_prisma import read_prisma
 
 __all__ = ["KINDS", "SUPPORTED", "UnsupportedSAEError", "load", "parse_spec", "to_topk_sae"]
@@ -144,6 +146,8 @@ def _load_dir(root: Path, device: str | torch.device) -> TopKSAE:
     has_cfg = (root / CFG_FILE).is_file()
     if (root / WEIGHTS_FILE).is_file() and has_cfg:
         if "vlmfast" not in read_json(root / CFG_FILE):
+            if saelens_architecture(read_json(root / CFG_FILE)) == "jumprelu":
+                return load_saelens_jumprelu(root, device=device)
             return to_topk_sae(read_saelens(root), device=device)
         _check_vlmfast_dir(root)
         return TopKSAE.load(root, device=device)
@@ -177,6 +181,8 @@ def load(spec: str | Path, *, device: str | torch.device = "cpu") -> TopKSAE:
         if "vlmfast" in read_json(path / CFG_FILE):
             check_complete(path)
             _check_vlmfast_dir(path)
+        if saelens_architecture(read_json(path / CFG_FILE)) == "jumprelu":
+            return load_saelens_jumprelu(path, device=device)
         return to_topk_sae(read_saelens(path), device=device)
     if kind == "sparsify":
         return to_topk_sae(read_sparsify(path, hook), device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from torch import nn
 
 from vlmfast import ops
 from vlmfast.errors import InputError, ShapeError
+from vlmfast.ops import threshold as threshold_ops
+from vlmfast.sae.arch_config import BATCH_ARCHS
 from vlmfast.sae.config import SAEConfig
 from vlmfast.sae.files import read_sae_files, write_sae_files
 from vlmfast.sae.median import geometric_median
@@ -30,6 +33,15 @@ class ForwardOutput:
     """``[N, d_in]`` AuxK reconstruction of the residual from dead latents (no b_dec)."""
     aux_indices: torch.Tensor | None = None
     """``[N, k_aux]`` latents the AuxK selection used."""
+    rows: torch.Tensor | None = None
+    """Flat codes (BatchTopK, Matryoshka, JumpReLU): ``values`` / ``indices`` are ``[nnz]``
+    and this is each entry's row (see :mod:`vlmfast.ops.flat_codes`); None: ``[N, k]``."""
+    prefix_recons: list[torch.Tensor] | None = None
+    """Matryoshka: ``[N, d_in]`` reconstruction of every nested prefix (the last is ``recon``)."""
+    l0_penalty: torch.Tensor | None = None
+    """JumpReLU: mean active latents per row, with straight-through gradients to the thresholds."""
+    min_selected: float | None = None
+    """BatchTopK / Matryoshka: smallest positive activation the batch selection kept."""
 
 
 class TopKSAE(nn.Module):
@@ -42,6 +54,8 @@ class TopKSAE(nn.Module):
     """
 
     input_scale: torch.Tensor
+    threshold: torch.Tensor
+    l0_weight: torch.Tensor
 
     def __init__(
         self, d_in: int, n_latents: int, k: int, *, cfg: SAEConfig | None = None, **cfg_fields: Any
@@ -59,6 +73,35 @@ class TopKSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float64))
         self.b_dec_initialised = self.cfg.b_dec_init == "zeros"
+        self._init_arch_state()
+
+    def _init_arch_state(self) -> None:
+        """Threshold state of the non-topk architectures (see :mod:`vlmfast.sae.archs`)."""
+        self.threshold_updates = 0
+        if self.cfg.arch in BATCH_ARCHS:
+            self.register_buffer("threshold", torch.zeros(()))
+        elif self.cfg.arch == "jumprelu":
+            init = self.cfg.threshold_init or 1.0
+            self.log_threshold = nn.Parameter(torch.full((self.cfg.n_latents,), math.log(init)))
+            self.register_buffer("l0_weight", torch.tensor(float(self.cfg.l0_coef)))
+
+    def threshold_tensor(self) -> torch.Tensor | None:
+        """Inference threshold in training-input units: ``[n_latents]`` (JumpReLU), 0-dim
+        (BatchTopK, Matryoshka) or None (topk)."""
+        if self.cfg.arch == "jumprelu":
+            return self.log_threshold.exp()
+        if self.cfg.arch in BATCH_ARCHS:
+            return self.threshold
+        return None
+
+    @torch.no_grad()
+    def set_threshold_(self, threshold: torch.Tensor) -> None:
+        """Sets the inference threshold (``[n_latents]``; all equal for BatchTopK/Matryoshka)."""
+        if self.cfg.arch == "jumprelu":
+            self.log_threshold.copy_(threshold.clamp_min(1e-30).log())
+        elif self.cfg.arch in BATCH_ARCHS:
+            self.threshold.fill_(float(threshold.flatten()[0]) if threshold.numel() else 0.0)
+        self.threshold_updates = max(1, self.threshold_updates)
 
     @classmethod
     def from_config(cls, cfg: SAEConfig) -> TopKSAE:
@@ -87,9 +130,19 @@ class TopKSAE(nn.Module):
     def encode(
         self, x: torch.Tensor, *, backend: str = "auto"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [N, d_in] -> (values [N, k], indices [N, k])`` in the input's units."""
+        """``x [N, d_in] -> (values [N, k], indices [N, k])`` in the input's units.
+
+        Threshold architectures return padded codes ``[N, w]`` (``w``: the most active
+        latents of any row; zeros pad; see :mod:`vlmfast.ops.threshold`).
+        """
         self._check_input(x)
         scale = float(self.input_scale)
+        threshold = self.threshold_tensor()
+        if threshold is not None:  # padded codes: [N, most active latents of a row]
+            xs = x.to(self.W_enc.dtype) * scale
+            args = (xs, self.W_enc, self.b_enc, self.b_dec, threshold.detach())
+            out = threshold_ops.threshold_encode(*args, backend=backend)
+            return out.values / scale, out.indices
         out = ops.topk_encode(
             x.to(self.W_enc.dtype) * scale,
             self.W_enc,
@@ -129,7 +182,13 @@ class TopKSAE(nn.Module):
         *,
         compute_dtype: torch.dtype | None = None,
     ) -> ForwardOutput:
-        """Training forward on already-scaled inputs, with AuxK over ``dead_mask``."""
+        """Training forward on already-scaled inputs, with AuxK over ``dead_mask`` (top-k
+        only; :func:`vlmfast.sae.archs.forward_train` dispatches every architecture)."""
+        if self.cfg.arch != "topk":
+            raise InputError(
+                f"TopKSAE.forward_train is the topk forward; this SAE is {self.cfg.arch!r}:"
+                " use vlmfast.sae.archs.forward_train"
+            )
         k_aux = self.cfg.aux_k if (self.cfg.auxk_coef > 0 and dead_mask is not None) else 0
         enc = ops.topk_encode(
             x,
@@ -183,7 +242,8 @@ class TopKSAE(nn.Module):
             return
         w = self.W_dec
         g = self.W_dec.grad
-        g -= (g * w).sum(1, keepdim=True) * w
+        # in place, no [n_latents, d_in] temporaries (each costs page faults on CPU)
+        g.addcmul_(w, torch.einsum("fd,fd->f", g, w).unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def fold_input_scale(self) -> None:
@@ -197,6 +257,10 @@ class TopKSAE(nn.Module):
             return
         self.b_enc.div_(scale)
         self.b_dec.div_(scale)
+        if self.cfg.arch == "jumprelu":
+            self.log_threshold.sub_(math.log(scale))
+        elif self.cfg.arch in BATCH_ARCHS:
+            self.threshold.div_(scale)
         self.input_scale.fill_(1.0)
 
     # -------------------------------------------------------------- storage
@@ -212,6 +276,10 @@ class TopKSAE(nn.Module):
             "b_enc": (self.b_enc.detach().double() / scale).float().cpu(),
             "b_dec": (self.b_dec.detach().double() / scale).float().cpu(),
         }
+        threshold = self.threshold_tensor()
+        if threshold is not None:  # SAELens' jumprelu layout: one threshold per latent
+            raw = threshold.detach().double().expand(self.n_latents) / scale
+            tensors["threshold"] = raw.float().contiguous().cpu()
         return write_sae_files(path, self.cfg, tensors, input_scale=scale, **extra_cfg)
 
     @classmethod
@@ -230,5 +298,7 @@ class TopKSAE(nn.Module):
             sae.W_dec.copy_(files.w_dec)
             sae.b_enc.copy_(files.b_enc)
             sae.b_dec.copy_(files.b_dec)
+            if files.threshold is not None:
+                sae.set_threshold_(files.threshold)
         sae.b_dec_initialised = True
         return sae.to(device)

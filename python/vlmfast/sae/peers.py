@@ -47,12 +47,12 @@ from safetensors.torch import load_file
 from vlmfast.errors import InputError, ShapeError
 
 SUPPORTED = {
-    "saelens": "architecture 'topk'",
+    "saelens": "architecture 'topk' or 'jumprelu'",
     "sparsify": "activation 'topk' (not a transcoder, no skip connection)",
     "saev": "activation TopK",
     "prisma": "architecture 'standard' with activation_fn_str 'topk', not a transcoder",
 }
-"""What each loader accepts: vlmfast has top-k SAEs only."""
+"""What each loader accepts (vlmfast has top-k SAEs and threshold SAEs in jumprelu form)."""
 
 _RUNTIME_NORMS = ("constant_norm_rescale", "layer_norm")
 
@@ -87,7 +87,7 @@ def unsupported(package: str, source: Path | str, found: str) -> UnsupportedSAEE
     """The error for a ``package`` checkpoint at ``source`` whose architecture is ``found``."""
     return UnsupportedSAEError(
         f"{source}: {package} checkpoint of architecture {found}, which vlmfast does not "
-        f"have; vlmfast loads top-k SAEs only ({package}: {SUPPORTED[package]})"
+        f"have; vlmfast loads top-k and JumpReLU-form SAEs ({package}: {SUPPORTED[package]})"
     )
 
 

@@ -9,87 +9,35 @@ the sweep, and that every part has at least one batch of rows), then writes its 
 folder(s) marked ``INCOMPLETE`` (:mod:`vlmfast.sae.files`) until the final weights are
 saved: a failed or interrupted run is never read back as a result, and ``resume``
 continues it. Layout: ``OUT/`` (one SAE) or ``OUT/<name>/`` per SAE of a sweep
-(``cfg.json``, ``sae_weights.safetensors``, ``trainer_state.pt``), and ``OUT/metrics.jsonl``.
+(``cfg.json``, ``sae_weights.safetensors``, ``trainer_state.pt``), and ``OUT/metrics.jsonl``;
+with several hooks, ``OUT/<hook>/`` per hook (:mod:`vlmfast.sae.passes`: the hooks that
+hold the same rows share one pass over the store, each batch's rows read once for all).
+The architecture (``arch``) and its options go into every SAE's config (``cfg.json``).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
 from vlmfast.errors import InputError
-from vlmfast.sae.checkpoint import resume_trainer, save_training_checkpoint
+from vlmfast.sae.arch_options import arch_fields
+from vlmfast.sae.checkpoint import resume_trainer
 from vlmfast.sae.config import SAEConfig, TrainConfig, TrainSAEConfig
-from vlmfast.sae.data import (
-    BatchPlan,
-    held_in_memory,
-    hook_parts,
-    hook_width,
-    iterate_batches,
-    plan_batches,
-    window_rows,
-)
-from vlmfast.sae.files import TRAINER_STATE_FILE, mark_complete, mark_incomplete
+from vlmfast.sae.data import hook_parts, hook_width, plan_batches, window_rows
+from vlmfast.sae.files import TRAINER_STATE_FILE
 from vlmfast.sae.model import TopKSAE
+from vlmfast.sae.one_pass import PassPlan, SweepPoint, TrainedSAE, TrainPass, TrainSAEResult
+from vlmfast.sae.passes import RunOutputs, hook_folders, hook_passes, sae_name
 from vlmfast.sae.rows import check_rows, count_rows
 from vlmfast.sae.schedule import TrainingLength, training_length
-from vlmfast.sae.trainer import SAETrainer, TrainLog, train
+from vlmfast.sae.trainer import SAETrainer, TrainLog
 
-SweepPoint = tuple[str, int, int, float | None]
-"""``(name, k, n_latents, lr)`` of one SAE of a run."""
-
-
-@dataclass
-class TrainedSAE:
-    """One SAE of a finished run."""
-
-    name: str
-    path: Path
-    """Its folder (the run's ``out``, or ``out/<name>`` in a sweep)."""
-    trainer: SAETrainer
-    fvu: list[float] = field(default_factory=list)
-    """The FVU of every logged window, in step order."""
-    last: TrainLog | None = None
-    """The last logged line."""
-
-    @property
-    def sae(self) -> TopKSAE:
-        return self.trainer.sae
-
-
-@dataclass
-class TrainSAEResult:
-    """What :func:`train_sae` did."""
-
-    saes: list[TrainedSAE]
-    steps: int
-    batch_size: int
-    n_rows: int
-    """Rows the ``rows`` option selects (all ranks)."""
-    rows: str
-    in_memory: bool
-    """Whether this rank held its rows in memory (else streamed them)."""
-
-    @property
-    def epochs(self) -> float:
-        return self.steps * self.batch_size / max(1, self.n_rows)
-
-
-@dataclass
-class _Plan:
-    d_in: int
-    points: list[SweepPoint]
-    length: TrainingLength
-    batches: BatchPlan
-    n_rows: int
-    dead_tokens: int
-    warmup: int
+__all__ = ["TrainSAEResult", "TrainedSAE", "plan_run", "sae_config", "train_sae"]
 
 
 def sweep_points(cfg: TrainSAEConfig) -> list[SweepPoint]:
@@ -112,16 +60,27 @@ def selected_rows(store: Any, hook: str, rows: str) -> int:
     return total
 
 
-def plan_run(store: Any, cfg: TrainSAEConfig, *, rank: int = 0, world_size: int = 1) -> _Plan:
-    """Checks ``cfg`` against the store and works out the defaults; writes nothing."""
-    d_in = hook_width(store, cfg.hook)
+def plan_run(
+    store: Any,
+    cfg: TrainSAEConfig,
+    *,
+    hooks: list[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> PassPlan:
+    """Checks ``cfg`` against the store and works out the defaults of one pass over the
+    rows of ``hooks`` (default: every hook of ``cfg``; they must hold the same rows);
+    writes nothing. Raises ``InputError`` / ``HookNameError`` naming the bad hook."""
+    hooks = cfg.hooks if hooks is None else hooks
+    widths = [hook_width(store, h) for h in hooks]
     points = sweep_points(cfg)
-    for part in hook_parts(store, cfg.hook):
-        check_rows(store, part, cfg.rows)
-    n_rows = selected_rows(store, cfg.hook, cfg.rows)
+    for hook in hooks:
+        for part in hook_parts(store, hook):
+            check_rows(store, part, cfg.rows)
+    n_rows = selected_rows(store, hooks[0], cfg.rows)
     if n_rows < 1:
         raise InputError(
-            f"store {store.path}: hook {cfg.hook} has no rows with rows={cfg.rows!r}; "
+            f"store {store.path}: hook {hooks[0]} has no rows with rows={cfg.rows!r}; "
             "pick other --rows"
         )
     length = training_length(
@@ -132,11 +91,11 @@ def plan_run(store: Any, cfg: TrainSAEConfig, *, rank: int = 0, world_size: int 
             length.batch_size, cfg.steps, cfg.steps * length.batch_size / n_rows
         )
     batches = plan_batches(
-        store, cfg.hook, length.batch_size, rows=cfg.rows, rank=rank, world_size=world_size
+        store, hooks, length.batch_size, rows=cfg.rows, rank=rank, world_size=world_size
     )
     dead = cfg.dead_tokens or max(length.batch_size, min(10_000_000, length.tokens // 20))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, length.steps // 20)
-    return _Plan(d_in, points, length, batches, n_rows, dead, warmup)
+    return PassPlan(hooks, widths, points, length, batches, n_rows, dead, warmup)
 
 
 def _model_spec(store: Any) -> str:
@@ -145,23 +104,35 @@ def _model_spec(store: Any) -> str:
     return str((store.attrs.get(ATTR_MODEL) or {}).get(MODEL_SPEC, ""))
 
 
-def _new_trainer(
-    store: Any, cfg: TrainSAEConfig, plan: _Plan, point: SweepPoint, device: str
-) -> SAETrainer:
-    name, k, n, lr = point
-    sae_cfg = SAEConfig(
-        d_in=plan.d_in,
-        n_latents=n,
+def sae_config(
+    cfg: TrainSAEConfig, hook: str, d_in: int, k: int, n_latents: int, **fields: Any
+) -> SAEConfig:
+    """The :class:`SAEConfig` the recipe builds for ``hook`` (``fields``: the run's
+    ``dead_tokens`` and ``model``): the run's architecture and its options included."""
+    return SAEConfig(
+        d_in=d_in,
+        n_latents=n_latents,
         k=k,
         k_aux=cfg.k_aux,
         auxk_coef=cfg.auxk_coef,
-        dead_tokens=plan.dead_tokens,
         b_dec_init=cfg.b_dec_init,
         input_scaling=cfg.input_scaling,
-        hook=cfg.hook,
-        model=_model_spec(store),
+        hook=hook,
         seed=cfg.seed if cfg.init_seed is None else cfg.init_seed,
         rows=cfg.rows,
+        arch=cfg.arch,
+        **arch_fields(cfg),
+        **fields,
+    )
+
+
+def _new_trainer(
+    store: Any, cfg: TrainSAEConfig, plan: PassPlan, hook: str, point: SweepPoint, device: str
+) -> SAETrainer:
+    _, k, n, lr = point
+    d_in = plan.widths[plan.hooks.index(hook)]
+    sae_cfg = sae_config(
+        cfg, hook, d_in, k, n, dead_tokens=plan.dead_tokens, model=_model_spec(store)
     )
     train_cfg = TrainConfig(
         lr=lr,
@@ -172,72 +143,42 @@ def _new_trainer(
         seed=cfg.seed,
     )
     sae = TopKSAE.from_config(sae_cfg).to(device)
-    return SAETrainer(sae, train_cfg, total_steps=plan.length.steps, name=name)
+    return SAETrainer(sae, train_cfg, total_steps=plan.length.steps)
 
 
-def _targets(out: Path, plan: _Plan) -> list[Path]:
-    single = len(plan.points) == 1
-    return [out if single else out / name for name, *_ in plan.points]
+def _resumed(cfg: TrainSAEConfig, plan: PassPlan, hook: str, target: Path) -> SAETrainer:
+    d_in = plan.widths[plan.hooks.index(hook)]
+    trainer = resume_trainer(target, total_steps=plan.length.steps, expect_d_in=d_in)
+    was = trainer.sae.cfg.rows
+    if was and was != cfg.rows:
+        raise InputError(f"--resume: {target} was trained on rows={was!r}, not rows={cfg.rows!r}")
+    arch = getattr(trainer.sae.cfg, "arch", "topk")
+    if arch != cfg.arch:
+        raise InputError(f"--resume: {target} is a {arch!r} SAE, not arch={cfg.arch!r}")
+    trainer.sae.cfg.rows = cfg.rows
+    return trainer
 
 
 def _build_trainers(
-    store: Any, cfg: TrainSAEConfig, plan: _Plan, out: Path, device: str
+    store: Any, cfg: TrainSAEConfig, plan: PassPlan, folders: Mapping[str, Path], device: str
 ) -> list[SAETrainer]:
-    """One trainer per sweep point: resumed from ``out`` or freshly initialised."""
+    """One trainer per hook and sweep point: resumed from its folder or freshly made."""
     trainers = []
-    for point, target in zip(plan.points, _targets(out, plan)):
+    for hook, point, target in plan.targets(folders):
         if cfg.resume and (target / TRAINER_STATE_FILE).exists():
-            trainer = resume_trainer(target, total_steps=plan.length.steps, expect_d_in=plan.d_in)
-            trainer.name = point[0]
-            was = trainer.sae.cfg.rows
-            if was and was != cfg.rows:
-                raise InputError(
-                    f"--resume: {target} was trained on rows={was!r}, not rows={cfg.rows!r}"
-                )
-            trainer.sae.cfg.rows = cfg.rows
+            trainer = _resumed(cfg, plan, hook, target)
         else:
-            trainer = _new_trainer(store, cfg, plan, point, device)
+            trainer = _new_trainer(store, cfg, plan, hook, point, device)
+        trainer.name = sae_name(
+            hook, point[0], several_hooks=len(cfg.hooks) > 1, several_points=len(plan.points) > 1
+        )
         trainers.append(trainer)
     start = trainers[0].step_count
     if any(t.step_count != start for t in trainers):
-        raise InputError("--resume: the SAEs of this sweep stopped at different steps")
+        raise InputError(
+            f"--resume: the SAEs of {', '.join(plan.hooks)} stopped at different steps"
+        )
     return trainers
-
-
-class _Outputs:
-    """The run's folders (rank 0 only): marked incomplete until :meth:`finish`."""
-
-    def __init__(self, out: Path, targets: list[Path], *, write: bool, resume: bool) -> None:
-        self.out, self.targets, self.write = out, targets, write
-        self.metrics: TextIO | None = None
-        if write:
-            for folder in {out, *targets}:
-                mark_incomplete(folder)
-            self.metrics = (out / "metrics.jsonl").open("a" if resume else "w")
-
-    def log(self, logs: list[TrainLog]) -> None:
-        if self.metrics is not None:
-            for log in logs:
-                self.metrics.write(json.dumps(log.to_json()) + "\n")
-            self.metrics.flush()
-
-    def save(self, trainers: list[SAETrainer], state: bool = True) -> None:
-        if not self.write:
-            return
-        for trainer, target in zip(trainers, self.targets):
-            if state:
-                save_training_checkpoint(trainer, target)
-            else:
-                trainer.sae.save(target)
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
-
-    def finish(self) -> None:
-        if self.write:
-            for folder in {self.out, *self.targets}:
-                mark_complete(folder)
 
 
 def train_sae(
@@ -245,6 +186,7 @@ def train_sae(
     cfg: TrainSAEConfig,
     out: str | Path,
     *,
+    hook_dirs: Mapping[str, str | Path] | None = None,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
@@ -253,83 +195,32 @@ def train_sae(
 ) -> TrainSAEResult:
     """Trains the SAE(s) of ``cfg`` on ``store`` into ``out`` (see the module docstring).
 
-    ``store`` is an open ``ActivationStore``. Under data parallelism (``world_size > 1``,
-    ``torch.distributed`` initialised) every rank calls it and rank 0 writes.
+    ``store`` is an open ``ActivationStore``. ``hook_dirs`` names the folder of some hooks
+    (default ``out/<hook>`` with several hooks). Under data parallelism (``world_size > 1``,
+    ``torch.distributed`` initialised) every rank calls it and rank 0 writes. Everything is
+    checked (every pass planned, every resumed checkpoint read) before anything is written.
     """
-    plan = plan_run(store, cfg, rank=rank, world_size=world_size)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
-    trainers = _build_trainers(store, cfg, plan, out, device)
-    start = trainers[0].step_count
-    torch.manual_seed(cfg.seed + rank)
-    in_memory = held_in_memory(plan.batches)
-    batches = iterate_batches(plan.batches, seed=cfg.seed, start_batch=start, in_memory=in_memory)
-    outputs = _Outputs(out, _targets(out, plan), write=rank == 0, resume=cfg.resume)
-    done = [TrainedSAE(t.name, p, t) for t, p in zip(trainers, outputs.targets)]
+    folders = hook_folders(out, cfg.hooks, hook_dirs)
+    passes = [
+        plan_run(store, cfg, hooks=hooks, rank=rank, world_size=world_size)
+        for hooks in hook_passes(store, cfg.hooks)
+    ]
+    built = [_build_trainers(store, cfg, plan, folders, device) for plan in passes]
+    targets = [[t for *_, t in plan.targets(folders)] for plan in passes]
+    outputs = RunOutputs(out, [t for ts in targets for t in ts], write=rank == 0, resume=cfg.resume)
+    results = []
     try:
-        _run(cfg, plan, trainers, batches, outputs, done, progress and rank == 0, desc, on_log)
-        outputs.save(trainers, cfg.trainer_state)
+        for plan, trainers, paths in zip(passes, built, targets):
+            run = TrainPass(cfg, plan, trainers, paths, outputs)
+            results.append(run.train(rank, progress and rank == 0, desc, on_log))
     finally:
-        batches.close()  # stops the reading thread before the process group goes
         outputs.close()
     outputs.finish()
+    first = results[0]
+    saes = [s for r in results for s in r.saes]
     return TrainSAEResult(
-        done, plan.length.steps, plan.length.batch_size, plan.n_rows, cfg.rows, in_memory
-    )
-
-
-def _run(
-    cfg: TrainSAEConfig,
-    plan: _Plan,
-    trainers: list[SAETrainer],
-    batches: Any,
-    outputs: _Outputs,
-    done: list[TrainedSAE],
-    progress: bool,
-    desc: str,
-    on_log: Callable[[list[TrainLog]], None] | None,
-) -> None:
-    """The training loop with its progress bar, metric lines and checkpoints."""
-    from tqdm import tqdm
-
-    start = trainers[0].step_count
-    steps = plan.length.steps
-    bar = tqdm(total=steps, initial=start, unit="step", desc=desc, disable=not progress)
-    by_name = {d.name: d for d in done}
-
-    def logged(logs: list[TrainLog]) -> None:
-        for log in logs:
-            by_name[log.name].fvu.append(float(log.metrics["fvu"]))
-            by_name[log.name].last = log
-        first = logs[0]
-        bar.set_postfix(
-            tok_s=f"{first.tokens_per_s:,.0f}",
-            fvu=f"{first.metrics['fvu']:.4f}",
-            l0=f"{first.metrics['l0']:.1f}",
-            dead=f"{100 * first.last.dead_frac:.1f}%",
-        )
-        outputs.log(logs)
-        if on_log is not None:
-            on_log(logs)
-
-    def stepped(n_done: int) -> None:
-        bar.update(1)
-        every = cfg.checkpoint_every
-        if every is not None and (start + n_done) % every == 0:
-            outputs.save(trainers)
-
-    try:
-        logs = train(
-            batches,
-            trainers,
-            max_steps=steps - start,
-            nan_policy=cfg.nan_policy,
-            log_every=cfg.log_every,
-            on_log=logged,
-            on_step=stepped,
-        )
-    finally:
-        bar.close()
-    for log in logs:  # a run shorter than log_every logs once, at its end
-        if by_name[log.name].last is None:
-            by_name[log.name].last = log
+        saes, first.steps, first.batch_size, first.n_rows, cfg.rows, first.in_memory,
+        cfg.hooks, results,
+    )  # fmt: skip

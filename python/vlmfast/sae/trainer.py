@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlmfast.errors import InputError, ShapeError
+from vlmfast.sae import archs
 from vlmfast.sae import distributed as ddp
 from vlmfast.sae.config import TrainConfig
 from vlmfast.sae.losses import auxk_loss, fvu_loss
@@ -80,7 +81,9 @@ class StepResult:
 
 
 class SAETrainer:
-    """Optimises one :class:`TopKSAE`; see the module docstring for the maths of a step."""
+    """Optimises one :class:`TopKSAE` of any ``cfg.arch`` (:mod:`vlmfast.sae.archs`
+    dispatches the forward, the extra losses and the after-step updates); see the module
+    docstring for the maths of a step."""
 
     def __init__(
         self,
@@ -127,6 +130,7 @@ class SAETrainer:
             "input_scale": float(self.sae.input_scale),
             "b_dec_initialised": self.sae.b_dec_initialised,
             "rng": torch.get_rng_state(),
+            "arch_state": archs.arch_state(self.sae),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -145,6 +149,7 @@ class SAETrainer:
             self.sae.b_dec.copy_(state["b_dec_raw"])
             self.sae.input_scale.fill_(float(state["input_scale"]))
         self.sae.b_dec_initialised = bool(state["b_dec_initialised"])
+        archs.load_arch_state(self.sae, state.get("arch_state", {}))
         torch.set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------- step
@@ -163,9 +168,10 @@ class SAETrainer:
         dead = self.dead_mask()
         use_aux = sae.cfg.auxk_coef > 0 and bool(dead.any())
         compute_dtype = torch.bfloat16 if self.cfg.autocast_bf16 else None
-        out = sae.forward_train(xs, dead if use_aux else None, compute_dtype=compute_dtype)
+        out = archs.forward_train(sae, xs, dead if use_aux else None, compute_dtype=compute_dtype)
         loss, fvu, aux_value = self._loss(xs, out)
         grad_norm, lr = self._optimise(loss)
+        archs.after_step(sae, out)
         n_tokens, l0 = self._track_firing(xs, out, scale)
         self.step_count += 1
         self.tokens_seen += n_tokens
@@ -190,8 +196,12 @@ class SAETrainer:
         self, xs: torch.Tensor, out: ForwardOutput
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``(loss, fvu, auxk value)``: the FVU plus the weighted AuxK loss (if any)."""
-        fvu = fvu_loss(xs, out.recon, _global_total_variance(xs))
+        total_var = _global_total_variance(xs)
+        fvu = fvu_loss(xs, out.recon, total_var)
         loss = fvu
+        extra, _ = archs.extra_loss(self.sae, xs, out, lambda x, r: fvu_loss(x, r, total_var))
+        if extra is not None:
+            loss = loss + extra
         aux_value = 0.0
         if out.aux_recon is not None:
             residual = (xs - out.recon).detach()
