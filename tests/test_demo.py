@@ -44,6 +44,16 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert any("planted shapes and colors" in line for line in lines)
     assert any("paper (its claim)" in line for line in lines)  # the paper-style table
     assert any(line.startswith("run directory:") for line in lines)
+    printed = "\n".join(lines)  # the cross-modal block, with the stage's two-tower circuit
+    assert (
+        "== cross-modal binding: invariant features, concept transfer, fusion, grounding" in printed
+    )
+    assert "  two-tower circuit (heads of both towers in one search, both-swap" in printed
+    assert "    red (" in printed and " text nodes; faithfulness " in printed
+    assert "      meet in the shared embedding: image.embed alone " in printed
+    two = results["cross-modal"]["two_tower"]["circuits"]["red"]
+    assert {n["tower"] for n in two["nodes"]} <= {"image", "text"}
+    assert set(two["meta"]["per_tower"]) == {"image", "text"}
     import vlmfast as vf
 
     pair = vf.load_pair("synthetic:tiny")

@@ -8,7 +8,8 @@ block's token rows, score every feature and neuron per sample (the ground-truth 
 best feature per planted shape and color, per modality; the paper's counts beside ours,
 labelled as its claim), trace both towers, attribute every head / neuron / position (and
 patch every head exactly), find each configured concept's circuit, ablate and steer its
-top features, and write the report. A re-run skips every stage that is up to date.
+top features, measure cross-modal binding (invariant features of a shared dictionary,
+concept transfer, grounding heads), and write the report. A re-run skips every stage that is up to date.
 
 Every number printed is computed in the run; nothing is a constant. This module is a
 pipeline config (``DemoConfig``: overrides of the bundled ``demo.toml``) and the printing of
@@ -118,6 +119,16 @@ def format_paper_table(score: dict[str, Any]) -> str:
             cell = "{}/{}".format(t.get("recovered"), t.get("of"))
             row += f"{cell:>18}"
         lines.append(row + f"{'(AUROC >= ' + str(truth['target_auroc']) + ')':>28}")
+    if "relation" in kinds:
+        lines.append(
+            "  relation (unordered): two objects in different columns/rows"
+            + (
+                "; bound relation: which object is where (one unit vs the rest: a unit for "
+                "the two objects' colors passes; the ground truth's probe asks the order)"
+                if "bound relation" in kinds
+                else ""
+            )
+        )
     if claims:
         lines.append(
             f"  paper column: {claims.get('label', 'the paper')}"
@@ -140,6 +151,51 @@ def format_ground_truth(truth: dict[str, Any]) -> str:
             ci = f"[{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
             row += f"{e['feature']:>16}{e['auroc']:>8.3f}{ci:>17}{'yes' if e['recovered'] else 'no':>4}"
         lines.append(row)
+    if truth.get("bound_relations"):
+        lines.append("")
+        lines.append(format_bound_relations(truth["bound_relations"]))
+    return "\n".join(lines)
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def format_bound_relations(bound: dict[str, Any]) -> str:
+    """The bound-relation rows of the ground truth (``vlmfast.scoring.relation_probe``): per
+    modality and family, the probe's held-out accuracy [CI] against its shuffled-label
+    null, beside the best single unit's and the best SAE feature's held-out AUROC."""
+    if bound.get("unavailable"):
+        return f"  bound relations: not measured: {bound['unavailable']}"
+    lines = [
+        "  bound relations (which object is where), on the samples where it or its reverse holds:"
+    ]
+    for mod, where in (bound.get("rows") or {}).items():
+        lines.append(f"    {mod} rows: {where}")
+    lines.append(
+        f"  {'modality':<9}{'family':<16}{'n':>6}{'probe acc':>11}{'95% CI':>17}"
+        f"{'null q95':>10}{'p':>8}{'best unit':>11}{'best feat':>11}"
+    )
+    for f in bound.get("families") or []:
+        ci = f.get("accuracy_ci") or [None, None]
+        cell = "n/a" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+        lines.append(
+            f"  {f['modality']:<9}{f['name']:<16}{f.get('n_rows', 0):>6}"
+            f"{_num(f.get('accuracy')):>11}{cell:>17}{_num(f.get('null_accuracy_q95')):>10}"
+            f"{_num(f.get('pvalue')):>8}{_num(f.get('best_unit_auroc')):>11}"
+            f"{_num(f.get('best_feature_auroc')):>11}"
+        )
+    for mod, same in (bound.get("unordered_identical") or {}).items():
+        for name, share in same.items():
+            lines.append(
+                f"  {mod}: unordered {name} identical on {100 * share:.1f}% of samples "
+                "(they say only: two objects in different columns/rows)"
+            )
+    for mod, p in (bound.get("pairs") or {}).items():
+        lines.append(
+            f"  {mod}: {p['significant']} of {p['probed']} probed single pairs (of {p['pairs']}) "
+            f"beat the null (BH {p['alpha']})"
+        )
     return "\n".join(lines)
 
 
@@ -174,10 +230,26 @@ def run_demo(
         if score.get("ground_truth"):
             log("")
             log("== ground truth: the best SAE feature for each planted shape and color")
+            if score["ground_truth"].get("bound_relations"):
+                log("   and, for bound relations, a linear probe beside the best unit")
             log(format_ground_truth(score["ground_truth"]))
         log("")
         log("== selective units, this run beside the paper's claim")
         log(format_paper_table(score))
+    cross = out["results"].get("cross-modal")
+    if cross:
+        from vlmfast.pipeline.stages.crossmodal_text import format_crossmodal, format_two_tower
+        from vlmfast.report.sec_crossmodal_causal import two_tower
+
+        log("")
+        log(
+            "== cross-modal binding: invariant features, concept transfer, fusion, grounding, "
+            "two-tower circuit"
+        )
+        log(format_crossmodal(cross))
+        circuits = out["results"].get("circuit") or {}
+        if two_tower(circuits) or not (cross.get("two_tower") or {}).get("circuits"):
+            log(format_two_tower(circuits))
     report = res.run_dir / "report" / "report.html"
     log("")
     log(f"run directory: {res.run_dir}")

@@ -68,3 +68,25 @@ def test_circuit_cli_bad_null_grid_is_an_error(
     )  # fmt: skip
     assert code == 1
     assert "null_grid" in capsys.readouterr().err
+
+
+def test_circuit_cli_both_swap_spans_both_towers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "c"
+    argv = [
+        "circuit", "--model", "synthetic:tiny", "--data", "synthetic:n=200,seed=13",
+        "--n", "4", "--out", str(out), "--corrupt", "both-swap", "--concept", "red",
+        "--components", "heads", "--null", "20", "--grid", "8", "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "circuit.json").read_text())
+    assert data["meta"]["corrupt"] == "both" and data["meta"]["corrupted"] == ["image", "text"]
+    assert set(data["meta"]["per_tower"]) == {"image", "text"}
+    assert data["meta"]["run"]["concept"] == "red" and "meeting" in data["meta"]
+    svg = (out / "circuit.svg").read_text()
+    assert "image.embed" in svg and "text.embed" in svg
+    capsys.readouterr()
+    start = argv.index("--corrupt")
+    assert main([*argv[:start], "--corrupt", "image-swap", "--no-progress"]) != 0
+    assert "--concept" in capsys.readouterr().err

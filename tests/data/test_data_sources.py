@@ -263,7 +263,7 @@ def test_synthetic_source_ground_truth_and_labels() -> None:
         for obj in rec.meta["objects"]:
             assert lab.column(obj["shape"])[r] and lab.column(obj["color"])[r]
         assert lab.matrix[r].sum() >= 3
-    assert set(lab.kinds) == {"object", "color", "size", "relation"}
+    assert set(lab.kinds) == {"object", "color", "size", "relation", "bound relation"}
     again = list(open_source("synthetic:n=12,seed=3,split=test"))
     assert all(
         np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(recs, again)

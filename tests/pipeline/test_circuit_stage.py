@@ -56,3 +56,21 @@ def test_circuit_stage_writes_each_concepts_circuit_and_drawing(tmp_path: Path) 
     assert (tmp_path / "circuit" / "red.svg").read_text().lstrip().startswith("<")
     assert (tmp_path / "circuit" / "red.parquet").is_file()
     assert any("red (text-swap -> green)" in line for line in lines)
+
+
+def test_both_swap_searches_both_towers(tmp_path: Path) -> None:
+    cfg = PipelineConfig()
+    cfg.run.stages, cfg.run.progress = ["circuit"], False
+    cfg.concepts.circuit = ["red"]
+    cfg.circuit.data, cfg.circuit.pairs, cfg.circuit.corrupt = (
+        "synthetic:n=200,seed=13",
+        4,
+        "both-swap",
+    )
+    cfg.circuit.components, cfg.circuit.null, cfg.circuit.grid = ["heads"], 0, 8
+    assert candidate_towers(cfg) == ["image", "text"]
+    run_pipeline(cfg, tmp_path, log=lambda _: None)
+    red = json.loads((tmp_path / "circuit" / "result.json").read_text())["red"]
+    assert red["n_nodes"] == 16 + 12 and red["meta"]["corrupt"] == "both"
+    assert set(red["meta"]["run"]["per_tower"]) == {"image", "text"}
+    assert {e["src"] for e in red["edges"] if e["dst"] == "logit"} <= {"image.embed", "text.embed"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-STAGES = ("cache", "train-sae", "score", "trace", "attribute", "circuit", "intervene")
+from vlmfast.report.run_dir import STAGES
 
 
 def _dump(path: Path, obj: Any) -> None:
@@ -65,7 +65,7 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
         CacheConfig(
             model="synthetic:tiny",
             data=data,
-            hooks=[*hooks.values(), neuron_hook],
+            hooks=[*hooks.values(), neuron_hook, "image.embed", "text.embed"],
             out=run / "cache" / "store.zarr",
             positions="all",
             batch_size=128,
@@ -110,6 +110,12 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
             for mod, e in neurons.summary()["modalities"].items()
         }
         out["ground_truth"] = ground_truth_table(results, 0.95, lambda _m: None)
+        from vlmfast.crossmodal.relations import RelationProbeConfig
+        from vlmfast.scoring.relation_probe import relation_ground_truth
+
+        out["ground_truth"]["bound_relations"] = relation_ground_truth(
+            store, hooks, saes=saes, config=RelationProbeConfig(n_null=20)
+        )
         _dump(run / "score" / "result.json", out)
         stages.append(_manifest(run, "score", round(time.perf_counter() - t0, 1)))
 
@@ -173,6 +179,10 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
                 iv[mode][concept] = r.to_dict()
         _dump(run / "intervene" / "result.json", iv)
         stages.append(_manifest(run, "intervene", round(time.perf_counter() - t0, 1)))
+    if "cross-modal" not in skip:
+        t0 = time.perf_counter()
+        _dump(run / "cross-modal" / "result.json", _crossmodal(run, pair, data))
+        stages.append(_manifest(run, "cross-modal", round(time.perf_counter() - t0, 1)))
     for st in STAGES:
         if not any(s["name"] == st for s in stages):
             stages.append(
@@ -198,6 +208,27 @@ def build_run(run: Path, *, n_samples: int = 200, skip: tuple[str, ...] = ()) ->
         },
     )
     return run
+
+
+def _crossmodal(run: Path, pair: Any, data: str) -> dict[str, Any]:
+    """The cross-modal stage's result on the cached embeddings (small settings)."""
+    from vlmfast.pipeline import PipelineConfig
+    from vlmfast.pipeline.context import StageContext
+    from vlmfast.pipeline.stages import crossmodal
+
+    cfg = PipelineConfig()
+    cfg.data.spec = data
+    cm = cfg.crossmodal
+    cm.n_latents, cm.k, cm.steps, cm.n_null, cm.n_boot = 32, 4, 60, 10, 30
+    cm.grounding_images, cm.grounding_heads = 8, 1
+    cm.fusion_pairs, cm.fusion_units = 64, 2
+    cm.two_tower_concepts, cm.two_tower_pairs = ["red"], 4  # the browser test draws one
+    folder = run / "cross-modal"
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(
+        "cross-modal", cfg, run, folder, lambda _m: None, progress=False, cache={"pair": pair}
+    )
+    return crossmodal.run(ctx)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python tests/report/fixture_run.py DIR

@@ -28,6 +28,9 @@ def _config() -> object:
     cfg.concepts.intervene = ["red"]
     cfg.intervene.n, cfg.intervene.null, cfg.intervene.modes = 3, 20, ["ablate", "steer"]
     cfg.intervene.eval_data = "synthetic:test:32"
+    cm = cfg.crossmodal
+    cm.n_latents, cm.k, cm.steps, cm.n_null, cm.n_boot = 32, 4, 40, 5, 20
+    cm.grounding_images, cm.grounding_heads, cm.fusion_pairs, cm.fusion_units = 6, 1, 48, 2
     return cfg
 
 
@@ -42,7 +45,15 @@ def test_pipeline_run_reports_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "run" / "report"
     results = json.loads((out / "results.json").read_text())
     sec = {s["id"]: s for s in results["sections"]}
-    for sid in ("quality", "selectivity", "tracing", "heads", "circuits", "interventions"):
+    for sid in (
+        "quality",
+        "selectivity",
+        "tracing",
+        "heads",
+        "circuits",
+        "interventions",
+        "crossmodal",
+    ):
         assert sec[sid]["status"] == "ran", (sid, sec[sid]["note"])
     assert sec["dashboards"]["status"] == "ran" and sec["ground_truth"]["status"] == "ran"
     html = (out / "report.html").read_text()

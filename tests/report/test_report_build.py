@@ -126,11 +126,13 @@ def test_empty_run_reads_not_run(tmp_path: Path) -> None:
     by_id = {s["id"]: s for s in results["sections"]}
     for sid in (
         "quality",
+        "sae_eval",
         "selectivity",
         "tracing",
         "heads",
         "circuits",
         "interventions",
+        "crossmodal",
         "dashboards",
         "ground_truth",
     ):
@@ -139,8 +141,8 @@ def test_empty_run_reads_not_run(tmp_path: Path) -> None:
     assert by_id["tracing"]["note"] == "not run: not configured"
     assert "did not finish" in by_id["selectivity"]["note"]
     html, md = paths["html"].read_text(), paths["markdown"].read_text()
-    assert html.count('data-status="not-run"') == 8
-    assert md.count("> not run") == 8
+    assert html.count('data-status="not-run"') == 10
+    assert md.count("> not run") == 10
     assert "abc123" in html and "abc123" in md
 
 

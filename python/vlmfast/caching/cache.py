@@ -97,8 +97,13 @@ def _run_single(cfg: CacheConfig, log: Callable[[str], None]) -> ActivationStore
     store, consumed = cache_loop(cfg, setup, cfg.out, store, done)
     report = getattr(setup.source, "report", None)
     if store is None:
-        skipped = f"{report.n_bad} bad records skipped: {report.summary()}" if report else ""
-        raise InputError(f"{cfg.data}: no records to cache ({skipped or 'the source is empty'})")
+        from vlmfast.data.sources.folder import FORMAT_DOCS
+
+        skipped = report.brief() if report is not None and report.n_bad else ""
+        raise InputError(
+            f"{cfg.data}: no records to cache ({skipped or 'the source is empty'}); "
+            f"the formats a source reads: {FORMAT_DOCS}"
+        )
     store.close()
     log(f"{cfg.out}: {consumed} samples, hooks {', '.join(setup.hooks)}")
     report_skipped(cfg, getattr(setup.source, "report", None), log)

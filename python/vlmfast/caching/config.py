@@ -60,6 +60,9 @@ class CacheConfig:
     crash_at: str | None = field(default=None, repr=False)
     """Testing only: ``"<batch>:<stage>"`` makes the process SIGKILL itself there."""
 
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)  # a str path works too
+
 
 def check_config(cfg: CacheConfig) -> None:
     """An ``InputError`` naming the flag when ``cfg`` asks for something impossible."""

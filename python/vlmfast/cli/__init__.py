@@ -29,6 +29,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "synth",
     "cache",
     "train_sae",
+    "eval_sae",
     "score",
     "attribute",
     "intervene",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vlmfast.causal.core.corruption import CORRUPTIONS
+from vlmfast.causal.core.corruption import CORRUPTIONS, SWAPS
 from vlmfast.causal.core.limits import DEFAULT_MAX_ROWS
 from vlmfast.causal.core.vocabulary import TOWERS as TOWERS  # re-exported: commands use A.TOWERS
 
@@ -269,11 +269,25 @@ def add_out_arg(p: argparse.ArgumentParser, help: str = "output directory") -> N
 
 
 def add_corruption_args(
-    p: argparse.ArgumentParser, *, default: str, aliases: Sequence[str] = (), help: str = ""
+    p: argparse.ArgumentParser,
+    *,
+    default: str,
+    aliases: Sequence[str] = (),
+    help: str = "",
+    swaps: bool = False,
 ) -> None:
     """``--corrupt`` (one of ``vlmfast.causal`` corruptions, plus ``aliases``) and
-    ``--noise-std``."""
-    p.add_argument("--corrupt", default=default, choices=[*aliases, *CORRUPTIONS], help=help)
+    ``--noise-std``; with ``swaps``, also the concept swaps (``text-swap``, ``image-swap``,
+    ``both-swap``) and ``--concept`` (the concept they change)."""
+    choices = [*aliases, *CORRUPTIONS, *(SWAPS if swaps else ())]
+    p.add_argument("--corrupt", default=default, choices=choices, help=help)
+    if swaps:
+        p.add_argument(
+            "--concept",
+            default=None,
+            help="the concept the swaps change (e.g. red); with it, only pairs whose "
+            "caption names it are used",
+        )
     p.add_argument(
         "--noise-std", type=nonnegative_float, default=1.0, help="image-noise std (pixel units)"
     )

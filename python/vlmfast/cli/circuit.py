@@ -3,6 +3,13 @@
     vlmfast circuit --model synthetic:tiny --data synthetic:n=8,seed=0 --out DIR
     vlmfast circuit --model open_clip:ViT-B-32 --data DIR --corrupt text --components heads \\
         --ranking atp --ablation mean --target 0.8 --null 100 --out DIR
+    vlmfast circuit --model synthetic:tiny --data synthetic:n=400,seed=13 --corrupt both-swap \\
+        --concept red --out DIR    # one search over both towers, drawn meeting in the logit
+
+``--corrupt text-swap | image-swap | both-swap`` (with ``--concept``) corrupt the pairs whose
+caption names the concept: its word swapped in the caption, the synthetic scene re-rendered
+with it changed, or both (``vlmfast.causal.core.corruption.concept_corruption``); the search
+then uses that side's corruption (``CircuitConfig.corrupt``).
 
 Writes ``DIR/circuit.json`` (``Circuit.to_json``: components, curve, sparsity, faithfulness
 with its bootstrap interval, completeness, AUC, null), ``DIR/circuit.parquet`` (curve rows
@@ -45,7 +52,9 @@ def register(subparsers: Any) -> None:
         aliases=tuple(_ALIASES),
         help="the counterfactual for the ranking and for --ablation resample: image "
         "(= image-shift: each image replaced by the next pair's), text (= text-shift), "
-        "image-noise, text-negative (as in vlmfast attribute)",
+        "image-noise, text-negative (as in vlmfast attribute); text-swap, image-swap "
+        "(synthetic data), both-swap change --concept",
+        swaps=True,
     )
     p.add_argument(
         "--components",
@@ -79,21 +88,30 @@ def run(args: argparse.Namespace) -> int:
     import vlmfast as vf
     from vlmfast.causal.circuits.draw import draw_circuit
     from vlmfast.causal.core import corrupt_inputs
+    from vlmfast.causal.core.corruption import SIDES, concept_corruption
     from vlmfast.data.pairs import read_pairs
     from vlmfast.errors import InputError
 
     if args.n < 2:
         raise InputError(f"--n must be >= 2 (shift corruptions pair records), got {args.n}")
     corrupt = _ALIASES.get(args.corrupt, args.corrupt)
+    if corrupt in SIDES and not args.concept:
+        raise InputError(f"--corrupt {corrupt} needs --concept (the concept it swaps, e.g. red)")
     pair = vf.load_pair(args.model, pretrained=args.pretrained, device=args.device).eval()
-    pairs = read_pairs(args.data, args.n, minimum=2)
+    pairs = read_pairs(args.data, args.n, minimum=2, naming=args.concept)
     print_skips(pairs.report)
-    inputs = corrupt_inputs(pair, pairs.records, corrupt, seed=args.seed, noise_std=args.noise_std)
+    if corrupt in SIDES:
+        inputs = concept_corruption(pair, pairs.records, args.concept, corrupt)
+    else:
+        inputs = corrupt_inputs(
+            pair, pairs.records, corrupt, seed=args.seed, noise_std=args.noise_std
+        )
+    swap = inputs.pop("swap", None)
     circuit = vf.causal.find_circuit(
         pair, **inputs, components=A.split(args.components), towers=A.split(args.towers),
         ranking=args.ranking, ablation=args.ablation, target=args.target, null=args.null,
         seed=args.seed, metric=args.metric, grid=args.grid, null_grid=args.null_grid,
-        max_rows=args.max_rows, progress=not args.no_progress,
+        max_rows=args.max_rows, progress=not args.no_progress, corrupt=SIDES.get(corrupt, "given"),
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     written = [write_table(circuit.rows(), args.out / "circuit")]
@@ -105,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         "data": args.data,
         "pairs": len(pairs),
         "corrupt": corrupt,
+        "concept": args.concept,
+        "swap_to": swap,
         "noise_std": args.noise_std if corrupt == "image-noise" else None,
         "skipped_records": skips_json(pairs.report),
     }

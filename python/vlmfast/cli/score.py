@@ -38,9 +38,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tokens",
         default="auto",
-        choices=["auto", "pooled", "max", "mean", "all", "patch"],
-        help="pooled rows; max/mean over each sample's token rows; all rows; patch: each "
-        "image patch row against what its patch shows (object boxes; text rows not scored); "
+        choices=["auto", "pooled", "max", "mean", "all", "patch", "cls"],
+        help="pooled rows (an embed hook: the embedding); max/mean over each sample's token "
+        "rows; all rows; patch: each image patch row against what its patch shows (object "
+        "boxes; text rows not scored); cls: each image's CLS row (text rows not scored); "
         "auto: pooled when the hook has pooled rows, else max",
     )
     p.add_argument(
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     )
     out = result.save(Path(args.out))
     summary = json.loads((out / "summary.json").read_text())
+    meta = summary.get("meta") or {}
+    print(f"rows scored: {meta.get('rows', meta.get('aggregation'))} of {args.hook}")
     print(format_summary(summary))
     print(f"wrote {out / 'scores.zarr'} and {out / 'summary.json'}")
     return 0

@@ -34,6 +34,7 @@ from vlmfast.pipeline.sections import (
     CacheSection,
     CircuitSection,
     ConceptsSection,
+    CrossModalSection,
     DataSection,
     HooksSection,
     InterveneSection,
@@ -45,6 +46,7 @@ from vlmfast.pipeline.sections import (
     ScoreSection,
     TraceSection,
 )
+from vlmfast.sae.config import ARCHS as SAE_ARCHS
 from vlmfast.sae.rows import ROWS as SAE_ROWS
 
 
@@ -65,6 +67,7 @@ class PipelineConfig:
     attribute: AttributeSection = field(default_factory=AttributeSection)
     circuit: CircuitSection = field(default_factory=CircuitSection)
     intervene: InterveneSection = field(default_factory=InterveneSection)
+    crossmodal: CrossModalSection = field(default_factory=CrossModalSection)
     report: ReportSection = field(default_factory=ReportSection)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,22 +96,26 @@ def stable_hash(obj: Any) -> str:
 
 # ---------------------------------------------------------------- strict loading
 
+CONFIG_DOCS = "docs/reference/config.md"
+"""The generated page of every config key (errors about keys cite it)."""
+
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "hooks.positions": ("all", "cls", "eot", "pooled", "mean"),
     "cache.dtype": ("float32", "float16", "bfloat16"),
     "cache.compression": ("none", "zstd"),
-    "score.tokens": ("max", "mean", "pooled", "auto", "patch", "all"),
+    "score.tokens": ("max", "mean", "pooled", "auto", "patch", "all", "cls"),
     "score.ground_truth": ("auto", "synthetic", "none"),
     "attribute.corrupt": CORRUPTIONS,
     "attribute.method": ATTRIBUTION_METHODS,
-    "circuit.corrupt": ("text-swap", "image-noise", "image-shift"),
+    "circuit.corrupt": ("text-swap", "image-swap", "both-swap", "image-noise", "image-shift"),
     "intervene.units": ("image", "text", "neurons"),
     "circuit.ranking": ("atp", "atp*", "exact"),
     "circuit.ablation": ("mean", "resample", "zero"),
     "intervene.ablation": ("mean", "zero"),
     "trace.metric": ("score", "logit_diff", "alignment"),
     "sae.rows": SAE_ROWS,
+    "sae.arch": SAE_ARCHS,
 }
 _LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "run.stages": STAGE_NAMES,
@@ -136,6 +143,13 @@ _POSITIVE: tuple[str, ...] = (
     "circuit.pairs",
     "circuit.grid",
     "intervene.n",
+    "crossmodal.n_latents",
+    "crossmodal.k",
+    "crossmodal.steps",
+    "crossmodal.n_null",
+    "crossmodal.n_boot",
+    "crossmodal.grounding_heads",
+    "crossmodal.fusion_units",
 )
 
 
@@ -183,7 +197,8 @@ def _section(cls: type, data: Any, name: str, where: str) -> Any:
     for key, value in data.items():
         if key not in allowed:
             raise InputError(
-                f"{where}: unknown key {key!r} in [{name}]; allowed keys: {', '.join(allowed)}"
+                f"{where}: unknown key {key!r} in [{name}]; allowed keys: {', '.join(allowed)} "
+                f"(every key is explained in {CONFIG_DOCS})"
             )
         tp = hints[key]
         if not _type_ok(value, tp):
@@ -244,7 +259,8 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineCon
     for name, value in data.items():
         if name not in sections:
             raise InputError(
-                f"{where}: unknown section [{name}]; allowed sections: {', '.join(sections)}"
+                f"{where}: unknown section [{name}]; allowed sections: {', '.join(sections)} "
+                f"(see {CONFIG_DOCS})"
             )
         kwargs[name] = _section(hints[name], value, name, where)
     cfg = PipelineConfig(**kwargs)
@@ -291,6 +307,7 @@ __all__ = [
     "CacheSection",
     "CircuitSection",
     "ConceptsSection",
+    "CrossModalSection",
     "DataSection",
     "HooksSection",
     "InterveneSection",

@@ -20,6 +20,7 @@ STAGE_NAMES: tuple[str, ...] = (
     "attribute",
     "circuit",
     "intervene",
+    "cross-modal",
     "report",
 )
 """Every stage of ``vlmfast run``, in the order they run."""
@@ -36,7 +37,7 @@ class RunSection:
     """Seed of every stage (SAE init and batches, noise, null draws); part of every key."""
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
     """Stages to run, a subset of ``cache, train-sae, score, trace, attribute, circuit,
-    intervene, report``; a stage left out is skipped (its upstream must be listed)."""
+    intervene, cross-modal, report``; a stage left out is skipped (its upstream must be listed)."""
     progress: bool = True
     """Show progress bars; not part of any key."""
     threads: int | None = None
@@ -134,6 +135,26 @@ class SAESection:
     its CLS row left out, and a text hook's token rows), ``all`` (every cached row, CLS
     included), ``patches``, ``cls`` (image only) or ``eot`` (text only); the same option
     and default as ``vlmfast train-sae --rows`` (see ``vlmfast.sae.rows``)."""
+    arch: str = "topk"
+    """SAE architecture: ``topk``, ``batchtopk``, ``matryoshka`` or ``jumprelu`` (as
+    ``vlmfast train-sae --arch``; recorded in each SAE's ``cfg.json``)."""
+    groups: list[int] | None = None
+    """Matryoshka: nested group sizes summing to ``n_latents`` (none: n/8, n/8, n/4, n/2)."""
+    threshold_ema: float | None = None
+    """BatchTopK / Matryoshka: weight of a batch in the inference-threshold estimate
+    (none: the SAEConfig default)."""
+    threshold_init: float | None = None
+    """JumpReLU: initial threshold (none: from the first batch)."""
+    bandwidth: float | None = None
+    """JumpReLU: width of the straight-through kernel (none: the SAEConfig default)."""
+    l0_coef: float | None = None
+    """JumpReLU: starting weight of the L0 penalty (none: the SAEConfig default)."""
+    l0_coef_adapt: float | None = None
+    """JumpReLU: L0 weight adaptation toward L0 = k, 0 for a fixed weight (none: default)."""
+    hooks: list[str] = field(default_factory=list)
+    """More hooks to train an SAE on (cache them with ``[hooks] extra``), into
+    ``RUN/train-sae/hooks/<hook>/`` (not scored); one that holds the same rows as a
+    modality hook of ``[hooks]`` trains in that SAE's pass (each batch read once for both)."""
 
 
 @dataclass
@@ -227,8 +248,12 @@ class CircuitSection:
 
     corrupt: str = "text-swap"
     """Corrupt input of each concept's pairs: ``text-swap`` (the concept's word in the
-    caption replaced by another of its kind), ``image-noise`` (pixel noise) or
-    ``image-shift`` (another pair's image)."""
+    caption replaced by another of its kind), ``image-swap`` (synthetic data: the same
+    scene re-rendered with the concept changed: another colour or shape, or the
+    relation's two objects swapping cells), ``both-swap`` (both, the caption taking the
+    word the image took: one search over both towers' units, drawn as two lanes meeting
+    in the shared embedding), ``image-noise`` (pixel noise) or ``image-shift`` (another
+    pair's image)."""
     pairs: int = 8
     """Clean pairs per concept (records whose caption names it)."""
     data: str | None = None
@@ -239,7 +264,8 @@ class CircuitSection:
     """Candidate components: ``heads`` (``attn.z``) and/or ``neurons`` (``mlp.post``)."""
     towers: list[str] = field(default_factory=list)
     """Towers whose components are candidates (empty: the corrupted tower, ``text`` for
-    ``text-swap`` and ``image`` otherwise: attribution scores an unchanged tower 0)."""
+    ``text-swap``, both for ``both-swap`` and ``image`` otherwise: attribution scores an
+    unchanged tower 0)."""
     ranking: str = "atp"
     """Order the search adds components in: ``atp``, ``atp*`` or ``exact``."""
     ablation: str = "mean"
@@ -278,6 +304,59 @@ class InterveneSection:
     """Random unit sets of the same size and mix (>= 20 for p-values)."""
     eval_data: str = "synthetic:test:256"
     """Evaluation pairs: ``synthetic[:split[:n[:seed[:max_objects]]]]``."""
+
+
+@dataclass
+class CrossModalSection:
+    """``[crossmodal]``: cross-modal binding (the ``cross-modal`` stage, ``vlmfast.crossmodal``)."""
+
+    image_hook: str = "image.embed"
+    """Image-side hook of the shared space: one row per sample (cache it: ``[hooks].extra``)."""
+    text_hook: str = "text.embed"
+    """Text-side hook, the same width as ``image_hook``."""
+    normalize: bool = True
+    """Unit-normalise the rows of the concept-level probes: the space the model's logits
+    compare in (cosine); raw rows carry per-modality norms a probe trained on one side
+    misreads on the other. The shared SAEs train on the stored rows."""
+    n_latents: int = 128
+    """Latents of the shared SAE (one per setting: gap kept, gap removed)."""
+    k: int = 8
+    """Active latents per row of the shared SAE."""
+    steps: int = 400
+    """Training steps of each shared SAE."""
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.8, 0.9])
+    """AUROC thresholds of the invariant-feature curve."""
+    paper_threshold: float = 0.9
+    """The curve point set beside the paper's 14% (the selectivity threshold of ``[score]``)."""
+    n_null: int = 50
+    """Null draws: label shuffles, re-pairings, feature permutations, random head sets."""
+    n_boot: int = 100
+    """Bootstrap resamples of every interval."""
+    grounding_data: str | None = None
+    """Source of the grounding heads (none: ``[data]``; a source without boxes is then
+    skipped with the reason recorded; named here, it is an error)."""
+    grounding_images: int = 32
+    """Images scored and patched for grounding (0: no grounding)."""
+    grounding_heads: int = 2
+    """Top grounding heads patched together in the causal test."""
+    fusion_data: str | None = None
+    """Pairs of the fusion-unit test (none: ``[data]``); half select units, half test them."""
+    fusion_pairs: int = 128
+    """Pairs read for the fusion test (0: no fusion test)."""
+    fusion_units: int = 4
+    """MLP neurons per tower per concept in a fusion pair (object and color concepts)."""
+    fusion_null: int = 10
+    """Random unit sets per fusion pair and for retrieval (each a forward of the test pairs)."""
+    two_tower_concepts: list[str] | None = None
+    """Concepts whose two-tower circuit the stage finds: one search over the attention heads
+    of both towers, ``both-swap`` corruption (synthetic ``[data]``), mean ablation (none:
+    the first of ``[concepts].circuit``; empty: none)."""
+    two_tower_pairs: int = 8
+    """Clean pairs per two-tower circuit (records whose caption names the concept)."""
+    two_tower_null: int = 20
+    """Random orderings of the two-tower circuit's sparsity null (p-value from 20 on)."""
+    two_tower_grid: int = 16
+    """Sizes on the two-tower circuit's log-spaced faithfulness grid."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from vlmfast.report.figures import all_figures, by_section
 from vlmfast.report.results import collect, dumps
 from vlmfast.report.run_dir import RunDir
 from vlmfast.report.sec_circuits import diagram
+from vlmfast.report.sec_crossmodal_figures import crossmodal_blocks
 from vlmfast.report.sec_scores import score_tables
 
 
@@ -48,6 +49,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
             )
     if blocks:
         extras["circuits:before"] = blocks
+    if cross := crossmodal_blocks(run):
+        extras["crossmodal"] = cross
     cards = [f.html for f in feats if f.inline and f.html]
     links = [
         f'<a href="{escape(f.page)}">{escape(f.table.modality)} {f.index}</a>'

@@ -13,9 +13,11 @@ from vlmfast.report.model import col, section, table
 from vlmfast.report.run_dir import STAGES, RunDir
 from vlmfast.report.sec_causal import heads, tracing
 from vlmfast.report.sec_circuits import circuits
+from vlmfast.report.sec_crossmodal import crossmodal
 from vlmfast.report.sec_ground_truth import ground_truth
 from vlmfast.report.sec_interventions import interventions
 from vlmfast.report.sec_quality import quality
+from vlmfast.report.sec_sae_eval import sae_eval
 from vlmfast.report.sec_scores import selectivity
 
 SCHEMA_VERSION = 1
@@ -149,11 +151,13 @@ def collect(run: RunDir, feats: list[Any]) -> dict[str, Any]:
     sections = [
         header(run),
         quality(run),
+        sae_eval(run),
         selectivity(run),
         tracing(run),
         heads(run),
         circuits(run),
         interventions(run),
+        crossmodal(run),
         dashboards_section(feats),
         ground_truth(run),
         provenance(run),

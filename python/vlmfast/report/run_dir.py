@@ -13,7 +13,16 @@ from typing import Any
 
 from vlmfast.errors import InputError
 
-STAGES = ("cache", "train-sae", "score", "trace", "attribute", "circuit", "intervene")
+STAGES = (
+    "cache",
+    "train-sae",
+    "score",
+    "trace",
+    "attribute",
+    "circuit",
+    "intervene",
+    "cross-modal",
+)
 """The pipeline's stages, in order."""
 
 

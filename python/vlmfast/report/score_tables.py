@@ -112,15 +112,16 @@ def polysemantic_null(
     (each column of the selective matrix permuted over units; the count per concept
     kept): mean and central ``level`` interval over ``reps`` permutations."""
     from vlmfast.scoring.concepts import ConceptSet
-    from vlmfast.scoring.polysemantic import polysemantic_units
+    from vlmfast.scoring.polysemantic import atomic_columns, polysemantic_units
 
     cs = ConceptSet.make(t.concepts, t.kinds)
     rng = np.random.default_rng(seed)
     sel = t.selective
+    atomic = atomic_columns(cs)  # as polysemantic_summary: bound relations left out
     vals = []
     for _ in range(reps):
         perm = rng.permuted(sel, axis=0)  # each concept's column shuffled on its own
-        n_sel = int(perm.any(1).sum())
+        n_sel = int(perm[:, atomic].any(1).sum())
         poly, _ = polysemantic_units(perm, cs)
         vals.append(100.0 * int(poly.sum()) / n_sel if n_sel else float("nan"))
     v = np.asarray(vals, dtype=np.float64)

@@ -65,6 +65,7 @@ def ground_truth(run: RunDir) -> dict[str, Any]:
         [
             _summary_table(gt),
             _units_table(gt),
+            *([bound_table(gt["bound_relations"])] if gt.get("bound_relations") else []),
             *([comp] if (comp := circuit_composition(run)) is not None else []),
         ],
         note="The synthetic renderer's planted shapes and colors are exact ground truth.",
@@ -142,4 +143,78 @@ def _summary_table(gt: dict[str, Any]) -> dict[str, Any]:
         summary,
         "A planted concept counts as recovered when its best unit reaches the target "
         "AUROC (the best of many units: an optimistic pick).",
+    )
+
+
+def _ci(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    lo, hi = (entry.get(f"{key}_ci") or [None, None])[:2]
+    return interval(entry.get(key), lo, hi)
+
+
+def _bound_note(bound: dict[str, Any]) -> str:
+    """What the bound-relation table measures, what the unordered labels say, the pairs."""
+    if bound.get("unavailable"):
+        return f"Bound relations not measured: {bound['unavailable']}."
+    parts = [
+        "Which object stands where (a bound relation, e.g. red left of blue), asked on the "
+        "samples where the relation or its reverse holds: a linear probe (held-out accuracy "
+        "and AUROC, against a label-shuffled null) beside the best single unit and the best "
+        "SAE feature (each chosen on the training rows, measured on the held-out rows). "
+        "A family pools one attribute's pairs: label = the object whose value comes first "
+        "is the subject."
+    ]
+    for mod, same in sorted((bound.get("unordered_identical") or {}).items()):
+        for pair_name, share in same.items():
+            parts.append(
+                f"{mod}: the unordered labels {pair_name} are identical on "
+                f"{100.0 * float(share):.1f}% of samples (they say only: two objects in "
+                "different columns / rows)."
+            )
+    for mod, p in sorted((bound.get("pairs") or {}).items()):
+        acc = p.get("median_accuracy")
+        parts.append(
+            f"{mod}, single pairs: {p.get('significant')} of {p.get('probed')} probed pairs "
+            f"(of {p.get('pairs')}) beat the null at BH {p.get('alpha')}"
+            + ("" if acc is None else f"; median held-out accuracy {acc:.3f}")
+            + "."
+        )
+    return " ".join(parts)
+
+
+def bound_table(bound: dict[str, Any]) -> dict[str, Any]:
+    """Bound relations per modality and family: probe, null, best unit, best SAE feature."""
+    rows = [
+        {
+            "modality": f["modality"],
+            "family": f["name"],
+            "rows": (bound.get("rows") or {}).get(f["modality"], ""),
+            "n": f.get("n_rows"),
+            "accuracy": _ci(f, "accuracy"),
+            "majority": f.get("majority"),
+            "null": f.get("null_accuracy_q95"),
+            "auroc": _ci(f, "auroc"),
+            "p": f.get("pvalue"),
+            "unit": f.get("best_unit_auroc"),
+            "feature": f.get("best_feature_auroc"),
+        }
+        for f in bound.get("families") or []
+    ]
+    return table(
+        "gt_bound",
+        "Bound relations: probe vs best single unit",
+        [
+            col("modality", "modality", "text"),
+            col("family", "relation family", "text"),
+            col("rows", "rows probed", "text"),
+            col("n", "samples", "int"),
+            col("accuracy", "probe accuracy [95% CI]", "num"),
+            col("majority", "majority class", "num"),
+            col("null", "null accuracy q95", "num"),
+            col("auroc", "probe AUROC [95% CI]", "num"),
+            col("p", "p (shuffled labels)", "p"),
+            col("unit", "best unit AUROC", "num"),
+            col("feature", "best SAE feature AUROC", "num"),
+        ],
+        rows,
+        _bound_note(bound),
     )

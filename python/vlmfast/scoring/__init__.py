@@ -6,6 +6,10 @@
                                  modality=modality)       # 0 image rows, 1 text rows
     print(vf.scoring.format_summary(res.summary())); res.save("scores/")
     res = vf.scoring.score_store(store, hook, sae=sae, tokens="max")   # from a cache
+    res = vf.scoring.score_store(store, hook, tokens="cls")   # image CLS rows; "pooled" on
+                                                              # image.embed: the embedding
+    from vlmfast.scoring.relation_probe import relation_ground_truth   # bound relations:
+    gt = relation_ground_truth(store, {"image": hook})        # probe vs best single unit
 
 Definitions (also in each module's docstring): a unit is *selective* for a
 concept when AUROC >= 0.9 and BH-significant over all tests of its modality;

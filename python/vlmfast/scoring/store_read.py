@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmfast.scoring.store_rows import ScoredRows, label_basis
+from vlmfast.scoring.store_rows import ROWS_USED, ScoredRows, label_basis
 from vlmfast.stats.inputs import as_numpy
 
 
@@ -58,6 +58,7 @@ def store_meta(
         {
             "tokens": tokens,
             "aggregation": mode,
+            "rows": ROWS_USED.get(mode, mode),
             "labels": label_basis(reader.store),
             "source": "sae" if reader.sae is not None else "units",
         }

@@ -21,14 +21,28 @@ from vlmfast.store.schema import (
     TOWER_IMAGE,
 )
 
-TOKEN_MODES = ("auto", "pooled", "all", "max", "mean", "patch")
-"""How rows become scored samples: ``pooled`` rows (position -1) one per sample; ``max`` /
-``mean``: each unit's max / mean over a sample's token rows (position >= 0), one scored
-value per sample and modality; ``all``: every row scored on its own, carrying its sample's
-labels (a per-token diagnostic, not the paper's per-image AUROC); ``patch``: each image
-patch row against what its patch shows (object boxes; ``vlmfast.scoring.patches``; text
-rows are not scored); ``auto``: ``pooled`` when the hook has pooled rows, else ``max``."""
+TOKEN_MODES = ("auto", "pooled", "all", "max", "mean", "patch", "cls")
+"""How rows become scored samples: ``pooled`` rows (position -1) one per sample (an
+``image.embed`` / ``text.embed`` hook: the embedding); ``max`` / ``mean``: each unit's max
+/ mean over a sample's token rows (position >= 0), one scored value per sample and
+modality; ``all``: every row scored on its own, carrying its sample's labels (a per-token
+diagnostic, not the paper's per-image AUROC); ``patch``: each image patch row against
+what its patch shows (object boxes; ``vlmfast.scoring.patches``; text rows are not
+scored); ``cls``: each image's CLS row (position 0 of an image token hook whose tower has
+a CLS token) against what the image shows, one row per image (text rows are not scored);
+``auto``: ``pooled`` when the hook has pooled rows, else ``max``."""
 AGGREGATED = ("max", "mean")
+CLS_MODE = "cls"
+ROWS_USED: dict[str, str] = {
+    "pooled": "pooled rows (position -1, one per sample: e.g. the embedding)",
+    "max": "each sample's max over its token rows (an image's patch rows, CLS left out)",
+    "mean": "each sample's mean over its token rows (an image's patch rows, CLS left out)",
+    "all": "every row on its own, with its sample's labels (per-token diagnostic)",
+    "patch": "image patch rows against their patch's object boxes (text rows not scored)",
+    "cls": "image CLS rows (position 0, one per image; text rows not scored)",
+}
+"""What each concrete token mode scores (recorded as ``rows`` in a score table's metadata
+and printed by ``vlmfast score``)."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +77,32 @@ def resolve_tokens(position: npt.NDArray[Any], tokens: str, hook: str) -> str:
             f"{hook} has no pooled rows (position -1): it was cached at token positions; "
             "score it with tokens='max' or 'mean' (per sample over its tokens)"
         )
-    if tokens in AGGREGATED and not has_tokens:
+    if tokens in (*AGGREGATED, CLS_MODE) and not has_tokens:
         raise InputError(
             f"{hook} has no token rows (only pooled rows, position -1); score it with "
             "tokens='pooled'"
         )
     return tokens
+
+
+def cls_rows(store: Any, hook: str, index: Any) -> npt.NDArray[np.int64]:
+    """Store rows of ``hook`` that are image CLS rows (image rows at position 0).
+
+    Raises ``InputError`` when the store records no CLS token for the image tower or the
+    hook has no image token rows."""
+    if not image_cls_token(store):
+        raise InputError(
+            f"tokens='cls': the store records no CLS token for the image tower of {hook}; "
+            "score its patch rows (tokens='max' / 'patch') or its embedding (image.embed, "
+            "tokens='pooled')"
+        )
+    position = np.asarray(index.position)
+    keep = np.flatnonzero((np.asarray(index.modality) == 0) & (position == 0)).astype(np.int64)
+    if len(keep) == 0:
+        raise InputError(
+            f"tokens='cls': {hook} has no image rows at position 0 (not an image hook?)"
+        )
+    return keep
 
 
 def select_rows(position: npt.NDArray[Any], mode: str) -> npt.NDArray[np.int64]:
@@ -116,7 +150,7 @@ def scored_rows(store: Any, hook: str, index: Any, mode: str) -> ScoredRows:
 
         return ScoredRows(*patch_rows(store, hook, index))
     position = np.asarray(index.position)
-    keep = select_rows(position, mode)
+    keep = cls_rows(store, hook, index) if mode == CLS_MODE else select_rows(position, mode)
     if mode in AGGREGATED and image_cls_token(store):
         # an image sample's max/mean is over its patches: the CLS row is no patch
         image_cls = (np.asarray(index.modality)[keep] == 0) & (position[keep] == 0)

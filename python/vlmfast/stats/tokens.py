@@ -89,7 +89,9 @@ def score_sparse_token_chunks(
             projected to all S samples, would not fit, drops the highest features
             (scored by the next pass). Output tables (~32 B x F x C with SE and
             stats) and the labels come on top. Ignored when ``feature_block`` is set.
-        with_se, stats, top_n: as :func:`~vlmfast.stats.score_sparse`.
+        with_se: compute DeLong standard errors (as :func:`~vlmfast.stats.score_sparse`).
+        stats: compute firing counts, means on/off concept and top-n precision.
+        top_n: exemplars kept per feature (largest activations).
         progress: called with each chunk's token rows, on every pass.
 
     Results equal aggregating with :func:`aggregate_sparse_tokens` (or numpy)

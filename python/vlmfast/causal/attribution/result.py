@@ -229,17 +229,15 @@ class AttributionResult:
         """Heatmaps (layers x components) of every (tower, kind); saved as PNG + SVG at
         ``path`` (suffix replaced) when given. Needs matplotlib; returns the figure."""
         try:
-            import matplotlib
-
-            if path is not None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # a bare Figure: no pyplot state, no backend switch (notebooks keep inline plots)
+            from matplotlib.figure import Figure
         except ImportError as err:  # pragma: no cover - matplotlib is in the dev env
             raise InputError(
                 "AttributionResult.plot needs matplotlib (pip install matplotlib)"
             ) from err
         keys = list(self.scores)
-        fig, axes = plt.subplots(len(keys), 1, figsize=(9, 2.2 * len(keys) + 0.6), squeeze=False)
+        fig = Figure(figsize=(9, 2.2 * len(keys) + 0.6))
+        axes = fig.subplots(len(keys), 1, squeeze=False)
         for ax, key in zip(axes[:, 0], keys, strict=True):
             s = self.scores[key].numpy()
             lim = float(np.abs(s).max()) or 1.0

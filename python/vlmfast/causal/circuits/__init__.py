@@ -6,7 +6,8 @@ returning a ``Circuit`` (``result.py``) of ``CircuitNode`` (``types.py``);
 ``find_feature_circuit`` / ``FeatureCircuit`` (``feature_circuit.py``) with
 ``feature_attribution`` / ``feature_families`` (``features.py``); drawings,
 ``circuit_to_dot`` (``dot.py``), ``circuit_to_svg`` (``svg.py``) and ``draw_circuit``
-(``draw.py``). The batched ablation engine (``engine.py``, ``ablated_block.py``) takes
+(``draw.py``); where the two towers meet, ``meeting_point`` / ``Meeting`` and
+``route_through_embeddings`` (``meeting.py``: edges through each tower's projection). The batched ablation engine (``engine.py``, ``ablated_block.py``) takes
 component families (``families.py``: ``HeadFamily``, ``NeuronFamily``, the protocol).
 """
 
@@ -20,12 +21,14 @@ from vlmfast.causal.circuits.families import ComponentFamily, HeadFamily, Neuron
 from vlmfast.causal.circuits.feature_circuit import FeatureCircuit, find_feature_circuit
 from vlmfast.causal.circuits.features import feature_attribution, feature_families
 from vlmfast.causal.circuits.graph import circuit_edges
+from vlmfast.causal.circuits.meeting import Meeting, meeting_point, route_through_embeddings
 from vlmfast.causal.circuits.result import Circuit, NullSummary
 from vlmfast.causal.circuits.search import find_circuit
 from vlmfast.causal.circuits.svg import circuit_to_svg
-from vlmfast.causal.circuits.types import LOGIT, CircuitEdge, CircuitNode
+from vlmfast.causal.circuits.types import EMBED, LOGIT, CircuitEdge, CircuitNode
 
 __all__ = [
+    "EMBED",
     "LOGIT",
     "Circuit",
     "CircuitConfig",
@@ -35,6 +38,7 @@ __all__ = [
     "ComponentFamily",
     "FeatureCircuit",
     "HeadFamily",
+    "Meeting",
     "NeuronFamily",
     "NullSummary",
     "circuit_edges",
@@ -45,4 +49,6 @@ __all__ = [
     "feature_families",
     "find_circuit",
     "find_feature_circuit",
+    "meeting_point",
+    "route_through_embeddings",
 ]

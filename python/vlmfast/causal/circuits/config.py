@@ -22,6 +22,7 @@ from vlmfast.errors import InputError
 COMPONENTS = ("heads", "neurons", "features")
 DEFAULT_COMPONENTS = ("heads", "neurons")  # features need saes=
 RANKINGS = ("atp", "atp*", "exact")
+CORRUPT_SIDES = ("given", "image", "text", "both")
 DEFAULT_GRID = 32
 DEFAULT_BOOT = 1000
 
@@ -40,7 +41,15 @@ class CircuitConfig:
     latents of ``saes`` plus one error node per hook and position; see
     ``vf.causal.find_feature_circuit``); may be empty when ``families`` are given."""
     towers: Sequence[str] = TOWERS
-    """The towers whose components are candidates."""
+    """The towers whose components are candidates (both: one search over the image and
+    text towers' units at once; ``Circuit.meta["per_tower"]`` counts each tower's nodes)."""
+    corrupt: str = "given"
+    """Which side's corrupt inputs the search uses: ``"given"`` (whichever of
+    ``corrupt_images`` / ``corrupt_texts`` are passed), ``"image"``, ``"text"`` or
+    ``"both"`` (those must be passed; the other side's are dropped). With the default
+    ``"atp"`` ranking a tower without corruption scores 0 everywhere, so a two-tower
+    search wants ``"both"`` (``vlmfast.causal.core.corruption.concept_corruption``'s
+    ``both-swap``: the image re-rendered and the caption swapped to the same word)."""
     ranking: str | Sequence[Any] = "atp"
     """``"atp"``, ``"atp*"``, ``"exact"`` or an explicit order of nodes (see ``search.py``)."""
     ablation: str = "mean"
@@ -133,6 +142,7 @@ def _check_choices(pair: Any, cfg: CircuitConfig) -> tuple[list[str], list[str]]
             f"ranking must be one of {list(RANKINGS)} or a list of nodes, got {ranking!r}"
         )
     check_choice(ablation, ABLATIONS, "ablation")
+    check_choice(cfg.corrupt, CORRUPT_SIDES, "corrupt")
     if not isinstance(target, int | float) or not 0 < float(target) <= 1:
         raise InputError(f"target must be in (0, 1], got {target!r}")
     if not isinstance(null, int) or null < 0:
@@ -145,4 +155,24 @@ def _check_choices(pair: Any, cfg: CircuitConfig) -> tuple[list[str], list[str]]
     return list(dict.fromkeys(comps)), list(dict.fromkeys(tw))
 
 
-__all__ = ["COMPONENTS", "RANKINGS", "CircuitConfig", "check_config"]
+def corrupt_sides(corrupt: dict[str, Any], side: str) -> dict[str, Any]:
+    """``corrupt`` (``{tower: inputs or None}``) with only ``side``'s inputs kept
+    (:data:`CORRUPT_SIDES`), or InputError when ``side`` names inputs not given."""
+    if side == "given":
+        return corrupt
+    want = TOWERS if side == "both" else (side,)
+    missing = [t for t in want if corrupt.get(t) is None]
+    if missing:
+        names = " and ".join(f"corrupt_{t}s=" for t in missing)
+        raise InputError(f"corrupt={side!r} needs {names} (or use corrupt='given')")
+    return {t: (corrupt[t] if t in want else None) for t in TOWERS}
+
+
+__all__ = [
+    "COMPONENTS",
+    "CORRUPT_SIDES",
+    "RANKINGS",
+    "CircuitConfig",
+    "check_config",
+    "corrupt_sides",
+]

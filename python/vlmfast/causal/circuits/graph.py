@@ -114,8 +114,10 @@ def circuit_edges(
 
     Args:
         pair: a HookedPair in eval mode.
-        images, texts: clean inputs, image ``i`` paired with caption ``i``.
-        corrupt_images, corrupt_texts: corrupted inputs (same shapes; at least one).
+        images: clean images, image ``i`` paired with caption ``i``.
+        texts: clean captions, caption ``i`` paired with image ``i``.
+        corrupt_images: corrupted images (same shape; this or ``corrupt_texts`` or both).
+        corrupt_texts: corrupted captions (same shape; this or ``corrupt_images`` or both).
         nodes: ``CircuitNode`` of kind ``"heads"``, ``"neurons"``, ``"features"`` or
             ``"errors"`` (the last two need ``saes``).
         metric: as in ``vf.causal.attribute``.

@@ -243,15 +243,13 @@ class Circuit:
         """Faithfulness curve (f vs k/N, log x) with the null's mean and band, the target
         and the chosen size; saved as PNG at ``path`` when given. Returns the figure."""
         try:
-            import matplotlib
-
-            if path is not None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # a bare Figure: no pyplot state, no backend switch (notebooks keep inline plots)
+            from matplotlib.figure import Figure
         except ImportError as err:  # pragma: no cover - matplotlib is in the dev env
             raise InputError("Circuit.plot needs matplotlib") from err
         n = self.n_nodes
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig = Figure(figsize=(6.4, 4.0))
+        ax = fig.subplots()
         xs = [max(kk, 0.5) / n for kk in self.k]
         if self.null is not None:
             nx = [max(kk, 0.5) / n for kk in self.null.k]

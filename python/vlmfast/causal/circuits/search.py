@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vlmfast.causal.circuits.config import CircuitConfig, check_config
+from vlmfast.causal.circuits.config import CircuitConfig, check_config, corrupt_sides
 from vlmfast.causal.circuits.engine import CircuitEvaluator
 from vlmfast.causal.circuits.families import HeadFamily, NeuronFamily
 from vlmfast.causal.circuits.features import feature_families
@@ -90,10 +90,12 @@ def find_circuit(
 
     Args:
         pair: a HookedPair in eval mode.
-        images, texts: the clean inputs (pixels / token ids or PIL images / strings),
-            image ``i`` paired with caption ``i``.
-        corrupt_images, corrupt_texts: corrupted inputs (same shapes): the ranking's
-            counterfactual (atp / atp*) and the ``"resample"`` ablation's source.
+        images: the clean images (pixels or PIL images), image ``i`` paired with
+            caption ``i``.
+        texts: the clean captions (token ids or strings), paired with ``images``.
+        corrupt_images: corrupted images (same shape): with ``corrupt_texts``, the
+            ranking's counterfactual (atp / atp*) and the ``"resample"`` ablation's source.
+        corrupt_texts: corrupted captions (same shape), as ``corrupt_images``.
         config: a :class:`CircuitConfig` (every option, documented per field).
         **options: the same options as keywords (``components=``, ``ranking=``,
             ``ablation=``, ``target=``, ``null=``, ``seed=``, ...); they replace
@@ -105,6 +107,7 @@ def find_circuit(
     clean, corrupt, ref = circuit_inputs(
         pair, images, texts, corrupt_images, corrupt_texts, cfg.reference
     )
+    corrupt = corrupt_sides(corrupt, cfg.corrupt)
     resample, resample_source = resample_inputs(clean, corrupt, cfg.ablation)
     fams = _families(pair, kinds, tower_list, cfg.saes, clean, corrupt, cfg.metric, cfg.max_rows)
     fams += list(cfg.families)
@@ -153,8 +156,22 @@ def find_circuit(
         "n_boot": cfg.n_boot,
         "seed": cfg.seed,
         "corrupted": [t for t in TOWERS if corrupt[t] is not None],
+        "corrupt": cfg.corrupt,
     }
-    return curve.result(scores, m_complement, interval, null_summary, meta)
+    out = curve.result(scores, m_complement, interval, null_summary, meta)
+    out.meta["per_tower"] = _per_tower(out, tower_list)
+    return out
+
+
+def _per_tower(circuit: Circuit, towers: list[str]) -> dict[str, dict[str, int]]:
+    """How many of the circuit's nodes and of the candidates each tower holds."""
+    return {
+        t: {
+            "circuit": sum(n.tower == t for n in circuit.nodes),
+            "candidates": sum(n.tower == t for n in circuit.order),
+        }
+        for t in towers
+    }
 
 
 @dataclass

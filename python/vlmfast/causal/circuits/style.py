@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from vlmfast.causal.circuits.types import LOGIT, CircuitEdge, CircuitNode
+from vlmfast.causal.circuits.types import EMBED, LOGIT, CircuitEdge, CircuitNode
 from vlmfast.errors import InputError
 
 POSITIVE = "#2166ac"
@@ -74,7 +74,8 @@ def check_graph(
     """Distinct nodes in a fixed order and the drawn edges, or InputError.
 
     Nodes are sorted by (tower, layer, kind, hook, index); edges must join known node
-    keys (or end at ``"logit"``) and have finite effects; edges with an effect of exactly
+    keys (or end at ``"logit"``; a tower's embedding node ``EMBED[tower]`` may stand
+    between its nodes and the logit) and have finite effects; edges with an effect of exactly
     0 or ``|effect| < min_effect`` are not drawn.
     """
     if isinstance(nodes, CircuitNode):
@@ -105,9 +106,10 @@ def check_graph(
     for e in edges:
         if not isinstance(e, CircuitEdge):
             raise InputError(f"edges must hold CircuitEdge objects, got {type(e).__name__}")
-        if e.src not in by_key:
+        embeds = EMBED.values()
+        if e.src not in by_key and not (e.src in embeds and e.dst == LOGIT):
             raise InputError(f"edge {e.src} -> {e.dst}: source {e.src!r} is not in nodes")
-        if e.dst != LOGIT and e.dst not in by_key:
+        if e.dst != LOGIT and e.dst not in by_key and e.dst not in embeds:
             raise InputError(f"edge {e.src} -> {e.dst}: destination {e.dst!r} is not in nodes")
         if not math.isfinite(float(e.effect)):
             raise InputError(f"edge {e.src} -> {e.dst} has a non-finite effect {e.effect!r}")
@@ -120,7 +122,7 @@ def node_totals(nodes: Sequence[CircuitNode], edges: Sequence[CircuitEdge]) -> d
     """Sum of each node's outgoing effects."""
     out = {n.key: 0.0 for n in nodes}
     for e in edges:
-        out[e.src] += float(e.effect)
+        out[e.src] = out.get(e.src, 0.0) + float(e.effect)
     return out
 
 

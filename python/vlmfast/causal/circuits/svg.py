@@ -6,7 +6,10 @@ Layout: a grid with one row per (layer, hook point) present, layers bottom to to
 head's ``attn.z`` row sits below its block's ``mlp.post`` row; a row of more than 8
 nodes wraps onto more lines); the image tower's nodes in the left column block, the
 text tower's on the right (each line centred in its tower);
-the ``logit`` node, where the towers meet, at the top centre. Heads are rounded boxes,
+the ``logit`` node, where the towers meet, at the top centre. When the edges run through
+the towers' projections into the shared space (``meeting.route_through_embeddings``), each
+tower's embedding node (``image.embed`` / ``text.embed``, a trapezoid) sits at the top of
+its lane, between the tower and the logit (``svg_meeting.py``). Heads are rounded boxes,
 neurons ellipses, SAE features hexagons, error nodes dashed boxes; a node's fill is the
 sum of its outgoing effects (its AtP attribution for ``circuit_edges`` output) on a
 diverging white-blue/red scale. Edges are cubic paths from a node's top to its target's
@@ -40,7 +43,8 @@ from vlmfast.causal.circuits.style import (
     node_totals,
     text_color,
 )
-from vlmfast.causal.circuits.types import LOGIT, CircuitEdge, CircuitNode
+from vlmfast.causal.circuits.svg_meeting import EMBED_BAND, embed_towers, meeting_nodes
+from vlmfast.causal.circuits.types import EMBED, LOGIT, CircuitEdge, CircuitNode
 from vlmfast.errors import InputError
 from vlmfast.models.layers import block_hook_points
 
@@ -101,7 +105,8 @@ def circuit_to_svg(
         nodes: the circuit's nodes (both towers).
         edges: edges between them and into ``"logit"``; every endpoint must be a node.
         labels: optional ``{node key: text}``, the node's second line (cut at 18 chars;
-            the full text is in the node's ``<title>``).
+            the full text is in the node's ``<title>``); the embedding nodes' and the
+            logit's keys annotate those.
         min_effect: edges with ``|effect|`` below it are left out (and zero edges always).
         title: optional caption drawn at the top left.
         engine: ``"python"`` (this layout) or ``"dot"`` (Graphviz, if installed).
@@ -113,7 +118,7 @@ def circuit_to_svg(
     ordered, drawn = check_graph(nodes, edges, min_effect)
     totals = node_totals(ordered, drawn)
     edge_scale = max((abs(e.effect) for e in drawn), default=0.0)
-    lay = _layout(ordered)
+    lay = _layout(ordered, embed_towers(edges))
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(lay.width)}" '
         f'height="{_n(lay.height)}" viewBox="0 0 {_n(lay.width)} {_n(lay.height)}" '
@@ -126,6 +131,7 @@ def circuit_to_svg(
     out += _frame(lay)
     out += _edges(lay, drawn, edge_scale)
     out += _nodes(lay, ordered, totals, labels)
+    out += meeting_nodes(lay.pos, lay.logit, totals, labels, shape=_shape, text=_text)
     out.append(_legend(lay.height - LEGEND + 10, edge_scale))
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -145,7 +151,7 @@ class _Layout:
     height: float
 
 
-def _layout(ordered: Sequence[CircuitNode]) -> _Layout:
+def _layout(ordered: Sequence[CircuitNode], embeds: Sequence[str] = ()) -> _Layout:
     """Grid rows per (layer, hook point), bottom to top; a row wider than ``MAX_COLS`` nodes
     (SAE features, error nodes) wraps onto extra lines of the same row."""
     rows = sorted({(n.layer, _stage(n)) for n in ordered})
@@ -156,7 +162,8 @@ def _layout(ordered: Sequence[CircuitNode]) -> _Layout:
         r: max([math.ceil(len(v) / MAX_COLS) for (_, rr), v in cells.items() if rr == r] or [1])
         for r in rows
     }
-    grid_top = TOP + LOGIT_BAND
+    band = EMBED_BAND if embeds else 0.0
+    grid_top = TOP + LOGIT_BAND + band
     n_lines = sum(lines.values()) or 1
     grid_h = n_lines * ROW_H
     # line 0 is the bottom line; a row's first (lowest) line holds its first nodes
@@ -183,6 +190,8 @@ def _layout(ordered: Sequence[CircuitNode]) -> _Layout:
             y = line_y(first_line[r] + start // MAX_COLS)
             for j, n in enumerate(chunk):
                 pos[n.key] = (offset + COL_W * (j + 0.5), y)
+    for t in embeds:
+        pos[EMBED[t]] = (x0[t] + tower_w[t] / 2, TOP + LOGIT_BAND + band / 2 - 4)
     layer_y: dict[int, float] = {}
     for r in rows:
         layer_y.setdefault(r[0], line_y(first_line[r]))
@@ -246,7 +255,7 @@ def _nodes(
     totals: Mapping[str, float],
     labels: Mapping[str, str] | None,
 ) -> list[str]:
-    scale = max((abs(v) for v in totals.values()), default=0.0)
+    scale = max((abs(totals[n.key]) for n in ordered), default=0.0)
     out = []
     for n in ordered:
         x, y = lay.pos[n.key]
@@ -264,12 +273,6 @@ def _nodes(
             out.append(_text(x, y - 3, lines[0], color))
             out.append(_text(x, y + 9, _short(lines[1]), color, size=9))
         out.append("</g>")
-    lx, ly = lay.logit
-    out.append(
-        f'<g><title>logit: where the towers meet</title><ellipse cx="{_n(lx)}" cy="{_n(ly)}" '
-        f'rx="{_n(NODE_W / 2)}" ry="{_n(NODE_H / 2)}" fill="#eeeeee" stroke="#333333" '
-        f'stroke-width="1.5"/>{_text(lx, ly + 4, "logit", "#000000", size=11)}</g>'
-    )
     return out
 
 
@@ -283,6 +286,10 @@ def _text(x: float, y: float, text: str, color: str, size: float = 10) -> str:
 def _shape(kind: str, x: float, y: float, fill: str) -> str:
     w, h = NODE_W, NODE_H
     common = f'fill="{fill}" stroke="#333333"'
+    if kind == "embed":  # a tower's projection into the shared space: a trapezoid
+        pts = [(x - w / 2, y + h / 2), (x + w / 2, y + h / 2), (x + w / 3, y - h / 2),
+               (x - w / 3, y - h / 2)]  # fmt: skip
+        return f'<polygon points="{" ".join(f"{_n(a)},{_n(b)}" for a, b in pts)}" {common}/>'
     if kind == "neurons":
         return f'<ellipse cx="{_n(x)}" cy="{_n(y)}" rx="{_n(w / 2)}" ry="{_n(h / 2)}" {common}/>'
     if kind == "features":

@@ -53,6 +53,10 @@ class CircuitNode:
 LOGIT = "logit"
 """Destination key of edges into the pair's score (the two towers meet there)."""
 
+EMBED = {"image": "image.embed", "text": "text.embed"}
+"""Keys of each tower's projection into the shared space (``meeting.py``): a drawing's
+edges may run node -> embedding -> logit."""
+
 
 @dataclass(frozen=True)
 class CircuitEdge:

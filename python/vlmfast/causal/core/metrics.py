@@ -1,7 +1,7 @@
 """Metrics of a patched run, computed on the pair's real score.
 
 CLIP and SigLIP meet only in the logit ``scale * cos(img, txt) (+ bias)``; a patching
-metric must be that score (DESIGN pitfall 4/5: SigLIP's bias and the logit scale are
+metric must be that score (SigLIP's bias and the logit scale are
 part of it), not a raw dot product.
 
 A metric maps a similarity tensor ``[..., n_img, n_txt]`` to ``[...]`` (one number per

@@ -2,7 +2,7 @@
 
 A unit's activation on an image is its maximum (or mean) over the image's patch tokens
 (CLS excluded), on a text its maximum over the tokens up to EOT: per *sample*, never per
-token row (DESIGN: a token row carrying its sample's label measures nothing the paper
+token row (a token row carrying its sample's label measures nothing the paper
 means). The result's ``meta()`` carries the :class:`UnitLayout` that ``top_units`` reads.
 """
 

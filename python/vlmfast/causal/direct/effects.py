@@ -64,7 +64,8 @@ def direct_effects(
 
     Args:
         pair: a HookedPair (eval mode).
-        images, texts: pixels / token ids (or PIL images / strings), caption i for image i.
+        images: pixels (or PIL images); image i is paired with caption i.
+        texts: token ids (or strings); caption i is paired with image i.
         tower: ``"image"``, ``"text"`` or ``"both"`` (each tower against the other's clean
             embedding; a ``DirectEffectsBoth``).
         null: number of mismatched-pair draws for the null (0: no null).

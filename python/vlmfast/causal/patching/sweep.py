@@ -74,7 +74,8 @@ def patch_sweep(
 
     Args:
         pair: a HookedPair.
-        images, texts: the base inputs (preprocessed pixels, token ids), paired by index.
+        images: the base images (preprocessed pixels), paired with ``texts`` by index.
+        texts: the base captions (token ids), paired with ``images`` by index.
         source: where patched values come from: ``{"images": px, "texts": tok}`` (run here),
             a RunOutput or a ``{hook: tensor}`` cache holding the patched hooks.
         metric: ``"score"`` (matched ``scale*cos + bias``), ``"logit_diff"`` (matched minus

@@ -170,17 +170,14 @@ class TraceResult:
         ``value``: ``"recovery"`` (default) or ``"effect"`` (the metric minus corrupt, so
         that 0 is the corrupted run either way). Returns a matplotlib Figure.
         """
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        # a bare Figure: no pyplot state, no backend switch (a notebook keeps its inline plots)
+        from matplotlib.figure import Figure
 
         kinds = kinds or self.kinds
         n = len(kinds)
         tall = max(len(self.positions), 4)
-        fig, axes = plt.subplots(
-            1, n, figsize=(3.2 * n + 1.0, 1.2 + 0.16 * min(tall, 60)), squeeze=False
-        )
+        fig = Figure(figsize=(3.2 * n + 1.0, 1.2 + 0.16 * min(tall, 60)))
+        axes = fig.subplots(1, n, squeeze=False)
         for ax, kind in zip(axes[0], kinds):
             table = self.recovery[kind] if value == "recovery" else self.effect[kind] - self.corrupt
             data = table.T.float().numpy()

@@ -5,6 +5,9 @@ lab = ConceptLabeler.default()
 lab.label("two tabby cats left of a red wooden bathtub")
 # ['bathtub', 'tabby cat', 'red', 'wooden', 'left of']
 labels = lab.label_texts(captions)   # ConceptLabels: bool [N, C], names, kinds
+
+Relation labels are unordered (``left of`` on an image: two objects in different
+columns); ``bound_relations`` names which object is where (``red left of blue``).
 """
 
 from vlmfast.data.concepts.labeler import ConceptLabeler, tokenize

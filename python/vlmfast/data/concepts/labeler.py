@@ -11,6 +11,12 @@ only between two noun phrases: a content word before it (skipping copulas and
 posture verbs: "a dog *is sitting* on a couch") and a content word after it
 (skipping articles, numbers and attribute words: "... left of *a big red* ball").
 This is a heuristic without a parser; ``relations(text)`` shows what it found.
+
+A relation label is unordered: ``left of`` says a caption relates two things by a
+left/right phrase, not which is where (on images, where both of a pair hold at once, it
+says only "two objects in different columns / rows"). Bound relations (``red left of
+blue``) are built by :mod:`vlmfast.data.concepts.bound_relations` from a subject, a
+relation and an object (the synthetic source binds its captions and scenes with it).
 """
 
 from __future__ import annotations

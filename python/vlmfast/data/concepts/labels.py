@@ -19,7 +19,9 @@ class ConceptLabels:
     names: list[str]
     """Concept name per column (unique)."""
     kinds: list[str]
-    """Concept kind per column: ``object``, ``color``, ``size``, ``material``, ``relation``, ..."""
+    """Concept kind per column: ``object``, ``color``, ``size``, ``material``, ``relation``
+    (unordered: on an image, two objects in different columns / rows), ``bound relation``
+    (which object is where: ``red left of blue``), ..."""
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=bool)

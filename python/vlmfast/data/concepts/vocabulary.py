@@ -39,7 +39,9 @@ class Concept:
     name: str
     """Unique display name (the label column name)."""
     kind: str
-    """``object``, ``color``, ``size``, ``material``, ``relation`` (or your own)."""
+    """``object``, ``color``, ``size``, ``material``, ``relation`` (or your own). A
+    ``relation`` is unordered: on an image it says only "two objects in different columns /
+    rows"; the ``bound relation`` kind (``red left of blue``) says which object is where."""
     terms: tuple[str, ...]
     """Lower-case phrases (singular) that name it in captions."""
     wnid: str | None = None

@@ -27,6 +27,8 @@ from vlmfast.errors import InputError
 IMAGE_KEYS = ("image", "file", "file_name", "filename", "path", "image_path")
 CAPTION_KEYS = ("caption", "text", "txt")
 CAPTION_FILES = ("captions.jsonl", "captions.csv", "metadata.jsonl", "metadata.csv")
+FORMAT_DOCS = "docs/getting-started/your-data.md"
+"""The page that explains the folder and captions formats (errors about them cite it)."""
 
 
 def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
@@ -51,6 +53,20 @@ def _check_csv_header(path: Path) -> None:
         raise InputError(
             f"{path}: its columns are {', '.join(columns) or '(none)'}; it needs "
             + " and ".join(missing)
+            + f" (see {FORMAT_DOCS})"
+        )
+
+
+def _check_sidecars(folder: Path) -> None:
+    """A folder without a captions file needs images with same-stem ``.txt`` captions."""
+    images = [q for q in folder.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS]
+    if not any(q.with_suffix(".txt").is_file() for q in images):
+        found = f"{len(images)} images but no .txt caption beside any" if images else "no images"
+        raise InputError(
+            f"folder source {folder}: no captions: no {' / '.join(CAPTION_FILES)} file and "
+            f"{found}; write {folder / 'captions.jsonl'} with one "
+            '{"image": "<path relative to it>", "caption": "..."} per line '
+            f"(see {FORMAT_DOCS})"
         )
 
 
@@ -78,7 +94,8 @@ class FolderSource(PairSource):
             self.captions_file, self.root = p, p.parent
         else:
             raise InputError(
-                f"folder source: {path!s} is neither a folder nor a .jsonl/.csv captions file"
+                f"folder source: {path!s} is neither a folder nor a .jsonl/.csv captions "
+                f"file (see {FORMAT_DOCS})"
             )
         if self.captions_file is not None and self.captions_file.suffix.lower() == ".csv":
             _check_csv_header(self.captions_file)
@@ -107,6 +124,7 @@ class FolderSource(PairSource):
                 yield line_no, row
 
     def _sidecar_rows(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        _check_sidecars(self.root)
         images = sorted(
             q for q in self.root.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()
         )

@@ -4,6 +4,14 @@
 structured caption, its hard negatives, held-out combinations); ``labels``
 gives exact image-level concept labels (every shape, color, size and relation
 present in the image), not caption guesses.
+
+Relations come twice. The unordered ones (kind ``relation``) on an image only say
+"two objects in different columns" (``left of``, ``right of``: the two columns are
+identical on images) or "in different rows" (``above``, ``below``). The bound ones
+(kind ``bound relation``, :mod:`vlmfast.data.concepts.bound_relations`) say which
+object stands where: ``red left of blue``, ``circle above square`` (color-color and
+shape-shape pairs, canonical ``left of`` / ``above`` only); a caption's are bound
+from its subject and object the same way.
 """
 
 from __future__ import annotations
@@ -58,8 +66,12 @@ def parse_synthetic_spec(text: str) -> dict[str, Any]:
     return out
 
 
-def synthetic_concepts() -> tuple[list[str], list[str]]:
-    """Names and kinds of the synthetic benchmark's exact concepts."""
+def synthetic_concepts(bound: bool = True) -> tuple[list[str], list[str]]:
+    """Names and kinds of the synthetic benchmark's exact concepts: shapes, colors, sizes,
+    the unordered relations (kind ``relation``) and, with ``bound``, the bound relations
+    (kind ``bound relation``: ``red left of blue``, ``circle above square``)."""
+    from vlmfast.data.concepts.bound_relations import BOUND_KIND, bound_vocabulary
+
     names = [*sspec.SHAPES, *sspec.COLORS, *sspec.SIZES, *sspec.RELATIONS]
     kinds = (
         ["object"] * len(sspec.SHAPES)
@@ -67,6 +79,10 @@ def synthetic_concepts() -> tuple[list[str], list[str]]:
         + ["size"] * len(sspec.SIZES)
         + ["relation"] * len(sspec.RELATIONS)
     )
+    if bound:
+        extra = bound_vocabulary({"color": sspec.COLORS, "shape": sspec.SHAPES})
+        names += extra
+        kinds += [BOUND_KIND] * len(extra)
     return names, kinds
 
 
@@ -115,9 +131,11 @@ class SyntheticSource(PairSource):
 
     def caption_labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
         """Exact caption labels from the structured caption in ``meta``: the shape, color
-        and size of each mention (where the caption names them) and the relation."""
+        and size of each mention (where the caption names them), the relation and its
+        bound names (from the subject and object mentions)."""
         import numpy as np
 
+        from vlmfast.data.concepts.bound_relations import caption_bound_relations
         from vlmfast.data.concepts.labels import ConceptLabels
 
         names, kinds = synthetic_concepts()
@@ -131,6 +149,9 @@ class SyntheticSource(PairSource):
                         mat[r, col[mention[key]]] = True
             if caption.get("relation"):
                 mat[r, col[caption["relation"]]] = True
+                subj, obj = caption["mentions"][0], caption["mentions"][1]
+                for name in caption_bound_relations(subj, caption["relation"], obj):
+                    mat[r, col[name]] = True
         return ConceptLabels(mat, names, kinds)
 
     has_boxes = True
@@ -163,9 +184,11 @@ class SyntheticSource(PairSource):
         return ObjectBoxes(np.asarray(rec_of, dtype=np.int64), boxes, concepts)
 
     def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
-        """Exact image-level labels from the ground truth in ``meta``."""
+        """Exact image-level labels from the ground truth in ``meta`` (an unordered relation:
+        two objects in different columns / rows; a bound one: which object is where)."""
         import numpy as np
 
+        from vlmfast.data.concepts.bound_relations import image_bound_relations
         from vlmfast.data.concepts.labels import ConceptLabels
 
         names, kinds = synthetic_concepts()
@@ -177,4 +200,6 @@ class SyntheticSource(PairSource):
                     mat[r, col[obj[key]]] = True
             for _, rel, _ in rec.meta.get("relations", []):
                 mat[r, col[rel]] = True
+            for name in image_bound_relations(rec.meta.get("objects", [])):
+                mat[r, col[name]] = True
         return ConceptLabels(mat, names, kinds)

@@ -73,6 +73,22 @@ class Caption:
             return f"{self.mentions[0].text()} {self.relation} {self.mentions[1].text()}"
         return " and ".join(m.text() for m in self.mentions)
 
+    def bound_relations(self) -> set[str]:
+        """The bound relation names the caption says, from its subject (mention 0) and
+        object (mention 1): "a red circle right of a blue square" -> ``blue left of red``,
+        ``square left of circle`` (``vlmfast.data.concepts.bound_relations``); empty
+        without a relation."""
+        from vlmfast.data.concepts.bound_relations import caption_bound_relations
+
+        if self.kind != "relation" or self.relation is None:
+            return set()
+        a, b = self.mentions[0], self.mentions[1]
+        return caption_bound_relations(
+            {"color": a.color, "shape": a.shape},
+            self.relation,
+            {"color": b.color, "shape": b.shape},
+        )
+
     def as_dict(self) -> dict[str, object]:
         return {
             "text": self.text,

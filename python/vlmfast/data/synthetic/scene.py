@@ -73,6 +73,13 @@ class Scene:
                         out.append((i, rel, j))
         return out
 
+    def bound_relations(self) -> set[str]:
+        """The bound relation names that hold (``red left of blue``, ``circle above square``:
+        ``vlmfast.data.concepts.bound_relations``), from the objects' grid cells."""
+        from vlmfast.data.concepts.bound_relations import image_bound_relations
+
+        return image_bound_relations([o.as_dict() for o in self.objects])
+
 
 _SPLIT_ID = {name: k for k, name in enumerate(spec.SPLITS)}
 

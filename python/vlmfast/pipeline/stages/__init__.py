@@ -8,10 +8,12 @@ writes changes, so existing runs recompute it.
 from __future__ import annotations
 
 from vlmfast.pipeline.context import StageDef
+from vlmfast.pipeline.sections import STAGE_NAMES
 from vlmfast.pipeline.stages import (
     attribute,
     cache,
     circuit,
+    crossmodal,
     intervene,
     report,
     score,
@@ -36,18 +38,36 @@ STAGES: dict[str, StageDef] = {
             "concepts.labels",
             "quality",
         ),
-        1,
+        2,  # 2: synthetic stores hold bound relation labels (`red left of blue`)
         cache.run,
     ),
     "train-sae": StageDef(
         "train-sae",
         ("cache",),
         # sae.rows (which token rows train): a run from before it existed retrains once
-        ("sae.n_latents", "sae.k", "sae.steps", "sae.batch_size", "sae.lr", "sae.rows", "run.seed"),
-        1,
+        # sae.arch and its options, sae.hooks: a run from before they existed retrains once
+        (
+            "sae.n_latents",
+            "sae.k",
+            "sae.steps",
+            "sae.batch_size",
+            "sae.lr",
+            "sae.rows",
+            "sae.arch",
+            "sae.groups",
+            "sae.threshold_ema",
+            "sae.threshold_init",
+            "sae.bandwidth",
+            "sae.l0_coef",
+            "sae.l0_coef_adapt",
+            "sae.hooks",
+            "run.seed",
+        ),
+        2,  # 2: each SAE's evaluation suite (eval.json) beside its weights
         train_sae.run,
     ),
-    "score": StageDef("score", ("cache", "train-sae"), ("score",), 1, score.run),
+    # score 2: the ground truth gains the bound relations' probes
+    "score": StageDef("score", ("cache", "train-sae"), ("score",), 2, score.run),
     # trace 2: trace_<tower>.npz also holds null_p_<kind> (vlmfast.causal.tracing.arrays)
     "trace": StageDef("trace", (), (*_MODEL, "data", "trace"), 2, trace.run),
     "attribute": StageDef("attribute", (), (*_MODEL, "data", "attribute"), 1, attribute.run),
@@ -61,9 +81,16 @@ STAGES: dict[str, StageDef] = {
         1,
         intervene.run,
     ),
+    "cross-modal": StageDef(
+        "cross-modal",
+        ("cache",),
+        (*_MODEL, "data", "crossmodal", "concepts.circuit"),
+        2,
+        crossmodal.run,
+    ),
     "report": StageDef(
         "report",
-        ("cache", "train-sae", "score", "trace", "attribute", "circuit", "intervene"),
+        tuple(name for name in STAGE_NAMES if name != "report"),  # every other stage
         ("report", "run.stages"),
         1,
         report.run,

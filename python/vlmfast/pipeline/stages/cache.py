@@ -33,6 +33,21 @@ def model_quality(ctx: StageContext) -> dict[str, Any] | None:
     return result
 
 
+def skipped_line(spec: str, skipped: dict[str, Any], shown: int = 3) -> str:
+    """One log line: how many records the source skipped, why, and which (the first
+    ``shown`` of each reason, each naming its file and line)."""
+    from vlmfast.data.sources.folder import FORMAT_DOCS
+
+    parts = []
+    for reason, count in sorted(skipped["counts"].items()):
+        examples = list(skipped.get("examples", {}).get(reason) or [])[:shown]
+        parts.append(f"{reason} {count}" + (f" ({'; '.join(examples)})" if examples else ""))
+    return (
+        f"{spec}: {skipped['n_bad']} bad records skipped: {', '.join(parts)}; "
+        f"the formats: {FORMAT_DOCS}"
+    )
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from vlmfast.caching import CacheConfig, read_skip_report, run_cache
 
@@ -61,7 +76,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     skipped = read_skip_report(ctx.dir / "store.zarr")
     if skipped:
-        ctx.log(f"  {cfg.data.spec}: {skipped['n_bad']} bad records skipped {skipped['counts']}")
+        ctx.log("  " + skipped_line(cfg.data.spec, skipped))
     hooks = {h: {"rows": int(store.n_rows(h)), "width": int(store.width(h))} for h in store.hooks}
     for hook, info in hooks.items():
         ctx.log(f"  {hook:<28} rows={info['rows']:>7} width={info['width']}")

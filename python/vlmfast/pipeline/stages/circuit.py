@@ -3,8 +3,11 @@
 Each concept's clean pairs are records whose caption names it (whole word); the corrupt
 inputs follow ``[circuit].corrupt``: ``text-swap`` replaces the concept's word in each
 caption by the next concept of its kind (``red`` -> ``green``: the synthetic benchmark's
-shapes and colors, else the bundled color vocabulary), ``image-noise`` adds pixel noise,
-``image-shift`` gives each image another pair's. ``RUN/circuit/result.json`` =
+shapes, colors and relations, else the bundled color vocabulary), ``image-swap`` re-renders
+the synthetic scene with the concept changed, ``both-swap`` does both (the caption takes
+the word the image took; the search then spans both towers and the drawing shows them
+meeting in the shared embedding), ``image-noise`` adds pixel noise, ``image-shift`` gives
+each image another pair's (``vlmfast.causal.core.corruption``). ``RUN/circuit/result.json`` =
 ``{concept: Circuit.to_json dict}`` (its ``meta.run`` says how it was found),
 ``<concept>.parquet`` (the faithfulness curve and the ranked components) and, with
 ``draw``, the circuit's edges drawn as ``<concept>.svg`` / ``.dot``.
@@ -16,34 +19,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from vlmfast.errors import InputError
 from vlmfast.pipeline.context import StageContext
 from vlmfast.pipeline.stages._common import read_pairs, skipped
 
 
-def _kinds() -> list[list[str]]:
-    from vlmfast.data.synthetic import spec
-
-    groups = [list(spec.SHAPES), list(spec.COLORS)]
-    try:
-        from importlib import resources
-
-        text = resources.files("vlmfast.data.concepts").joinpath("vocab/colors.json").read_text()
-        groups.append([c["name"] for c in json.loads(text)["concepts"]])
-    except (FileNotFoundError, KeyError, ValueError):
-        pass
-    return groups
-
-
 def swap_word(concept: str) -> str:
     """The concept the caption's word is swapped to: the next of its kind."""
-    for group in _kinds():
-        if concept in group:
-            return group[(group.index(concept) + 1) % len(group)]
-    raise InputError(
-        f"[circuit] corrupt = 'text-swap' needs a concept of a known kind (synthetic shapes "
-        f"and colors, or the bundled colors); {concept!r} is neither: use image-noise or image-shift"
-    )
+    from vlmfast.causal.core.corruption import swap_word as swap
+
+    return swap(concept)
 
 
 def concept_pairs(spec: str, concept: str, n: int, scan: int = 4000) -> list[Any]:
@@ -58,22 +42,14 @@ def concept_pairs(spec: str, concept: str, n: int, scan: int = 4000) -> list[Any
 def corrupt_pair_inputs(
     pair: Any, records: Sequence[Any], concept: str, corrupt: str, seed: int, noise_std: float
 ) -> dict[str, Any]:
-    """Clean images/texts and the configured corruption of them: ``text-swap`` here, the
-    others as ``vlmfast.causal`` corrupts them."""
+    """Clean images/texts and the configured corruption of them, as ``vlmfast.causal``
+    corrupts them (the swaps: ``concept_corruption``)."""
     from vlmfast.causal.core import corrupt_inputs
-    from vlmfast.data.pairs import caption_pattern
+    from vlmfast.causal.core.corruption import SWAPS, concept_corruption
 
-    if corrupt != "text-swap":
-        return corrupt_inputs(pair, records, corrupt, seed=seed, noise_std=noise_std)
-    px = pair.preprocess([r.image for r in records])
-    captions = [str(r.caption) for r in records]
-    out: dict[str, Any] = {"images": px, "texts": pair.tokenize(captions)}
-    out["corrupt_images"] = None
-    other = swap_word(concept)
-    pat = caption_pattern(concept)
-    out["corrupt_texts"] = pair.tokenize([pat.sub(other, c) for c in captions])
-    out["swap"] = other
-    return out
+    if corrupt in SWAPS:
+        return concept_corruption(pair, records, concept, corrupt)
+    return corrupt_inputs(pair, records, corrupt, seed=seed, noise_std=noise_std)
 
 
 def candidate_towers(cfg: Any) -> list[str]:
@@ -81,7 +57,7 @@ def candidate_towers(cfg: Any) -> list[str]:
     c = cfg.circuit
     if c.towers:
         return list(c.towers)
-    return ["text"] if c.corrupt == "text-swap" else ["image"]
+    return {"text-swap": ["text"], "both-swap": ["image", "text"]}.get(c.corrupt, ["image"])
 
 
 def _draw(
@@ -101,6 +77,7 @@ def _draw(
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from vlmfast.causal import find_circuit
+    from vlmfast.causal.core.corruption import SIDES
     from vlmfast.tables import write_table
 
     cfg = ctx.config
@@ -121,7 +98,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             pair, inputs["images"], inputs["texts"], inputs["corrupt_images"],
             inputs["corrupt_texts"], components=c.components, towers=towers, ranking=c.ranking,
             ablation=c.ablation, target=c.target, null=c.null, seed=cfg.run.seed, grid=c.grid,
-            pvalue=c.null >= 20, progress=ctx.progress, **c.options,
+            pvalue=c.null >= 20, progress=ctx.progress,
+            **({"corrupt": SIDES[c.corrupt]} if c.corrupt in SIDES else {}) | c.options,
         )  # fmt: skip
         edges, drawing = (
             _draw(ctx, circuit, pair, inputs, concept, c.draw_nodes) if c.draw else ([], None)
@@ -133,6 +111,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "pairs": len(records),
             "data": spec,
             "towers": towers,
+            "per_tower": circuit.meta.get("per_tower"),
             "drawing": drawing,
             "edges_among": min(len(circuit.nodes), c.draw_nodes or len(circuit.nodes)),
             **skipped(pairs),
@@ -145,9 +124,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         lo, hi = circuit.faithfulness_interval
         ctx.log(
             f"  {concept} ({c.corrupt}"
-            + (f" -> {inputs['swap']}" if inputs.get("swap") else "")
+            + (f" -> {_swapped(inputs.get('swap'))}" if inputs.get("swap") else "")
             + f"): {circuit.size} of {circuit.n_nodes} components (sparsity "
             f"{circuit.sparsity:.4f}{p} vs {c.null} random orderings); faithfulness "
             f"{circuit.faithfulness:.3f} [{lo:.3f}, {hi:.3f}]"
         )
     return out
+
+
+def _swapped(swap: Any) -> str:
+    """The swap's word, or the distinct words an image swap took (one per record)."""
+    return swap if isinstance(swap, str) else "/".join(dict.fromkeys(map(str, swap)))

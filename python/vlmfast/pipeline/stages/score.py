@@ -122,8 +122,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     results: dict[str, Any] = {}
     out: dict[str, Any] = {"modalities": {}, "neurons": {}}
     definitions: dict[str, Any] = {}
+    saes: dict[str, Any] = {}
     for mod, hook in sae_hooks(cfg, pair).items():
         sae = TopKSAE.load(ctx.upstream("train-sae") / mod, device=_device(ctx))
+        saes[mod] = sae
         meta = {"store": "cache/store.zarr", "sae": f"train-sae/{mod}"}
         res = _score(ctx, store, hook, sae, ctx.dir / mod, meta)
         results[mod] = res
@@ -148,6 +150,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log("")
         ctx.log("  ground truth: the best feature for each planted shape and color")
         out["ground_truth"] = ground_truth_table(results, cfg.score.target_auroc, ctx.log)
+        from vlmfast.scoring.relation_probe import relation_ground_truth
+
+        # bound relations: a probe on the image hook's CLS rows / the text hook's EOT rows,
+        # beside the best single unit and the best SAE feature (max over tokens)
+        out["ground_truth"]["bound_relations"] = relation_ground_truth(
+            store, sae_hooks(cfg, pair), saes=saes, device=_device(ctx)
+        )
     else:
         out["ground_truth"] = None
     out["paper_claims"] = (

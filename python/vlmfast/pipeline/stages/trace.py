@@ -87,11 +87,4 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _plot(res: Any, path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = res.plot()
-    fig.savefig(path, metadata={"Date": None})
-    plt.close(fig)
+    res.plot().savefig(path, metadata={"Date": None})  # a bare Figure: nothing to close
