@@ -13,11 +13,12 @@ export PYO3_PYTHON := $(abspath $(PY))
 # Triton kernels run in the interpreter on machines without a GPU.
 TRITON_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
 
-.PHONY: help env lock native browser demo test test-avx2 test-fast test-rust test-py lint fmt bench bench-rust clean
+.PHONY: help env lock native browser demo docs test test-avx2 test-fast test-rust test-py lint fmt bench bench-rust clean
 
 help:
 	@echo "make demo   - set up .venv if needed, run the end-to-end demo on the bundled model"
 	@echo "make test   - set up .venv if needed, run cargo test and pytest"
+	@echo "make docs   - execute the tutorial notebook, then build the site (mkdocs --strict) into site/"
 	@echo "make lint   - ruff, mypy, cargo fmt --check, clippy -D warnings"
 	@echo "make fmt    - format Python and Rust sources"
 	@echo "make lock   - re-resolve requirements.lock from pyproject.toml (an upgrade: its own commit)"
@@ -50,6 +51,18 @@ native: $(DEPS_STAMP)
 
 demo: native
 	$(VENV)/bin/vlmfast demo
+
+# The documentation site (mkdocs.yml): the tutorial is executed first (docs/tutorials/*.py ->
+# .ipynb with its outputs, ~1.5 min on 2 CPU cores, by the kernel of .venv), then `mkdocs build --strict` fails on a
+# broken link, a reference to a missing name or a docstring griffe cannot read; the hook
+# docs/hooks.py regenerates docs/reference/{config,cli}.md from the code before each build.
+TUTORIALS := $(wildcard docs/tutorials/*.py)
+docs: native
+	for nb in $(TUTORIALS); do \
+		(cd "$$(dirname "$$nb")" && OMP_NUM_THREADS=1 $(TRITON_ENV) JUPYTER_PATH=$(abspath $(VENV))/share/jupyter \
+			$(abspath $(VENV))/bin/jupytext --to ipynb --execute "$$(basename "$$nb")"); \
+	done
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The report's browser test drives Debian's chromium (never a browser download):
 # installed here when missing, where apt-get can (root); otherwise that test skips, saying why.
