@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlmfast.caching import CacheConfig, run_cache
 from vlmfast.store import ActivationStore
-from vlmfast.store.patch_labels import PatchGrid, patch_labels
+from vlmfast.store.patch_grid import PatchGrid, patch_labels
 
 HOOK = "image.blocks.0.resid_post"
 GRID = PatchGrid(image_size=64, patch_size=16, class_token=True)  # the bundled model's

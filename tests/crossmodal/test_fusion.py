@@ -98,7 +98,7 @@ def result(pair: Any, data: xm.FusionData) -> xm.FusionResult:
 
 
 def test_pairs_are_picked_on_their_own_modality(pair: Any, data: xm.FusionData) -> None:
-    from vlmfast.causal.core.unit_activations import unit_activations
+    from vlmfast.causal.core.activations import unit_activations
     from vlmfast.stats import auroc
 
     sel, test = data.split(0.5, 0)

@@ -13,7 +13,7 @@ import torch
 
 from vlmfast.crossmodal.grounding import grounding_scores, ranked_table
 from vlmfast.crossmodal.grounding_causal import grounding_patching, top_heads
-from vlmfast.crossmodal.grounding_inputs import grounding_inputs, recolor_named
+from vlmfast.crossmodal.grounding_source import grounding_inputs, recolor_named
 from vlmfast.errors import InputError
 from vlmfast.models.config import PairConfig, TowerConfig
 from vlmfast.models.pair import HookedPair

@@ -16,8 +16,8 @@ from vlmfast.caching.geometry import InputGeometry
 from vlmfast.errors import InputError
 from vlmfast.scoring.from_store import score_store
 from vlmfast.store import ActivationStore
-from vlmfast.store.patch_labels import PatchGrid
-from vlmfast.store.patch_labels import patch_labels_reference as reference
+from vlmfast.store.patch_grid import PatchGrid
+from vlmfast.store.patch_grid import patch_labels_reference as reference
 from vlmfast.store.records import BoxRows
 
 IMG, TXT, EMB = "image.blocks.0.resid_post", "text.blocks.0.resid_post", "image.embed"

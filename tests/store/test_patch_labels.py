@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlmfast.store.patch_labels import PatchGrid, patch_labels, patch_labels_reference
+from vlmfast.store.patch_grid import PatchGrid, patch_labels, patch_labels_reference
 from vlmfast.store.records import BoxRows
 
 GRID = PatchGrid(image_size=64, patch_size=16, class_token=True)  # the bundled model's

@@ -1,5 +1,5 @@
 """Object boxes of a batch from its source, mapped into the model-input frame for the
-store (``vlmfast.store.box_arrays`` holds them; ``vlmfast.store.patch_labels`` turns them
+store (``vlmfast.store.box_arrays`` holds them; ``vlmfast.store.patch_grid`` turns them
 into patch-level ground truth)."""
 
 from __future__ import annotations

@@ -59,16 +59,16 @@ _NAMES: dict[str, str] = {
     "feature_families": "circuits",
     "find_circuit": "circuits",
     "find_feature_circuit": "circuits",
-    "load_scores": "core.top_units",
+    "load_scores": "core.unit_ranking",
     "patch_heads": "patching",
     "patch_sweep": "patching",
     "PatchConfig": "patching",
     "resolve_metric": "core.metrics",
     "similarity": "core.metrics",
     "steering_sweep": "interventions",
-    "top_units": "core.top_units",
+    "top_units": "core.unit_ranking",
     "trace": "tracing",
-    "unit_activations": "core.unit_activations",
+    "unit_activations": "core.activations",
 }
 _SUBPACKAGES = ("attribution", "circuits", "core", "direct", "interventions", "patching", "tracing")
 
@@ -143,6 +143,7 @@ if TYPE_CHECKING:
         find_circuit,
         find_feature_circuit,
     )
+    from vlmfast.causal.core.activations import unit_activations
     from vlmfast.causal.core.components import ComponentSpec, component_spec
     from vlmfast.causal.core.evalset import EvalSet
     from vlmfast.causal.core.metrics import (
@@ -152,8 +153,7 @@ if TYPE_CHECKING:
         resolve_metric,
         similarity,
     )
-    from vlmfast.causal.core.top_units import load_scores, top_units
-    from vlmfast.causal.core.unit_activations import unit_activations
+    from vlmfast.causal.core.unit_ranking import load_scores, top_units
     from vlmfast.causal.core.units import Unit, UnitLayout, UnitSet
     from vlmfast.causal.direct import (
         AblationLadder,

@@ -71,9 +71,9 @@ _LAZY_ATTRS: dict[str, str] = {
     "QueryGrounding": "vlmfast.crossmodal.grounding",
     "grounding_scores": "vlmfast.crossmodal.grounding",
     "ranked_table": "vlmfast.crossmodal.grounding",
-    "GroundingInputs": "vlmfast.crossmodal.grounding_inputs",
-    "grounding_inputs": "vlmfast.crossmodal.grounding_inputs",
-    "recolor_named": "vlmfast.crossmodal.grounding_inputs",
+    "GroundingInputs": "vlmfast.crossmodal.grounding_source",
+    "grounding_inputs": "vlmfast.crossmodal.grounding_source",
+    "recolor_named": "vlmfast.crossmodal.grounding_source",
     "GroundingPatching": "vlmfast.crossmodal.grounding_causal",
     "grounding_patching": "vlmfast.crossmodal.grounding_causal",
     "top_heads": "vlmfast.crossmodal.grounding_causal",
@@ -154,13 +154,13 @@ if TYPE_CHECKING:
     from vlmfast.crossmodal.grounding_causal import (
         top_heads as top_heads,
     )
-    from vlmfast.crossmodal.grounding_inputs import (
+    from vlmfast.crossmodal.grounding_source import (
         GroundingInputs as GroundingInputs,
     )
-    from vlmfast.crossmodal.grounding_inputs import (
+    from vlmfast.crossmodal.grounding_source import (
         grounding_inputs as grounding_inputs,
     )
-    from vlmfast.crossmodal.grounding_inputs import (
+    from vlmfast.crossmodal.grounding_source import (
         recolor_named as recolor_named,
     )
     from vlmfast.crossmodal.invariant import (

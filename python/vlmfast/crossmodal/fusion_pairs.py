@@ -3,7 +3,7 @@ of the text tower (on captions), and the config of the fusion test.
 
 Selection (:func:`select_fusion_pairs`): per-sample activations of every unit of
 ``image_hooks`` on the images and of ``text_hooks`` on the captions
-(:func:`vlmfast.causal.core.unit_activations.unit_activations`: neurons of MLP layers by
+(:func:`vlmfast.causal.core.activations.unit_activations`: neurons of MLP layers by
 default, heads by output norm, SAE features for hooks given in ``saes``), each scored by
 exact AUROC (:func:`vlmfast.stats.score_dense`) against *its own* modality's labels
 (images: what they show; captions: what they say). A concept's pair is its ``n_units``
@@ -106,7 +106,7 @@ def _aurocs(
     pair: Any, data: FusionData, hooks: str, tower: str, cfg: FusionConfig, saes: Mapping[str, Any]
 ) -> tuple[Array, Any]:
     """``([U, C] AUROC of each unit on its modality's labels, layout)``."""
-    from vlmfast.causal.core.unit_activations import unit_activations
+    from vlmfast.causal.core.activations import unit_activations
     from vlmfast.stats import score_dense
 
     own = {h: s for h, s in saes.items() if h.startswith(tower + ".")}

@@ -5,7 +5,7 @@ mass** is the attention probability, summed over the patches of the object that 
 caption names, from the CLS query (``query="cls"``) or averaged over every query token
 (``query="mean"``): ``m_i = Σ_{p ∈ named} pattern[i, h, q, 1 + p]`` (the image tower has
 CLS at token 0, then the patch grid row by row). Units: attention probability, in [0, 1].
-An object's patches follow the store's patch rule (:func:`vlmfast.store.patch_labels.patch_hits`:
+An object's patches follow the store's patch rule (:func:`vlmfast.store.patch_grid.patch_hits`:
 the patch holds the box centre or the box covers a quarter of it).
 
 Two nulls, each per image, then averaged over images:
@@ -35,7 +35,7 @@ object's patches than on random boxes of its shape.
 Inputs: ``images`` (model-input pixels ``[N, 3, S, S]`` or images ``pair.preprocess``
 takes), ``boxes`` (per image, ``(object name, (x0, y0, x1, y1))`` normalised to [0, 1]
 in the model-input frame) and ``names`` (per image, the name of the object its caption
-names). :func:`vlmfast.crossmodal.grounding_inputs.grounding_inputs` builds them from a
+names). :func:`vlmfast.crossmodal.grounding_source.grounding_inputs` builds them from a
 source with boxes.
 
 The causal test (patching the top heads from clean into corrupted images) is
@@ -55,7 +55,7 @@ import torch
 from vlmfast.crossmodal.checks import to_jsonable
 from vlmfast.errors import InputError
 from vlmfast.stats import benjamini_hochberg
-from vlmfast.store.patch_labels import PatchGrid, patch_hits
+from vlmfast.store.patch_grid import PatchGrid, patch_hits
 
 Array = npt.NDArray[np.float64]
 Box = Sequence[float]

@@ -1,7 +1,7 @@
 """``tokens="patch"``: image token rows labelled by what their patch shows.
 
 Each patch row of an image token hook is scored against the concepts of the object
-boxes that hit its patch (``vlmfast.store.patch_labels``: the patch holds a box
+boxes that hit its patch (``vlmfast.store.patch_grid``: the patch holds a box
 centre, or the box covers at least a quarter of it), so a unit is scored as a
 detector (as saev and NetDissect do). CLS and pooled rows are not patches; text rows
 are not scored in this mode. Only the concept kinds boxes carry (``boxes.kinds`` in
@@ -16,7 +16,7 @@ import numpy as np
 
 from vlmfast.errors import InputError
 from vlmfast.scoring.concepts import ConceptSet
-from vlmfast.store.patch_labels import PatchGrid, patch_labels
+from vlmfast.store.patch_grid import PatchGrid, patch_labels
 from vlmfast.store.schema import (
     ATTR_BOXES,
     ATTR_TOWERS,

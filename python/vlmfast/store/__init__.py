@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vlmfast.store.activation_store import ActivationStore, read_attrs
-    from vlmfast.store.patch_labels import PatchGrid, patch_labels
+    from vlmfast.store.patch_grid import PatchGrid, patch_labels
     from vlmfast.store.records import BoxRows, Labels, StoreIndex
     from vlmfast.store.schema import FORMAT_VERSION
 
@@ -36,8 +36,8 @@ _LAZY_ATTRS: dict[str, str] = {
     "Labels": "vlmfast.store.records",
     "StoreIndex": "vlmfast.store.records",
     "BoxRows": "vlmfast.store.records",
-    "PatchGrid": "vlmfast.store.patch_labels",
-    "patch_labels": "vlmfast.store.patch_labels",
+    "PatchGrid": "vlmfast.store.patch_grid",
+    "patch_labels": "vlmfast.store.patch_grid",
 }
 
 # Names that moved to ``vlmfast.caching`` (deprecated here; removed in the next release).

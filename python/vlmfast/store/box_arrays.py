@@ -9,7 +9,7 @@ concepts, columns of ``labels/concepts``). The root attrs hold ``boxes`` (the
 geometry that mapped them, the patch grid of the image tower, the concept kinds boxes
 carry) and ``committed_box_rows``, committed with the other arrays. How boxes are
 mapped from a source is ``vlmfast.caching.boxes``; the patch labels they give are
-``vlmfast.store.patch_labels``.
+``vlmfast.store.patch_grid``.
 """
 
 from __future__ import annotations

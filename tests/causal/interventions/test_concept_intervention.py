@@ -11,9 +11,9 @@ import torch
 
 import vlmfast as vf
 from tolerance import assert_close
+from vlmfast.causal.core.activations import unit_activations
 from vlmfast.causal.core.evalset import EvalSet
-from vlmfast.causal.core.top_units import top_units
-from vlmfast.causal.core.unit_activations import unit_activations
+from vlmfast.causal.core.unit_ranking import top_units
 from vlmfast.causal.core.units import Unit, UnitSet, random_like
 from vlmfast.causal.interventions import (
     InterventionConfig,

@@ -7,7 +7,7 @@
 - ``inputs``: ``prepare_inputs`` (clean / corrupted inputs as base and source).
 - ``corruption``: ``CORRUPTIONS``, ``corrupt_inputs`` (counterfactual records).
 - ``evalset``: ``EvalSet``, ``concept_metrics``, ``METRICS``.
-- ``units``, ``unit_activations``, ``top_units``: ``Unit``, ``UnitSet``, ``UnitLayout``,
+- ``units``, ``activations``, ``unit_ranking``: ``Unit``, ``UnitSet``, ``UnitLayout``,
   ``UNIT_KINDS``, ``unit_activations``, ``load_scores``, ``top_units``, ``random_like``.
 - ``limits``: ``DEFAULT_MAX_ROWS``, ``INTERVENTION_MAX_ROWS``; ``jsonsafe``: ``json_safe``.
 
@@ -46,11 +46,11 @@ _NAMES: dict[str, str] = {
     "UnitLayout": "units",
     "UnitSet": "units",
     "random_like": "units",
-    "UnitActivations": "unit_activations",
-    "unit_activations": "unit_activations",
-    "SavedScores": "top_units",
-    "load_scores": "top_units",
-    "top_units": "top_units",
+    "UnitActivations": "activations",
+    "unit_activations": "activations",
+    "SavedScores": "unit_ranking",
+    "load_scores": "unit_ranking",
+    "top_units": "unit_ranking",
     "DEFAULT_MAX_ROWS": "limits",
     "INTERVENTION_MAX_ROWS": "limits",
     "json_safe": "jsonsafe",
@@ -92,6 +92,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from vlmfast.causal.core.activations import UnitActivations, unit_activations
     from vlmfast.causal.core.components import ComponentSpec, component_spec
     from vlmfast.causal.core.conventions import DIRECTIONS, RECOVERY_TOL, TOWERS, recovery
     from vlmfast.causal.core.corruption import CORRUPTIONS, corrupt_inputs
@@ -108,8 +109,7 @@ if TYPE_CHECKING:
         resolve_metric,
         similarity,
     )
-    from vlmfast.causal.core.top_units import SavedScores, load_scores, top_units
-    from vlmfast.causal.core.unit_activations import UnitActivations, unit_activations
+    from vlmfast.causal.core.unit_ranking import SavedScores, load_scores, top_units
     from vlmfast.causal.core.units import UNIT_KINDS, Unit, UnitLayout, UnitSet, random_like
 
 

@@ -4,14 +4,14 @@ A **unit** is ``(tower, hook, index)``: neuron ``i`` of ``image.blocks.3.mlp.pos
 ``h`` of ``image.blocks.2.attn.head_out`` (scored by its output norm), or feature ``f`` of
 an SAE on a hook (``sae=`` names the SAE). A scoring result's columns are units laid out
 hook after hook; :class:`UnitLayout` records that layout in ``ScoringResult.meta["units"]``
-so that :func:`top_units` (``top_units.py``) can map a column back to its unit::
+so that :func:`top_units` (``unit_ranking.py``) can map a column back to its unit::
 
     acts = vf.causal.unit_activations(pair, images=px, hooks="image.blocks.*.mlp.post")
     scores = vf.scoring.score_units(acts.values, labels, concepts=cs, meta=acts.meta())
     units = vf.causal.top_units(scores, "red", n=50)          # UnitSet of 50 neurons
 
-Per-sample activations come from ``unit_activations`` (``unit_activations.py``); picking
-from scores is ``top_units`` (``top_units.py``). A scoring result without a layout
+Per-sample activations come from ``unit_activations`` (``activations.py``); picking
+from scores is ``top_units`` (``unit_ranking.py``). A scoring result without a layout
 (``vlmfast score`` of one store hook) is read as one segment: ``meta["hook"]``, SAE
 features when ``meta["source"] == "sae"``.
 """

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vlmfast.causal.core.top_units import top_units
+from vlmfast.causal.core.unit_ranking import top_units
 from vlmfast.causal.interventions.concept import concept_intervention
 
 

@@ -118,7 +118,7 @@ def attention_maps(
     from PIL import Image
 
     from vlmfast.crossmodal.grounding import head_patch_attention
-    from vlmfast.store.patch_labels import PatchGrid
+    from vlmfast.store.patch_grid import PatchGrid
 
     c = pair.config.image
     grid = PatchGrid(int(c.image_size), int(c.patch_size), bool(c.class_token))
