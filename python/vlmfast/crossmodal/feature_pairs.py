@@ -182,6 +182,25 @@ def _interval(samples: Array, level: float) -> tuple[Array, Array]:
     return lo, hi
 
 
+def split_labels(
+    split: Array, pvalue: Array, active: Any, *, dominance: float, alpha: float
+) -> list[str]:
+    """Each feature's class from its split and swap-null p-value (BH over active features
+    at ``alpha``): image-only / text-only beyond ``dominance`` when significant,
+    ``undecided`` there when not, otherwise ``bimodal``; ``inactive`` if it never fires."""
+    sig = benjamini_hochberg(pvalue, alpha)
+    labels = []
+    for f, s in enumerate(split):
+        if not active[f]:
+            labels.append("inactive")
+        elif s >= dominance or s <= 1.0 - dominance:
+            side = "image-only" if s >= dominance else "text-only"
+            labels.append(side if sig[f] else "undecided")
+        else:
+            labels.append("bimodal")
+    return labels
+
+
 def modality_split(
     image_acts: Array,
     text_acts: Array,
@@ -208,17 +227,7 @@ def modality_split(
         boot = sums["a"] / (sums["a"] + sums["b"])
     lo, hi = _interval(boot, level)
     pv = np.where(active, sign_flip_pvalue(a, b), np.nan)
-    sig = benjamini_hochberg(pv, alpha)
-    labels = []
-    for f in range(a.shape[1]):
-        s = split[f]
-        if not active[f]:
-            labels.append("inactive")
-        elif s >= dominance or s <= 1.0 - dominance:
-            side = "image-only" if s >= dominance else "text-only"
-            labels.append(side if sig[f] else "undecided")
-        else:
-            labels.append("bimodal")
+    labels = split_labels(split, pv, active, dominance=dominance, alpha=alpha)
     lo, hi = np.where(active, lo, np.nan), np.where(active, hi, np.nan)
     return ModalitySplit(split, lo, hi, pv, labels, dominance, alpha)
 

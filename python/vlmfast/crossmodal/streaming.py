@@ -31,11 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from vlmfast.crossmodal.feature_pairs import BridgeScores, ModalitySplit
+from vlmfast.crossmodal.feature_pairs import BridgeScores, ModalitySplit, split_labels
 from vlmfast.crossmodal.invariant import DEFAULT_THRESHOLDS, InvariantCurve, invariant_curve
 from vlmfast.crossmodal.pair_moments import Array, PairChunk, PairMomentSums, stream_pair_moments
 from vlmfast.errors import InputError
-from vlmfast.stats import benjamini_hochberg
 from vlmfast.stats.significance import z_for_level
 
 
@@ -81,18 +80,7 @@ def split_from_moments(
     sq = m["aa"] - 2.0 * m["ab"] + m["bb"]
     z = np.abs(m["a"] - m["b"]) / np.sqrt(np.where(sq > 0, sq, 1.0))
     pv = np.where(active, np.where(sq > 0, 2.0 * _normal_sf(z), 1.0), np.nan)
-    sig = benjamini_hochberg(pv, alpha)
-    labels = []
-    for f in range(m.n_features):
-        s = split[f]
-        if not active[f]:
-            labels.append("inactive")
-        elif s >= dominance or s <= 1.0 - dominance:
-            labels.append(
-                ("image-only" if s >= dominance else "text-only") if sig[f] else "undecided"
-            )
-        else:
-            labels.append("bimodal")
+    labels = split_labels(split, pv, active, dominance=dominance, alpha=alpha)
     return ModalitySplit(split, lo, hi, pv, labels, dominance, alpha)
 
 

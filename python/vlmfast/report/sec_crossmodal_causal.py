@@ -18,18 +18,23 @@ def _head(layer: Any, head: Any) -> str:
     return f"L{layer}H{head}"
 
 
+def _skipped(key: str, title: str, why: str, claim_key: str) -> dict[str, Any]:
+    """One row saying why a part was not measured, beside the paper's claim."""
+    return table(
+        key,
+        title,
+        [col("status", "status", "text"), col("paper", "paper's claim", "text")],
+        [{"status": f"skipped: {why}", "paper": claim(claim_key)}],
+    )
+
+
 def grounding_tables(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The top heads and the patching test (one row: a skipped run says why)."""
     g = res.get("grounding") or {}
     if not g or "skipped" in g:
         why = g.get("skipped", "not measured in this run")
         return [
-            table(
-                "grounding_patching",
-                "Grounding heads: patching test",
-                [col("status", "status", "text"), col("paper", "paper's claim", "text")],
-                [{"status": f"skipped: {why}", "paper": claim("heads.patching")}],
-            )
+            _skipped("grounding_patching", "Grounding heads: patching test", why, "heads.patching")
         ]
     return [_heads_table(g), _patching_table(g)]
 
@@ -197,14 +202,7 @@ def fusion_tables(res: dict[str, Any]) -> list[dict[str, Any]]:
     fu = res.get("fusion")
     if not fu or (isinstance(fu.get("skipped"), str)):
         why = (fu or {}).get("skipped", "not measured in this run")
-        return [
-            table(
-                "fusion",
-                "Fusion units across towers",
-                [col("status", "status", "text"), col("paper", "paper's claim", "text")],
-                [{"status": f"skipped: {why}", "paper": claim("ablate.retrieval")}],
-            )
-        ]
+        return [_skipped("fusion", "Fusion units across towers", why, "ablate.retrieval")]
     return [_fusion_pairs(fu), _retrieval(fu)]
 
 
