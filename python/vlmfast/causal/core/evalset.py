@@ -12,7 +12,9 @@ figures ``concept_intervention`` reports, all batched over the variants:
 * ``zero_shot``: the fraction of those images whose margin is positive (ties are wrong);
 * ``i2t@1/@5``, ``t2i@1/@5``: recall of the matched caption / image among all pairs, over
   the pairs whose image shows the concept; rank = 1 + candidates scoring strictly higher
-  (identical captions therefore tie and count as found).
+  that are not duplicates of the matched one (an identical caption, or identical pixels,
+  counts as found; without the mask, last-bit noise that differs with batch layout and
+  CPU kernels would decide between them).
 
 Overall figures use every (image, concept shown) pair and every caption pair.
 """
@@ -43,7 +45,12 @@ METRICS: tuple[str, ...] = (
 
 @dataclass
 class EvalSet:
-    """Matched image/caption pairs, their concept labels and the zero-shot prompts."""
+    """Matched image/caption pairs, their concept labels and the zero-shot prompts.
+
+    Raises:
+        ShapeError: (constructing) ``captions``, ``labels`` or ``kinds`` do not match the
+            images and concepts.
+    """
 
     images: torch.Tensor
     """Pixels ``[N, 3, H, W]`` (preprocessed)."""
@@ -76,7 +83,7 @@ class EvalSet:
         return int(self.images.shape[0])
 
     def prompt_texts(self) -> tuple[list[str], npt.NDArray[np.int64]]:
-        """All prompts and the concept column of each."""
+        """Returns all prompts and the concept column of each (``int64[prompts]``)."""
         texts: list[str] = []
         owner: list[int] = []
         for c, name in enumerate(self.concepts):
@@ -86,7 +93,11 @@ class EvalSet:
         return texts, np.asarray(owner, dtype=np.int64)
 
     def select(self, concepts: Sequence[str]) -> EvalSet:
-        """The same pairs with only ``concepts`` as columns."""
+        """Returns the same pairs with only ``concepts`` as columns.
+
+        Raises:
+            InputError: a concept is not in this set.
+        """
         missing = [c for c in concepts if c not in self.concepts]
         if missing:
             raise InputError(
@@ -119,6 +130,12 @@ class EvalSet:
         templates (``"a {color} shape"``, ``"a {shape}"``). Captions: the samples' own.
         With ``pair``, the images go through ``pair.preprocess`` (any image size), else
         they are the bundled model's normalised 64 x 64 pixels.
+
+        Returns:
+            The eval set of ``n`` pairs, labelled by color and / or shape.
+
+        Raises:
+            InputError: an unknown kind, or too few samples with ``<= max_objects`` objects.
         """
         from vlmfast.data.synthetic import spec
         from vlmfast.data.synthetic.dataset import make_sample, render_batch
@@ -168,7 +185,12 @@ class EvalSet:
 
     @classmethod
     def from_spec(cls, spec_str: str, pair: Any = None) -> EvalSet:
-        """``synthetic[:split[:n[:seed[:max_objects]]]]``, e.g. ``synthetic:test:256:1:1``."""
+        """Returns the eval set of a spec ``synthetic[:split[:n[:seed[:max_objects]]]]``,
+        e.g. ``synthetic:test:256:1:1`` (see :meth:`synthetic`).
+
+        Raises:
+            InputError: a malformed spec or a source other than ``synthetic``.
+        """
         parts = spec_str.split(":")
         if parts[0] != "synthetic":
             raise InputError(
@@ -224,6 +246,21 @@ def _margins(s: torch.Tensor, lab: torch.Tensor, kinds: Sequence[str]) -> torch.
     return margin
 
 
+def duplicate_masks(ev: EvalSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``same_caption[i, j]`` (caption texts equal) and ``same_image[j, i]`` (pixels equal).
+
+    Returns:
+        Two ``bool[N, N]`` masks. A retrieval rank skips candidates that duplicate the
+        matched one: identical captions embed identically up to the last bits, which
+        differ with batch layout and CPU kernels, so only an explicit mask makes them tie.
+    """
+    caps = np.asarray(ev.captions, dtype=object)
+    same_cap = torch.as_tensor(caps[:, None] == caps[None, :], device=device)
+    keys = np.asarray([hash(x.cpu().numpy().tobytes()) for x in ev.images], dtype=np.int64)
+    same_img = torch.as_tensor(keys[:, None] == keys[None, :], device=device)
+    return same_cap, same_img
+
+
 def concept_metrics(
     image_embeds: torch.Tensor,
     caption_embeds: torch.Tensor,
@@ -245,8 +282,9 @@ def concept_metrics(
     margin = _margins(s, lab, ev.kinds)
     logits = img @ cap.transpose(-1, -2)  # [V, N, N]
     diag = logits.diagonal(dim1=-2, dim2=-1)
-    rank_i2t = (logits > diag.unsqueeze(-1)).sum(-1) + 1  # [V, N]
-    rank_t2i = (logits > diag.unsqueeze(-2)).sum(-2) + 1
+    same_cap, same_img = duplicate_masks(ev, logits.device)
+    rank_i2t = ((logits > diag.unsqueeze(-1)) & ~same_cap).sum(-1) + 1  # [V, N]
+    rank_t2i = ((logits > diag.unsqueeze(-2)) & ~same_img).sum(-2) + 1
     pos = lab.double()  # [N, C]
     npos = pos.sum(0)  # [C]
 
