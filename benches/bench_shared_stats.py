@@ -4,9 +4,10 @@ Times, in one run on this machine:
   * ``score one modality``: the existing exact scorer (``vlmfast.stats.score_sparse``,
     AUROC, DeLong SE and p-values) on the image rows' top-k codes against C concepts:
     the baseline;
-  * ``shared stats``: :func:`vlmfast.crossmodal.shared_dictionary_stats`: one pass over the
-    matched pairs (Rust moments: split, Bridge Score, nulls, intervals) plus both
-    modalities' exact AUROCs.
+  * ``shared stats``: :func:`vlmfast.crossmodal.shared_dictionary_stats`: one read of the
+    matched pairs and one native call: both modalities' exact AUROCs (the scorer's
+    buckets) and the moments behind split, Bridge Score, nulls and intervals (merged
+    from the same buckets by pair, before they are sorted), plus the p-values.
 The issue's bound: the shared statistics take at most 2x the baseline. The shared
 statistics compute no DeLong standard errors (the invariant curve uses the p-values);
 ``ratio`` compares with the scorer as ``vlmfast score`` runs it (with them),

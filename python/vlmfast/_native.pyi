@@ -16,6 +16,7 @@ __all__ = [
     "aggregate_dense_tokens",
     "aggregate_sparse_tokens",
     "score_dense_units",
+    "score_shared_codes",
     "score_sparse_codes",
     "score_sparse_triplets",
     "store_create_array",
@@ -239,3 +240,17 @@ class PairMoments:
     @property
     def pairs(self) -> int: ...
     def sums(self) -> npt.NDArray[np.float64]: ...
+
+def score_shared_codes(
+    image_indices: npt.NDArray[np.int64],
+    image_values: npt.NDArray[np.float32],
+    text_indices: npt.NDArray[np.int64],
+    text_values: npt.NDArray[np.float32],
+    image_labels: npt.NDArray[np.bool_],
+    text_labels: npt.NDArray[np.bool_],
+    n_features: int,
+    *,
+    with_se: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], npt.NDArray[np.float64], int]:
+    """Both modalities' exact AUROC tables (optionally DeLong SEs) and the pairs'
+    moment sums in one call: `(image scores, text scores, sums[F, 14], pairs)`."""

@@ -1,9 +1,10 @@
 """The shared-dictionary statistics over a whole store: one streaming pass.
 
-:func:`shared_dictionary_stats` reads matched pairs' top-k codes chunk by chunk once,
-summing each feature's moments in Rust (:mod:`vlmfast.crossmodal.pair_moments`) and
-keeping the codes' nonzeros for the exact AUROCs (the existing scorer, once per
-modality: image codes against what the image shows, caption codes against what the
+:func:`shared_dictionary_stats` reads matched pairs' top-k codes chunk by chunk once
+and hands them to one Rust call (:func:`~vlmfast.crossmodal.pair_moments.score_shared_pairs`):
+the exact scorer buckets each modality's nonzeros by feature, each feature's moments
+are summed by merging its image and text buckets by pair, then both buckets are
+scored (image codes against what the image shows, caption codes against what the
 caption says). Everything else is closed form in the moments:
 
 * **Modality split** ``s = Σa / (Σa + Σb)`` and its sign-flip p-value
@@ -33,7 +34,13 @@ import numpy as np
 
 from vlmfast.crossmodal.feature_pairs import BridgeScores, ModalitySplit, split_labels
 from vlmfast.crossmodal.invariant import DEFAULT_THRESHOLDS, InvariantCurve, invariant_curve
-from vlmfast.crossmodal.pair_moments import Array, PairChunk, PairMomentSums, stream_pair_moments
+from vlmfast.crossmodal.pair_moments import (
+    Array,
+    PairChunk,
+    PairMomentSums,
+    read_pairs,
+    score_shared_pairs,
+)
 from vlmfast.errors import InputError
 from vlmfast.stats.significance import z_for_level
 
@@ -65,7 +72,8 @@ def _delta_sd(grad: Array, cov: Array) -> Array:
 def split_from_moments(
     m: PairMomentSums, *, dominance: float = 0.9, alpha: float = 0.05, level: float = 0.95
 ) -> ModalitySplit:
-    """The modality split of each feature from its moments (module docstring)."""
+    """Returns the modality split of each feature from its moments (module docstring): the
+    image share of the activation mass (a fraction in [0, 1]), its interval and class."""
     total = m["a"] + m["b"]
     active = total > 0
     safe = np.where(active, total, 1.0)
@@ -85,8 +93,12 @@ def split_from_moments(
 
 
 def bridge_from_moments(m: PairMomentSums, *, level: float = 0.95) -> BridgeScores:
-    """The Bridge Score of each feature from its moments (module docstring); NaN where a
-    feature is silent in one modality."""
+    """Returns the Bridge Score of each feature from its moments (module docstring); NaN
+    where a feature is silent in one modality.
+
+    Raises:
+        InputError: fewer than 2 pairs.
+    """
     n = m.n
     if n < 2:
         raise InputError(f"the Bridge Score needs at least 2 pairs, got {n}")
@@ -139,7 +151,11 @@ class SharedStats:
     text_se: Array | None = None
 
     def invariant(self, thresholds: Any = DEFAULT_THRESHOLDS, **options: Any) -> InvariantCurve:
-        """The invariant-feature curve (:func:`~vlmfast.crossmodal.invariant_curve`)."""
+        """Returns the invariant-feature curve (:func:`~vlmfast.crossmodal.invariant_curve`).
+
+        Raises:
+            InputError: a threshold outside [0.5, 1] or a bad option.
+        """
         return invariant_curve(
             self.image_auroc, self.image_pvalue, self.text_auroc, self.text_pvalue,
             thresholds=thresholds, **options,
@@ -157,7 +173,8 @@ def shared_dictionary_stats(
     level: float = 0.95,
     with_se: bool = False,
 ) -> SharedStats:
-    """Split, Bridge Score and both modalities' AUROCs in one pass over ``chunks()``.
+    """Returns the split, Bridge Score and both modalities' AUROCs (in [0, 1]) and
+    p-values as :class:`SharedStats`, from one read of ``chunks()``.
 
     ``chunks()`` yields :data:`PairChunk` s of consecutive matched pairs (read once);
     ``image_labels`` / ``text_labels`` are ``[pairs, C]`` bool, the same concept columns
@@ -167,38 +184,25 @@ def shared_dictionary_stats(
 
     Raises:
         InputError: labels whose row count is not the number of pairs read, or whose
-            concept columns differ, and every error of :func:`stream_pair_moments`.
+            concept columns differ, and every error of
+            :func:`~vlmfast.crossmodal.pair_moments.read_pairs` and
+            :func:`~vlmfast.crossmodal.pair_moments.score_shared_pairs`.
     """
-    from vlmfast.stats import score_sparse
-
-    kept: list[list[Any]] = [[], [], [], []]
-
-    def tap() -> Iterable[PairChunk]:
-        for chunk in chunks():
-            arrays = [np.asarray(x) for x in chunk]
-            for store, x in zip(kept, arrays, strict=True):
-                store.append(x)
-            yield arrays[0], arrays[1], arrays[2], arrays[3]
-
-    moments = stream_pair_moments(tap(), n_features)
-    img_lab, txt_lab = np.asarray(image_labels, dtype=bool), np.asarray(text_labels, dtype=bool)
+    pairs = read_pairs(chunks())
+    n = int(pairs[0].shape[0])
+    img_lab, txt_lab = (
+        np.ascontiguousarray(np.asarray(lab, dtype=bool)) for lab in (image_labels, text_labels)
+    )
     for name, lab in (("image_labels", img_lab), ("text_labels", txt_lab)):
-        if lab.ndim != 2 or lab.shape[0] != moments.n:
-            raise InputError(
-                f"{name} has shape {lab.shape}; expected [{moments.n} pairs, concepts]"
-            )
+        if lab.ndim != 2 or lab.shape[0] != n:
+            raise InputError(f"{name} has shape {lab.shape}; expected [{n} pairs, concepts]")
     if img_lab.shape[1] != txt_lab.shape[1]:
         raise InputError(
             f"image_labels has {img_lab.shape[1]} concept columns and text_labels "
             f"{txt_lab.shape[1]}: both must name the same concepts"
         )
-    img, txt = (
-        score_sparse(
-            np.concatenate(kept[side]), np.concatenate(kept[side + 1]), lab, n_features,
-            with_se=with_se, stats=False, top_n=0,
-        )
-        for side, lab in ((0, img_lab), (2, txt_lab))
-    )  # fmt: skip
+    img, txt, moments = score_shared_pairs(pairs, img_lab, txt_lab, n_features, with_se=with_se)
+    del pairs
     return SharedStats(
         split=split_from_moments(moments, dominance=dominance, alpha=alpha, level=level),
         bridge=bridge_from_moments(moments, level=level),

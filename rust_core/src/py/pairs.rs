@@ -1,19 +1,24 @@
 //! Binding of the matched-pair moments (`crate::stats::pairs`): a streaming
-//! accumulator object, pushed chunk by chunk, the GIL released around the work.
+//! accumulator object, pushed chunk by chunk, and the one-call shared-dictionary
+//! statistics (`crate::stats::shared`), the GIL released around the work.
 
 use std::sync::Mutex;
 
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use super::guard;
-use super::stats::slice;
+use super::stats::{labels_index, slice, to_dict};
 use crate::error::CoreError;
 use crate::stats::pairs::{Codes, PairMoments, MOMENTS};
+use crate::stats::shared::{score_shared, PairLabels};
+use crate::stats::ScoreOptions;
 
 /// Registers the pair-moment accumulator on the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPairMoments>()?;
+    m.add_function(wrap_pyfunction!(score_shared_codes, m)?)?;
     m.add("PAIR_MOMENTS", MOMENTS.to_vec())?;
     Ok(())
 }
@@ -26,6 +31,86 @@ pub struct PyPairMoments {
 
 fn input_err(msg: String) -> PyErr {
     super::to_pyerr(CoreError::input(msg))
+}
+
+/// One side's `[n, k]` codes as borrowed slices.
+fn codes<'a>(
+    indices: &'a PyReadonlyArray2<'_, i64>,
+    values: &'a PyReadonlyArray2<'_, f32>,
+    what: &'static str,
+) -> PyResult<Codes<'a, i64>> {
+    Ok(Codes {
+        idx: slice(indices, &format!("{what}_indices"))?,
+        val: slice(values, &format!("{what}_values"))?,
+        k: indices.shape()[1],
+        what,
+    })
+}
+
+/// The rows of both sides' codes, which must agree (row i of both is pair i).
+fn matched_rows(
+    image: &PyReadonlyArray2<'_, i64>,
+    text: &PyReadonlyArray2<'_, i64>,
+) -> PyResult<usize> {
+    let n = image.shape()[0];
+    if text.shape()[0] != n {
+        return Err(input_err(format!(
+            "image codes have {n} rows and text codes {}: rows must be matched pairs",
+            text.shape()[0]
+        )));
+    }
+    Ok(n)
+}
+
+/// Both modalities' exact AUROC tables (optionally DeLong SEs) and the pairs'
+/// moment sums in one call: `(image scores, text scores, sums[F, 14], pairs)`.
+#[pyfunction]
+#[pyo3(signature = (image_indices, image_values, text_indices, text_values, image_labels, text_labels, n_features, *, with_se=false))]
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::type_complexity)]
+pub fn score_shared_codes<'py>(
+    py: Python<'py>,
+    image_indices: PyReadonlyArray2<'py, i64>,
+    image_values: PyReadonlyArray2<'py, f32>,
+    text_indices: PyReadonlyArray2<'py, i64>,
+    text_values: PyReadonlyArray2<'py, f32>,
+    image_labels: PyReadonlyArray2<'py, bool>,
+    text_labels: PyReadonlyArray2<'py, bool>,
+    n_features: usize,
+    with_se: bool,
+) -> PyResult<(
+    Bound<'py, PyDict>,
+    Bound<'py, PyDict>,
+    Bound<'py, PyArray2<f64>>,
+    u64,
+)> {
+    let n = matched_rows(&image_indices, &text_indices)?;
+    let img = codes(&image_indices, &image_values, "image")?;
+    let txt = codes(&text_indices, &text_values, "text")?;
+    let (li, lt) = (
+        labels_index(py, &image_labels)?,
+        labels_index(py, &text_labels)?,
+    );
+    let labels = PairLabels {
+        image: &li,
+        text: &lt,
+    };
+    let opts = ScoreOptions {
+        stats: false,
+        with_se,
+        top_n: 0,
+    };
+    let out = py.detach(|| guard(|| score_shared(img, txt, n, labels, n_features, &opts)))?;
+    let sums = out
+        .moments
+        .into_pyarray(py)
+        .reshape([n_features, MOMENTS.len()])?;
+    Ok((
+        to_dict(py, out.image)?,
+        to_dict(py, out.text)?,
+        sums,
+        out.pairs,
+    ))
 }
 
 #[pymethods]
@@ -50,25 +135,9 @@ impl PyPairMoments {
         text_indices: PyReadonlyArray2<'py, i64>,
         text_values: PyReadonlyArray2<'py, f32>,
     ) -> PyResult<()> {
-        let n = image_indices.shape()[0];
-        if text_indices.shape()[0] != n {
-            return Err(input_err(format!(
-                "image codes have {n} rows and text codes {}: rows must be matched pairs",
-                text_indices.shape()[0]
-            )));
-        }
-        let img = Codes {
-            idx: slice(&image_indices, "image_indices")?,
-            val: slice(&image_values, "image_values")?,
-            k: image_indices.shape()[1],
-            what: "image",
-        };
-        let txt = Codes {
-            idx: slice(&text_indices, "text_indices")?,
-            val: slice(&text_values, "text_values")?,
-            k: text_indices.shape()[1],
-            what: "text",
-        };
+        let n = matched_rows(&image_indices, &text_indices)?;
+        let img = codes(&image_indices, &image_values, "image")?;
+        let txt = codes(&text_indices, &text_values, "text")?;
         let mut state = self
             .inner
             .try_lock()

@@ -6,6 +6,9 @@
 //!   only nonzeros are sorted; the zeros form one tie group.
 //! * [`dense::score_dense`] takes `scores[N,F]`: one sort per unit.
 //!
+//! * [`shared::score_shared`] scores a shared dictionary's matched image and
+//!   caption codes (both AUROC tables) and sums the pairs' moments ([`pairs`]).
+//!
 //! * [`tokens`] aggregates token rows per sample (max or mean), streamed in
 //!   chunks, and scores the samples.
 //!
@@ -17,6 +20,7 @@ pub mod labels;
 pub mod pairs;
 pub mod radix;
 pub mod scores;
+pub mod shared;
 pub mod sparse;
 pub mod tokens;
 pub mod walk;
