@@ -78,7 +78,8 @@ def read_rows(path: str, d: int, start: int, n: int) -> Any:
 def _vlmfast_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig
 
-    sae = TopKSAE(spec["d"], spec["latents"], spec["k"], seed=spec["seed"])
+    init = {"encoder_init_norm": spec["encoder_init_norm"]} if "encoder_init_norm" in spec else {}
+    sae = TopKSAE(spec["d"], spec["latents"], spec["k"], seed=spec["seed"], **init)
     cfg = TrainConfig(lr=spec["lr"], warmup_steps=spec["warmup"], decay_start=1.0)
     trainer = SAETrainer(sae, cfg, total_steps=spec["steps"])
     return trainer.step, sae.forward, None
@@ -276,6 +277,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=32, help="distinct training batches (cycled)")
     p.add_argument("--held", type=int, default=8192, help="held-out rows for the FVU")
     p.add_argument("--only", default=",".join(CONTESTANTS))
+    p.add_argument(
+        "--encoder-init-norm",
+        type=float,
+        default=None,
+        help="vlmfast's initial encoder row norm (default: SAEConfig's; 1.0: tied to the decoder)",
+    )
     p.add_argument("--peers-env", type=Path, default=Path("/tmp/vlmfast-peers"))
     p.add_argument("--no-install", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny smoke run, one repeat")
@@ -317,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     }
     spec["n_features"] = args.n_features
+    if args.encoder_init_norm is not None:
+        spec["encoder_init_norm"] = args.encoder_init_norm
     spec["rows"] = str(make_rows(spec, args.peers_env.parent / "vlmfast-peers-rows"))
     pythons = {"vlmfast": sys.executable}
     if set(names) - {"vlmfast"}:

@@ -25,7 +25,7 @@ import torch
 
 from vlmfast.sae import PlantedConfig, PlantedGenerator, SAETrainer, TrainConfig, train
 from vlmfast.sae.archs import build_sae
-from vlmfast.sae.config import ARCHS, SAEConfig
+from vlmfast.sae.config import ARCHS, ENCODER_INIT_NORM, SAEConfig
 from vlmfast.sae.matching import score_dictionary
 
 
@@ -35,7 +35,15 @@ def run_arch(arch: str, args: argparse.Namespace, cfg: PlantedConfig) -> dict[st
     gen = PlantedGenerator(cfg)
     d, width = gen.cfg.d, 2 * gen.n_features
     sae = build_sae(
-        SAEConfig(d, width, args.k, arch=arch, seed=args.seed, dead_tokens=20 * args.batch)
+        SAEConfig(
+            d,
+            width,
+            args.k,
+            arch=arch,
+            seed=args.seed,
+            dead_tokens=20 * args.batch,
+            encoder_init_norm=args.encoder_init_norm,
+        )
     )
     trainer = SAETrainer(
         sae,
@@ -78,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument(
+        "--encoder-init-norm",
+        type=float,
+        default=ENCODER_INIT_NORM,
+        help="initial encoder row norm (SAEConfig.encoder_init_norm; 1.0: tied to the decoder)",
+    )
     parser.add_argument("--json", default="", help="also write the table here")
     args = parser.parse_args(argv)
     cfg = PlantedConfig(d=32 * args.scale, n_features=64 * args.scale, seed=args.seed)
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__},"
         f" threads {torch.get_num_threads()}; planted d={cfg.d}, {cfg.n_features} features"
         f" (true L0 {true_l0:.2f}), {2 * cfg.n_features} latents, k={args.k},"
-        f" {args.steps} steps x {args.batch} rows, seed {args.seed}"
+        f" {args.steps} steps x {args.batch} rows, seed {args.seed},"
+        f" encoder init norm {args.encoder_init_norm:.3f}"
     )
     print(
         f"{'arch':<11}{'L0':>6}{'FVU':>7}  {'mean max cos [95% CI] (null)':<30}{'MCC [95% CI] (null)':<28}{'train s':>8}"

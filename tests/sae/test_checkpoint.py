@@ -40,6 +40,21 @@ def test_saelens_layout_roundtrip(tmp_path):
     assert loaded.cfg.hook == "image.blocks.1.resid_post"
 
 
+def test_encoder_init_norm_is_recorded_and_old_checkpoints_load(tmp_path):
+    sae = TopKSAE(8, 24, 3, encoder_init_norm=0.25)
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["vlmfast"]["encoder_init_norm"] == 0.25
+    assert TopKSAE.load(tmp_path).cfg.encoder_init_norm == 0.25
+    # a checkpoint saved before the option existed: it used the tied init (1.0)
+    del cfg["vlmfast"]["encoder_init_norm"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    old = TopKSAE.load(tmp_path)
+    assert old.cfg.encoder_init_norm == 1.0
+    x = _batches(1, seed=3)[0]
+    assert torch.equal(old(x), sae(x))
+
+
 def test_saelens_written_checkpoint_without_vlmfast_section(tmp_path):
     w_dec = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
     save_file(

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tolerance import assert_close
 from vlmfast.errors import InputError, ShapeError
 from vlmfast.sae import TopKSAE, UnsupportedSAEError, load, parse_spec
 
@@ -94,6 +95,72 @@ def test_saelens_conventions_matter():
             naive.b_dec.copy_(t["b_dec"])
         codes = _vlmfast_outputs(naive, rec["x"])[0]
         assert not torch.allclose(codes, rec["codes"], atol=1e-3), name
+
+
+def _saelens_jumprelu_formula(root: Path, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """SAELens v6 JumpReLUSAE: ``relu(pre) * (pre > threshold)``, as its jumprelu_sae.py;
+    returns ``(codes, recon, pre)``."""
+    cfg = json.loads((root / "cfg.json").read_text())
+    t = load_file(str(root / "sae_weights.safetensors"))
+    pre = (x - t["b_dec"] * float(cfg["apply_b_dec_to_input"])) @ t["W_enc"] + t["b_enc"]
+    codes = pre.relu() * (pre > t["threshold"])
+    return codes, codes @ t["W_dec"] + t["b_dec"], pre
+
+
+@pytest.mark.parametrize(
+    "name", ["saelens_jumprelu", "saelens_jumprelu_nobdec", "saelens_batchtopk"]
+)
+def test_saelens_jumprelu_matches_saelens(name):
+    """SAELens jumprelu folders, its BatchTopK inference save among them, load as jumprelu."""
+    root = FIXTURES / name
+    rec = _recorded(root / "peer_outputs.safetensors")
+    codes, recon, pre = _saelens_jumprelu_formula(root, rec["x"])
+    assert_close(codes, rec["codes"])
+    assert_close(recon, rec["recon"])
+    # the thresholds matter: they drop positive pre-activations, and keep some
+    assert 0 < int((rec["codes"] > 0).sum()) < int((pre > 0).sum())
+    for spec in (f"saelens:{root}", root):
+        sae = load(spec)
+        assert sae.cfg.arch == "jumprelu" and sae.cfg.hook == "blocks.3.hook_resid_post"
+        got_codes, got_recon = _vlmfast_outputs(sae, rec["x"])
+        assert_close(got_codes, rec["codes"])
+        assert_close(got_recon, rec["recon"])
+
+
+def test_saelens_batchtopk_inference_save_is_its_jumprelu_form():
+    cfg = json.loads((FIXTURES / "saelens_batchtopk" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu"
+    assert cfg["metadata"]["training_architecture"] == "batchtopk"
+    threshold = load_file(str(FIXTURES / "saelens_batchtopk" / "sae_weights.safetensors"))[
+        "threshold"
+    ]
+    assert bool((threshold == threshold[0]).all()) and float(threshold[0]) > 0
+
+
+def test_saelens_batchtopk_training_checkpoint_loads_as_batchtopk():
+    """SAELens' BatchTopK training checkpoint encodes as SAELens' own inference save of it."""
+    root = FIXTURES / "saelens_batchtopk_training"
+    cfg = json.loads((root / "cfg.json").read_text())
+    assert cfg["architecture"] == "batchtopk" and cfg["rescale_acts_by_decoder_norm"]
+    rec = _recorded(FIXTURES / "saelens_batchtopk" / "peer_outputs.safetensors")
+    for spec in (f"saelens:{root}", root):
+        sae = load(spec)
+        assert (sae.cfg.arch, sae.k, sae.cfg.threshold_ema) == ("batchtopk", 4, 0.5)
+        got_codes, got_recon = _vlmfast_outputs(sae, rec["x"])
+        assert_close(got_codes, rec["codes"])
+        assert_close(got_recon, rec["recon"])
+    # without the decoder-norm fold the codes would differ (the fold is tested)
+    t = load_file(str(root / "sae_weights.safetensors"))
+    pre = (rec["x"] - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    naive = pre.relu() * (pre > t["topk_threshold"].float())
+    assert not torch.allclose(naive, rec["codes"], atol=1e-3)
+
+
+def test_saelens_batchtopk_with_fractional_k_is_refused(tmp_path):
+    root = shutil.copytree(FIXTURES / "saelens_batchtopk_training", tmp_path / "btk")
+    _edit_json(root / "cfg.json", k=2.5)
+    with pytest.raises(InputError, match=r"cfg\.json: config key 'k'=2\.5.*whole number"):
+        load(f"saelens:{root}")
 
 
 # ------------------------------------------------------------------ sparsify

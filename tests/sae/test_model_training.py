@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tolerance import assert_close
 from vlmfast.errors import InputError, ShapeError
 from vlmfast.sae import (
     RunningMetrics,
@@ -24,10 +25,19 @@ def _data(n=64, d=12, seed=0):
     return torch.randn(n, d, generator=g) * 2 + 1
 
 
-def test_init_tied_and_unit_norm():
+def test_init_encoder_is_the_scaled_decoder_and_decoder_unit_norm():
+    """Encoder rows are the decoder's directions times ``encoder_init_norm`` (1/sqrt(3)
+    by default, sparsify's row norm; 1.0 ties them)."""
     sae = TopKSAE(12, 40, 4)
-    torch.testing.assert_close(sae.W_enc, sae.W_dec)
-    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(40))
+    assert sae.cfg.encoder_init_norm == pytest.approx(3**-0.5)
+    assert_close(sae.W_enc, sae.W_dec * 3**-0.5)
+    assert_close(sae.W_dec.norm(dim=1), torch.ones(40))
+    assert_close(sae.W_enc.norm(dim=1), torch.full((40,), 3**-0.5))
+    tied = TopKSAE(12, 40, 4, encoder_init_norm=1.0)
+    assert torch.equal(tied.W_enc, tied.W_dec) and torch.equal(tied.W_dec, sae.W_dec)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(InputError, match="encoder_init_norm must be a positive number"):
+            TopKSAE(12, 40, 4, encoder_init_norm=bad)
     values, indices = sae.encode(_data())
     assert values.shape == indices.shape == (64, 4)
     assert (values >= 0).all()

@@ -14,11 +14,22 @@ from vlmfast.sae.rows import DEFAULT_ROWS, ROWS
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 ARCHS = ("topk", "batchtopk", "matryoshka", "jumprelu")
 """SAE architectures one trainer trains (``SAEConfig.arch``, ``vlmfast train-sae --arch``)."""
+ENCODER_INIT_NORM = 3.0**-0.5
+"""Default initial norm of every encoder row (``SAEConfig.encoder_init_norm``): 1/sqrt(3),
+the row norm ``nn.Linear``'s default init gives (entries uniform in ``+-1/sqrt(d_in)``),
+which sparsify's encoder starts with."""
+LEGACY_ENCODER_INIT_NORM = 1.0
+"""What checkpoints written before ``encoder_init_norm`` existed used (W_enc = W_dec)."""
 
 
 @dataclass
 class SAEConfig:
-    """Architecture of a top-k sparse autoencoder (what a checkpoint needs to rebuild it)."""
+    """Architecture of a top-k sparse autoencoder (what a checkpoint needs to rebuild it).
+
+    Raises:
+        InputError: (constructing) an unknown ``arch``, a size that is not a positive
+            integer, ``k > n_latents`` or another field out of range.
+    """
 
     d_in: int
     """Width of the activations it reconstructs (768 for CLIP ViT-B, 1152 for SigLIP so400m)."""
@@ -42,6 +53,12 @@ class SAEConfig:
     """Model spec the activations came from (informational)."""
     seed: int = 0
     """Seed of the weight initialisation."""
+    encoder_init_norm: float = ENCODER_INIT_NORM
+    """Norm of every encoder row at initialisation: ``W_enc`` starts as the (unit-norm)
+    decoder directions times this. Default 1/sqrt(3), sparsify's encoder row norm: at
+    equal steps it trains to a lower FVU than ``1.0`` (the encoder tied to the decoder,
+    vlmfast's earlier init, recorded as such for checkpoints saved without this key);
+    see docs/performance.md."""
     rows: str = ""
     """Token rows of the hook the SAE was trained on (``vlmfast.sae.rows.ROWS``: tokens,
     all, patches, cls, eot); ``""`` when unknown (an SAE built in code, an older or
@@ -88,6 +105,12 @@ class SAEConfig:
             )
         if self.dead_tokens < 1:
             raise InputError(f"SAEConfig.dead_tokens must be >= 1, got {self.dead_tokens}")
+        norm = self.encoder_init_norm
+        if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 0 < norm < math.inf:
+            raise InputError(
+                f"SAEConfig.encoder_init_norm must be a positive number (default 1/sqrt(3)),"
+                f" got {norm!r}"
+            )
 
     @property
     def aux_k(self) -> int:
@@ -96,17 +119,27 @@ class SAEConfig:
         return min(base, self.n_latents)
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a plain dict (what ``cfg.json`` records)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        """Returns the config saved as ``data`` (unknown keys ignored). A config saved before
+        ``encoder_init_norm`` existed gets :data:`LEGACY_ENCODER_INIT_NORM` (its init)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        values = {key: value for key, value in data.items() if key in known}
+        values.setdefault("encoder_init_norm", LEGACY_ENCODER_INIT_NORM)
+        return cls(**values)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of one SAE in a training run."""
+    """Optimisation settings of one SAE in a training run.
+
+    Raises:
+        InputError: (constructing) an unknown ``nan_policy``, a non-positive ``lr`` or
+            ``decay_start`` outside [0, 1].
+    """
 
     lr: float | None = None
     """Adam learning rate; None means ``2e-4 / sqrt(n_latents / 2**14)`` (sparsify's scaling)."""
@@ -141,15 +174,18 @@ class TrainConfig:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
     def learning_rate(self, n_latents: int) -> float:
+        """Returns ``lr``, or the default ``2e-4 / sqrt(n_latents / 2**14)`` when it is None."""
         if self.lr is not None:
             return self.lr
         return 2e-4 / math.sqrt(n_latents / 2**14)
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the settings as a plain dict."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Returns the settings saved as ``data`` (unknown keys ignored)."""
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         if "betas" in values:
@@ -165,6 +201,11 @@ class TrainSAEConfig:
     ``k``, ``n_latents`` and ``lr`` may list several values: every combination is trained
     on the same batches (a sweep). A ``None`` default is worked out from the store
     (:mod:`vlmfast.sae.schedule`).
+
+    Raises:
+        InputError: (constructing) no hook, a bad or repeated hook name, an empty sweep
+            list, an unknown ``arch`` or ``rows``, a count below 1, or both ``tokens``
+            and ``steps``.
     """
 
     hook: str | list[str]

@@ -11,7 +11,10 @@ The returned SAE encodes (``encode``: values and indices of the active latents) 
 decodes as the original does, up to float rounding: a peer whose encoder does not
 subtract ``b_dec`` (saev; SAELens with ``apply_b_dec_to_input=false``) has it folded into
 ``b_enc`` (``b_enc + W_enc b_dec``), and SAELens' ``rescale_acts_by_decoder_norm`` is
-folded into the weights as SAELens' own ``fold_W_dec_norm`` does. One difference is
+folded into the weights as SAELens' own ``fold_W_dec_norm`` does. SAELens ``jumprelu``
+folders (its BatchTopK SAEs' inference saves among them) load as vlmfast ``jumprelu``
+SAEs and its BatchTopK training checkpoints as ``batchtopk`` ones
+(:mod:`vlmfast.sae.peers_jumprelu`). One difference is
 inherent: saev's top-k keeps negative pre-activations when a row has fewer than k
 positive ones, where vlmfast (like SAELens, sparsify and ViT-Prisma) keeps zeros.
 The formats are described in :mod:`vlmfast.sae.peers`.
@@ -40,7 +43,7 @@ from vlmfast.sae.peers import (
     read_sparsify,
     saelens_architecture,
 )
-from vlmfast.sae.peers_jumprelu import load_saelens_jumprelu
+from vlmfast.sae.peers_jumprelu import load_saelens_batchtopk, load_saelens_jumprelu
 from vlmfast.sae.peers_prisma import read_prisma
 
 __all__ = ["KINDS", "SUPPORTED", "UnsupportedSAEError", "load", "parse_spec", "to_topk_sae"]
@@ -50,7 +53,7 @@ KINDS = ("vlmfast", "saelens", "sparsify", "prisma", "saev")
 
 
 def parse_spec(spec: str | Path) -> tuple[str, Path, str | None]:
-    """``(kind, path, hook)`` of a :func:`load` spec.
+    """Returns ``(kind, path, hook)`` of a :func:`load` spec.
 
     ``"KIND:PATH"`` for a kind in :data:`KINDS`; ``"sparsify:DIR:HOOK"`` names one hook's
     folder of a sparsify run (used when ``DIR:HOOK`` is not itself an existing path); a
@@ -79,7 +82,7 @@ def parse_spec(spec: str | Path) -> tuple[str, Path, str | None]:
 
 
 def to_topk_sae(weights: PeerWeights, *, device: str | torch.device = "cpu") -> TopKSAE:
-    """A :class:`TopKSAE` computing what ``weights`` computes (``b_dec`` folded as needed).
+    """Returns a :class:`TopKSAE` computing what ``weights`` computes (``b_dec`` folded as needed).
 
     Raises ``ShapeError`` (naming ``weights.source``) when the tensors do not fit together
     and ``InputError`` when ``k`` exceeds the number of latents.
@@ -139,6 +142,17 @@ def _check_vlmfast_dir(root: Path) -> None:
         raise InputError(f"{cfg_path}: config key 'k'={k} is not in [1, {n_latents}]")
 
 
+def _load_saelens(root: Path, device: str | torch.device) -> TopKSAE:
+    """A SAELens directory by its architecture: topk, jumprelu or a batchtopk training
+    checkpoint (see :mod:`vlmfast.sae.peers_jumprelu`); others raise UnsupportedSAEError."""
+    arch = saelens_architecture(read_json(root / CFG_FILE))
+    if arch == "jumprelu":
+        return load_saelens_jumprelu(root, device=device)
+    if arch == "batchtopk":
+        return load_saelens_batchtopk(root, device=device)
+    return to_topk_sae(read_saelens(root), device=device)
+
+
 def _load_dir(root: Path, device: str | torch.device) -> TopKSAE:
     """A directory given without a kind: vlmfast's own, or else SAELens' or sparsify's layout."""
     if not root.is_dir():
@@ -146,9 +160,7 @@ def _load_dir(root: Path, device: str | torch.device) -> TopKSAE:
     has_cfg = (root / CFG_FILE).is_file()
     if (root / WEIGHTS_FILE).is_file() and has_cfg:
         if "vlmfast" not in read_json(root / CFG_FILE):
-            if saelens_architecture(read_json(root / CFG_FILE)) == "jumprelu":
-                return load_saelens_jumprelu(root, device=device)
-            return to_topk_sae(read_saelens(root), device=device)
+            return _load_saelens(root, device)
         _check_vlmfast_dir(root)
         return TopKSAE.load(root, device=device)
     if (root / SPARSIFY_WEIGHTS_FILE).is_file() or not has_cfg:
@@ -159,7 +171,7 @@ def _load_dir(root: Path, device: str | torch.device) -> TopKSAE:
 
 
 def load(spec: str | Path, *, device: str | torch.device = "cpu") -> TopKSAE:
-    """A vlmfast :class:`TopKSAE` that encodes and decodes as the checkpoint ``spec`` does.
+    """Returns a vlmfast :class:`TopKSAE` that encodes and decodes as the checkpoint ``spec`` does.
 
     ``spec``: ``"saelens:DIR"``, ``"sparsify:DIR"`` (one hook's folder) or
     ``"sparsify:DIR:HOOK"``, ``"prisma:FILE"``, ``"saev:FILE"``, or a vlmfast directory
@@ -181,9 +193,7 @@ def load(spec: str | Path, *, device: str | torch.device = "cpu") -> TopKSAE:
         if "vlmfast" in read_json(path / CFG_FILE):
             check_complete(path)
             _check_vlmfast_dir(path)
-        if saelens_architecture(read_json(path / CFG_FILE)) == "jumprelu":
-            return load_saelens_jumprelu(path, device=device)
-        return to_topk_sae(read_saelens(path), device=device)
+        return _load_saelens(path, device)
     if kind == "sparsify":
         return to_topk_sae(read_sparsify(path, hook), device=device)
     if kind == "prisma":

@@ -49,8 +49,13 @@ class TopKSAE(nn.Module):
 
     Parameters are stored one row per latent (``W_enc``, ``W_dec``: ``[n_latents, d_in]``);
     checkpoints use the SAELens layout (``W_enc`` transposed to ``[d_in, d_sae]``).
-    Decoder rows have unit norm. ``input_scale`` (a buffer) multiplies inputs while
+    Decoder rows have unit norm; the encoder starts as the decoder's directions with rows
+    of norm ``SAEConfig.encoder_init_norm``. ``input_scale`` (a buffer) multiplies inputs while
     training with ``SAEConfig.input_scaling``; :meth:`fold_input_scale` removes it.
+
+    Raises:
+        InputError: (constructing) ``cfg`` disagrees with ``d_in`` / ``n_latents`` / ``k``,
+            or a config field is invalid.
     """
 
     input_scale: torch.Tensor
@@ -68,7 +73,8 @@ class TopKSAE(nn.Module):
         w_dec = torch.randn(n_latents, d_in, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.clone())
+        # encoder rows: the decoder's directions, of norm cfg.encoder_init_norm
+        self.W_enc = nn.Parameter(w_dec * self.cfg.encoder_init_norm)
         self.b_enc = nn.Parameter(torch.zeros(n_latents))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float64))
@@ -86,7 +92,7 @@ class TopKSAE(nn.Module):
             self.register_buffer("l0_weight", torch.tensor(float(self.cfg.l0_coef)))
 
     def threshold_tensor(self) -> torch.Tensor | None:
-        """Inference threshold in training-input units: ``[n_latents]`` (JumpReLU), 0-dim
+        """Returns the inference threshold in training-input units: ``[n_latents]`` (JumpReLU), 0-dim
         (BatchTopK, Matryoshka) or None (topk)."""
         if self.cfg.arch == "jumprelu":
             return self.log_threshold.exp()
@@ -105,6 +111,7 @@ class TopKSAE(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: SAEConfig) -> TopKSAE:
+        """Returns a new SAE of architecture ``cfg`` (seeded by ``cfg.seed``)."""
         return cls(cfg.d_in, cfg.n_latents, cfg.k, cfg=cfg)
 
     # ------------------------------------------------------------------ shapes
@@ -130,10 +137,14 @@ class TopKSAE(nn.Module):
     def encode(
         self, x: torch.Tensor, *, backend: str = "auto"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [N, d_in] -> (values [N, k], indices [N, k])`` in the input's units.
+        """Returns the codes ``(values [N, k], indices [N, k])`` of ``x [N, d_in]``, values in
+        the input's units.
 
         Threshold architectures return padded codes ``[N, w]`` (``w``: the most active
         latents of any row; zeros pad; see :mod:`vlmfast.ops.threshold`).
+
+        Raises:
+            ShapeError: ``x`` is not ``[N, d_in]``.
         """
         self._check_input(x)
         scale = float(self.input_scale)
@@ -156,7 +167,13 @@ class TopKSAE(nn.Module):
     def decode(
         self, values: torch.Tensor, indices: torch.Tensor, *, backend: str = "auto"
     ) -> torch.Tensor:
-        """``(values [N, k], indices [N, k]) -> [N, d_in]`` reconstruction incl. ``b_dec``."""
+        """Returns the reconstruction ``[N, d_in]`` (incl. ``b_dec``, in the input's units) of
+        codes ``(values [N, k], indices [N, k])``.
+
+        Raises:
+            ShapeError: ``values`` and ``indices`` are not both ``[N, k]``.
+            InputError: an index outside ``[0, n_latents)``.
+        """
         if values.shape != indices.shape or values.ndim != 2:
             raise ShapeError(
                 f"decode: values {list(values.shape)} and indices {list(indices.shape)} must both be [N, k]"
@@ -170,7 +187,7 @@ class TopKSAE(nn.Module):
         return (recon + self.b_dec) / scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction of ``x``."""
+        """Returns the reconstruction of ``x [N, d_in]`` (``decode(encode(x))``)."""
         values, indices = self.encode(x)
         return self.decode(values, indices)
 
@@ -182,8 +199,12 @@ class TopKSAE(nn.Module):
         *,
         compute_dtype: torch.dtype | None = None,
     ) -> ForwardOutput:
-        """Training forward on already-scaled inputs, with AuxK over ``dead_mask`` (top-k
-        only; :func:`vlmfast.sae.archs.forward_train` dispatches every architecture)."""
+        """Returns the training forward on already-scaled inputs, with AuxK over ``dead_mask``
+        (top-k only; :func:`vlmfast.sae.archs.forward_train` dispatches every architecture).
+
+        Raises:
+            InputError: this SAE is not a ``topk`` one.
+        """
         if self.cfg.arch != "topk":
             raise InputError(
                 f"TopKSAE.forward_train is the topk forward; this SAE is {self.cfg.arch!r}:"
@@ -211,7 +232,12 @@ class TopKSAE(nn.Module):
 
     @torch.no_grad()
     def init_from_batch(self, x: torch.Tensor) -> None:
-        """Set ``input_scale`` (if configured) and ``b_dec`` from the first training batch."""
+        """Sets ``input_scale`` (if configured) and ``b_dec`` from the first training batch.
+
+        Raises:
+            ShapeError: ``x`` is not ``[N, d_in]``.
+            InputError: ``input_scaling`` and the batch has zero norm.
+        """
         self._check_input(x)
         x64 = x.double()
         if self.cfg.input_scaling:
@@ -265,9 +291,12 @@ class TopKSAE(nn.Module):
 
     # -------------------------------------------------------------- storage
     def save(self, path: str | Path, **extra_cfg: Any) -> Path:
-        """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) to ``path``.
+        """Writes ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout) to ``path``.
 
         The input scale is folded into the written weights (they act on raw inputs).
+
+        Returns:
+            The folder written, ``path``.
         """
         scale = float(self.input_scale)
         tensors = {
@@ -286,10 +315,15 @@ class TopKSAE(nn.Module):
     def load(
         cls, path: str | Path, *, device: str | torch.device = "cpu", allow_incomplete: bool = False
     ) -> TopKSAE:
-        """Load a vlmfast/SAELens (``sae_weights.safetensors``) or sparsify (``sae.safetensors``) SAE.
+        """Returns the vlmfast/SAELens (``sae_weights.safetensors``) or sparsify
+        (``sae.safetensors``) SAE saved at ``path``.
 
         The folder of a training run that did not finish is refused ("incomplete run")
         unless ``allow_incomplete``.
+
+        Raises:
+            InputError: ``path`` holds no SAE (or a bad config), or an unfinished run.
+            ShapeError: the weights disagree with each other or with the config.
         """
         files = read_sae_files(path, allow_incomplete=allow_incomplete)
         sae = cls.from_config(files.cfg)

@@ -47,7 +47,7 @@ from safetensors.torch import load_file
 from vlmfast.errors import InputError, ShapeError
 
 SUPPORTED = {
-    "saelens": "architecture 'topk' or 'jumprelu'",
+    "saelens": "architecture 'topk', 'jumprelu' or 'batchtopk'",
     "sparsify": "activation 'topk' (not a transcoder, no skip connection)",
     "saev": "activation TopK",
     "prisma": "architecture 'standard' with activation_fn_str 'topk', not a transcoder",
