@@ -94,9 +94,11 @@ class DenseArchSAE(DenseTopKSAE):
         acts = torch.relu(pre)
         top = acts.flatten().topk(self.k * x.shape[0])
         z = torch.zeros_like(acts).flatten().scatter(0, top.indices, top.values).view_as(acts)
-        ends = self.ends if self.arch == "matryoshka" else [z.shape[1]]
-        loss = sum(((z[:, :e] @ self.W_dec[:e] + self.b_dec) - x).pow(2).sum() / var for e in ends)
-        recon = z @ self.W_dec + self.b_dec
+        recon = z @ self.W_dec + self.b_dec  # once: the full prefix, the FVU and the residual
+        inner = self.ends[:-1] if self.arch == "matryoshka" else []
+        loss = (recon - x).pow(2).sum() / var
+        for e in inner:
+            loss = loss + ((z[:, :e] @ self.W_dec[:e] + self.b_dec) - x).pow(2).sum() / var
         aux_top = acts.masked_fill(~dead, 0.0).topk(k_aux, dim=1)
         z_aux = torch.zeros_like(acts).scatter(1, aux_top.indices, aux_top.values)
         residual = (recon - x).detach()

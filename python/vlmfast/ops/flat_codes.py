@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmfast.errors import InputError, ShapeError
+from vlmfast.ops.batch_select import batch_topk_positions
+from vlmfast.ops.reference import scatter_entries
 
 
 @dataclass
@@ -39,6 +41,13 @@ def offsets_of(rows: torch.Tensor, n_bags: int) -> torch.Tensor:
     """``[n_bags]`` first-entry offsets of the non-decreasing bag ids ``rows``."""
     bags = torch.arange(n_bags, device=rows.device, dtype=rows.dtype)
     return torch.searchsorted(rows, bags)
+
+
+def entry_bags(offsets: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Returns the ``[nnz]`` bag of each entry, given the bags' first-entry ``offsets``."""
+    sizes = torch.diff(offsets, append=offsets.new_tensor([nnz]))
+    bags = torch.arange(offsets.numel(), device=offsets.device, dtype=offsets.dtype)
+    return torch.repeat_interleave(bags, sizes, output_size=nnz)
 
 
 def from_positions(flat: torch.Tensor, values: torch.Tensor, n_rows: int, width: int) -> FlatCodes:
@@ -73,21 +82,25 @@ class _SparsePreacts(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w_enc, b_dec, idx, offsets = ctx.saved_tensors
         n = x.shape[0]
-        reps = offsets.numel() // max(1, n)
         xc = (x - b_dec.to(x.dtype)).to(w_enc.dtype)
         grad = grad.to(w_enc.dtype)
+        grad_b_enc = torch.zeros(w_enc.shape[0], dtype=w_enc.dtype, device=w_enc.device)
+        grad_b_enc.index_add_(0, idx, grad)
+        need_x, _, _, need_bdec = ctx.needs_input_grad[:4]
+        if not need_x:  # training: no gather; sum_n grad_xc[n] = grad_b_enc @ W_enc
+            rows = entry_bags(offsets, idx.numel()) % max(1, n)
+            grad_w = scatter_entries(idx, rows, grad, xc, w_enc.shape[0])
+            grad_b_dec = -(grad_b_enc @ w_enc).to(b_dec.dtype) if need_bdec else None
+            return None, grad_w, grad_b_enc, grad_b_dec, None, None, None
+        reps = offsets.numel() // max(1, n)
         leaf = w_enc.detach().requires_grad_()
         with torch.enable_grad():
             out = F.embedding_bag(idx, leaf, offsets, mode="sum", per_sample_weights=grad)
             target = xc if reps == 1 else xc.repeat(reps, 1)
             (grad_w,) = torch.autograd.grad(out, leaf, grad_outputs=target)
         grad_xc = out.detach().view(reps, n, -1).sum(0)
-        grad_b_enc = torch.zeros(w_enc.shape[0], dtype=w_enc.dtype, device=w_enc.device)
-        grad_b_enc.index_add_(0, idx, grad)
-        need_x, _, _, need_bdec = ctx.needs_input_grad[:4]
-        grad_x = grad_xc.to(x.dtype) if need_x else None
         grad_b_dec = -grad_xc.sum(0).to(b_dec.dtype) if need_bdec else None
-        return grad_x, grad_w, grad_b_enc, grad_b_dec, None, None, None
+        return grad_xc.to(x.dtype), grad_w, grad_b_enc, grad_b_dec, None, None, None
 
 
 def sparse_preacts(
@@ -139,33 +152,17 @@ def flat_decode_many(
     return list(out.split([p[2].numel() for p in parts]))
 
 
-def _batch_topk_positions(pre: torch.Tensor, k_total: int) -> torch.Tensor:
-    """Flat positions (ascending) of the ``k_total`` largest entries of ``pre [N, M]``.
-
-    Exact: each row's top ``min(M, 4 * k_total / N)`` candidates are ranked first; when
-    some row's candidates all win (it might hold more) the whole matrix is ranked.
-    """
-    n, m = pre.shape
-    per_row = min(m, max(1, 4 * -(-k_total // max(1, n))))
-    if per_row < m:
-        cand_vals, cand_idx = pre.topk(per_row, dim=1, sorted=False)
-        top = cand_vals.flatten().topk(k_total, sorted=False).indices
-        won = torch.bincount(top // per_row, minlength=n)
-        if int(won.max()) < per_row:
-            return ((top // per_row) * m + cand_idx.flatten()[top]).sort().values
-    return pre.flatten().topk(k_total, sorted=False).indices.sort().values
-
-
 def batch_topk_select(pre: torch.Tensor, k: int) -> FlatCodes:
     """BatchTopK: flat codes of the ``k * N`` largest entries of ``pre [N, M]`` (values:
-    the pre-activations; not differentiable, see :func:`sparse_preacts`).
+    the pre-activations; not differentiable, see :func:`sparse_preacts`). Ties at the
+    boundary go to the lowest flat position (:mod:`vlmfast.ops.batch_select`).
 
     Raises InputError when ``k`` is not in ``[1, M]``.
     """
     n, m = pre.shape
     if not 1 <= k <= m:
         raise InputError(f"batch_topk_select: k={k} must lie in [1, {m}]")
-    flat = _batch_topk_positions(pre, k * n) if n else pre.new_zeros(0, dtype=torch.int64)
+    flat = batch_topk_positions(pre, k * n)
     return from_positions(flat, pre.flatten()[flat], n, m)
 
 
@@ -178,6 +175,7 @@ def mask_select(pre: torch.Tensor, mask: torch.Tensor) -> FlatCodes:
 __all__ = [
     "FlatCodes",
     "batch_topk_select",
+    "entry_bags",
     "flat_decode_many",
     "from_positions",
     "mask_select",

@@ -101,29 +101,54 @@ def _preact_out(x: torch.Tensor, w_enc: torch.Tensor) -> torch.Tensor | None:
     return buf
 
 
-def _scatter_grad(
-    indices: torch.Tensor, n_rows: int, coeffs: torch.Tensor, dense: torch.Tensor
+def reused_preacts(
+    x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor
 ) -> torch.Tensor:
-    """``S^T @ dense`` with ``S[n, indices[n,j]] = coeffs[n,j]``: ``[n_rows, d]`` in dense's dtype.
+    """Returns :func:`encoder_preacts` written into the per-encoder CPU buffer (see
+    :func:`_preact_out`): valid until the next call for the same ``w_enc``, so a caller
+    copies what it keeps (indexing and ``index_select`` copy) before encoding again."""
+    out = _preact_out(x, w_enc)
+    if out is None:
+        return encoder_preacts(x, w_enc, b_enc, b_dec)
+    xc = x - b_dec.to(x.dtype)
+    return torch.addmm(b_enc.to(x.dtype), xc, w_enc.to(x.dtype).t(), out=out)
 
-    The embedding-bag weight gradient without its forward gather (the gather is what
-    :func:`_embedding_bag_grads` also returns, and costs ``N*k*d`` reads).
+
+def scatter_entries(
+    idx: torch.Tensor,
+    entry_rows: torch.Tensor,
+    coeffs: torch.Tensor,
+    dense: torch.Tensor,
+    n_rows: int,
+) -> torch.Tensor:
+    """Returns ``out[f] = sum of coeffs[e] * dense[entry_rows[e]]`` over entries ``idx[e] == f``.
+
+    Returns ``[n_rows, d]`` in dense's dtype: the embedding-bag weight gradient without
+    its forward gather (the gather costs ``nnz * d`` reads), through torch's native
+    embedding-bag backward (no ``nnz x d`` temporary). ``idx``, ``entry_rows`` and
+    ``coeffs`` are ``[nnz]``; ``entry_rows`` index the rows of ``dense``.
     """
-    n, k = indices.shape
-    flat = indices.reshape(-1)
-    offset2bag = torch.arange(n, device=flat.device).repeat_interleave(k)
-    bag_size = torch.full((n,), k, dtype=torch.int64, device=flat.device)
+    bag_size = torch.bincount(entry_rows, minlength=dense.shape[0])
     return torch.ops.aten._embedding_bag_dense_backward(
         dense,
-        flat,
-        offset2bag,
+        idx,
+        entry_rows,
         bag_size,
         bag_size.new_empty(0),
         n_rows,
         scale_grad_by_freq=False,
         mode=0,
-        per_sample_weights=coeffs.reshape(-1).to(dense.dtype),
+        per_sample_weights=coeffs.to(dense.dtype),
     )
+
+
+def _scatter_grad(
+    indices: torch.Tensor, n_rows: int, coeffs: torch.Tensor, dense: torch.Tensor
+) -> torch.Tensor:
+    """``S^T @ dense`` with ``S[n, indices[n,j]] = coeffs[n,j]``: ``[n_rows, d]`` in dense's dtype."""
+    n, k = indices.shape
+    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
+    return scatter_entries(indices.reshape(-1), rows, coeffs.reshape(-1), dense, n_rows)
 
 
 def select_topk(
@@ -180,13 +205,7 @@ class _TopKEncode(torch.autograd.Function):
         compute_dtype: torch.dtype | None,
     ) -> tuple[torch.Tensor, ...]:
         dtype = compute_dtype or x.dtype
-        xd = x.to(dtype)
-        out = _preact_out(xd, w_enc)
-        if out is None:
-            pre = encoder_preacts(xd, w_enc, b_enc, b_dec)
-        else:
-            xc = xd - b_dec.to(dtype)
-            pre = torch.addmm(b_enc.to(dtype), xc, w_enc.to(dtype).t(), out=out)
+        pre = reused_preacts(x.to(dtype), w_enc, b_enc, b_dec)
         vals, idx, aux_vals, aux_idx = select_topk(pre, k, dead_mask, k_aux)
         del pre
         out_dtype = w_enc.dtype
@@ -326,6 +345,8 @@ __all__ = [
     "EncodeOutput",
     "encoder_preacts",
     "gather_dot",
+    "reused_preacts",
+    "scatter_entries",
     "scatter_rows",
     "select_topk",
     "sparse_decode",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmfast.ops.flat_codes import FlatCodes, batch_topk_select, flat_decode_many, sparse_preacts
-from vlmfast.ops.reference import encoder_preacts, topk_lowest_index
+from vlmfast.ops.reference import reused_preacts, topk_lowest_index
 from vlmfast.sae.model import ForwardOutput, TopKSAE
 
 
@@ -55,7 +55,7 @@ def batch_codes(
     """BatchTopK codes of scaled inputs ``xs`` (differentiable, sparse backward)."""
     n = xs.shape[0]
     with torch.no_grad():
-        pre = encoder_preacts(xs.to(compute_dtype or xs.dtype), sae.W_enc, sae.b_enc, sae.b_dec)
+        pre = reused_preacts(xs.to(compute_dtype or xs.dtype), sae.W_enc, sae.b_enc, sae.b_dec)
         sel = batch_topk_select(pre, sae.k)
         aux = _aux_selection(pre, dead_mask, sae.cfg.aux_k) if sae.cfg.auxk_coef > 0 else None
         del pre

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vlmfast.ops.flat_codes import flat_decode_many, mask_select, sparse_preacts
-from vlmfast.ops.reference import encoder_preacts
+from vlmfast.ops.reference import encoder_preacts, reused_preacts
 from vlmfast.sae.model import ForwardOutput, TopKSAE
 
 BANDWIDTH_OF_THRESHOLD = 0.2
@@ -90,7 +90,7 @@ def forward_train(
     eps = float(sae.cfg.bandwidth or 0.0)
     theta = sae.log_threshold.exp()
     with torch.no_grad():
-        pre = encoder_preacts(xs.to(compute_dtype or xs.dtype), sae.W_enc, sae.b_enc, sae.b_dec)
+        pre = reused_preacts(xs.to(compute_dtype or xs.dtype), sae.W_enc, sae.b_enc, sae.b_dec)
         sel = mask_select(pre, pre > (theta.detach() - eps / 2).to(pre.dtype))
         del pre
     part = (sel.values, sel.indices, sel.offsets)

@@ -29,7 +29,12 @@ from vlmfast.sae.model import ForwardOutput, TopKSAE
 
 
 def clean_batch(x: torch.Tensor, policy: str = "error") -> tuple[torch.Tensor, int]:
-    """Returns ``(rows without NaN/Inf, number dropped)``; ``policy='error'`` raises instead."""
+    """Returns ``(rows without NaN/Inf, number dropped)``; ``policy='error'`` raises instead.
+
+    Raises:
+        ShapeError: ``x`` is not ``[N, d_in]``.
+        InputError: ``policy='error'`` and some row has NaN/Inf (the rows named).
+    """
     if x.ndim != 2:
         raise ShapeError(f"training batch must be [N, d_in], got {list(x.shape)}")
     finite = torch.isfinite(x).all(dim=1)
@@ -67,23 +72,42 @@ def _global_total_variance(x: torch.Tensor) -> torch.Tensor:
     return (stats[d : 2 * d] - n * mu.pow(2)).sum().clamp_min(1e-12)
 
 
+LOSS_TERMS = ("fvu", "auxk", "prefix_fvu", "l0_loss")
+"""The terms of the training objective, as :class:`StepResult` fields."""
+
+
 @dataclass
 class StepResult:
-    """Scalars of one optimisation step of one SAE."""
+    """Scalars of one optimisation step of one SAE (losses summed over data-parallel ranks)."""
 
     loss: float
+    """The objective the step minimised: ``fvu + auxk_coef * auxk + prefix_fvu + l0_loss``."""
     fvu: float
+    """Fraction of variance unexplained by the full reconstruction."""
     auxk: float
+    """AuxK loss before its weight ``SAEConfig.auxk_coef`` (0 when no latent is dead)."""
     l0: float
+    """Mean active latents per row."""
     dead_frac: float
+    """Fraction of latents dead after the step."""
     lr: float
+    """Learning rate of the step."""
     grad_norm: float
+    """Global gradient norm before clipping."""
+    prefix_fvu: float = 0.0
+    """Matryoshka: summed FVU of every prefix but the full one (0 for other archs)."""
+    l0_loss: float = 0.0
+    """JumpReLU: the weighted L0 penalty ``l0_weight * L0 / k`` (0 for other archs)."""
 
 
 class SAETrainer:
     """Optimises one :class:`TopKSAE` of any ``cfg.arch`` (:mod:`vlmfast.sae.archs`
     dispatches the forward, the extra losses and the after-step updates); see the module
-    docstring for the maths of a step."""
+    docstring for the maths of a step.
+
+    Raises:
+        InputError: (constructing) ``total_steps < 1``.
+    """
 
     def __init__(
         self,
@@ -112,12 +136,15 @@ class SAETrainer:
 
     # ------------------------------------------------------------------ state
     def dead_mask(self) -> torch.Tensor:
+        """Returns the bool ``[n_latents]`` mask of latents silent for ``dead_tokens`` tokens."""
         return self.tokens_since_fired >= self.sae.cfg.dead_tokens
 
     def current_lr(self) -> float:
+        """Returns the learning rate of the next step (after warm-up and decay)."""
         return self.base_lr * _schedule(self.step_count, self.total_steps, self.cfg)
 
     def state_dict(self) -> dict[str, Any]:
+        """Returns everything an exact resume needs (optimiser, counters, RNG, biases)."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "step": self.step_count,
@@ -134,6 +161,11 @@ class SAETrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s ``state`` (exact resume).
+
+        Raises:
+            ShapeError: the checkpoint has another number of latents.
+        """
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count = int(state["step"])
         self.tokens_seen = int(state["tokens"])
@@ -154,7 +186,16 @@ class SAETrainer:
 
     # ------------------------------------------------------------------- step
     def step(self, x: torch.Tensor) -> StepResult:
-        """One optimisation step on ``x [N, d_in]`` (already free of NaN/Inf)."""
+        """Runs one optimisation step on ``x [N, d_in]`` (already free of NaN/Inf).
+
+        Returns:
+            The step's losses (summed over data-parallel ranks), L0 (latents per row),
+                gradient norm and learning rate, as a :class:`StepResult`.
+
+        Raises:
+            ShapeError: ``x`` is not ``[N, d_in]``.
+            InputError: the loss became NaN or infinite.
+        """
         sae = self.sae
         if x.ndim != 2 or x.shape[1] != sae.d_in:
             raise ShapeError(
@@ -169,7 +210,7 @@ class SAETrainer:
         use_aux = sae.cfg.auxk_coef > 0 and bool(dead.any())
         compute_dtype = torch.bfloat16 if self.cfg.autocast_bf16 else None
         out = archs.forward_train(sae, xs, dead if use_aux else None, compute_dtype=compute_dtype)
-        loss, fvu, aux_value = self._loss(xs, out)
+        loss, terms = self._loss(xs, out)
         grad_norm, lr = self._optimise(loss)
         archs.after_step(sae, out)
         n_tokens, l0 = self._track_firing(xs, out, scale)
@@ -179,36 +220,39 @@ class SAETrainer:
             raise InputError(
                 f"SAE '{self.name}': loss became {float(loss.detach())} at step {self.step_count}"
             )
-        # the FVU/auxk above are shares of the global loss on this rank; report global values
-        stats = torch.tensor([float(fvu.detach()), aux_value])
+        # each term is this rank's share of the objective; the ranks' sum is what the
+        # summed gradients minimise
+        stats = torch.tensor([terms.get(t, 0.0) for t in LOSS_TERMS], dtype=torch.float64)
         ddp.all_reduce_sum_(stats)
+        summed = dict(zip(LOSS_TERMS, stats.tolist(), strict=True))
+        total = summed["fvu"] + sae.cfg.auxk_coef * summed["auxk"]
+        total += summed["prefix_fvu"] + summed["l0_loss"]
         return StepResult(
-            loss=float(stats[0]) + sae.cfg.auxk_coef * float(stats[1]),
-            fvu=float(stats[0]),
-            auxk=float(stats[1]),
+            loss=total,
+            **summed,
             l0=l0,
             dead_frac=float(self.dead_mask().double().mean()),
             lr=lr,
             grad_norm=grad_norm,
         )
 
-    def _loss(
-        self, xs: torch.Tensor, out: ForwardOutput
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(loss, fvu, auxk value)``: the FVU plus the weighted AuxK loss (if any)."""
+    def _loss(self, xs: torch.Tensor, out: ForwardOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(objective, its terms by name)``: FVU, the weighted AuxK (if any) and the
+        architecture's extra terms (:func:`vlmfast.sae.archs.extra_loss`); the terms are
+        this rank's shares, ``auxk`` before its weight."""
         total_var = _global_total_variance(xs)
         fvu = fvu_loss(xs, out.recon, total_var)
         loss = fvu
-        extra, _ = archs.extra_loss(self.sae, xs, out, lambda x, r: fvu_loss(x, r, total_var))
+        extra, terms = archs.extra_loss(self.sae, xs, out, lambda x, r: fvu_loss(x, r, total_var))
         if extra is not None:
             loss = loss + extra
-        aux_value = 0.0
+        terms["fvu"] = float(fvu.detach())
         if out.aux_recon is not None:
             residual = (xs - out.recon).detach()
             aux = auxk_loss(residual, out.aux_recon, _global_total_variance(residual))
             loss = loss + self.sae.cfg.auxk_coef * aux
-            aux_value = float(aux.detach())
-        return loss, fvu, aux_value
+            terms["auxk"] = float(aux.detach())
+        return loss, terms
 
     def _optimise(self, loss: torch.Tensor) -> tuple[float, float]:
         """Backward, all-reduce, clip, Adam step, renormalise; returns ``(grad norm, lr)``."""
@@ -220,10 +264,14 @@ class SAETrainer:
             for g in grads:
                 ddp.all_reduce_sum_(g)
         sae.remove_parallel_grads_()
-        if self.cfg.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        total_norm = torch.nn.utils.get_total_norm(grads)
+        clip = self.cfg.grad_clip
+        # clip_grad_norm_'s coefficient; below the limit it is 1 and its multiply a no-op
+        # pass over every gradient, so the gradients are rescaled only above it
+        if clip is not None and bool(clip / (total_norm + 1e-6) < 1.0):
+            params = [p for p in sae.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total_norm)
+        grad_norm = float(total_norm)
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -263,6 +311,7 @@ class TrainLog:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the line as a flat JSON-ready dict (window metrics prefixed ``window_``)."""
         return {
             "sae": self.name,
             "step": self.step,
@@ -289,6 +338,14 @@ def train(
 
     Stops after ``max_steps`` batches (default: the trainers' ``total_steps`` minus the
     steps they already took) or when ``batches`` ends. NaN/Inf rows follow ``nan_policy``.
+
+    Returns:
+        The last log line of every trainer (FVU, L0 in latents per row, tokens per
+            second), one :class:`TrainLog` each.
+
+    Raises:
+        InputError: no trainers, or NaN/Inf rows under ``nan_policy='error'``.
+        ShapeError: a batch is not ``[N, d_in]``.
     """
     if not trainers:
         raise InputError("train: no SAEs to train")
