@@ -57,7 +57,7 @@ def config_reference() -> str:
         "",
     ]
     for section in dataclasses.fields(PipelineConfig):
-        cls = section.default_factory()  # type: ignore[misc]
+        cls = section.default_factory()  # type: ignore[operator]
         cls = type(cls)
         docs = field_docs(cls)
         out += [f"## `[{section.name}]`", "", inspect.cleandoc(cls.__doc__ or ""), ""]
@@ -131,22 +131,31 @@ PUBLIC_PACKAGES = (
 """The packages whose ``__all__`` is the public API (``reference/api.md`` renders them)."""
 
 
-def missing_docstrings() -> list[str]:
-    """Public names (functions, classes) without a docstring of their own."""
+def public_objects() -> list[tuple[str, Any]]:
+    """Returns ``(dotted name, object)`` for every ``__all__`` name of ``PUBLIC_PACKAGES``
+    (imported: this loads torch)."""
     import importlib
     import warnings
 
-    missing = []
+    out = []
     for pkg_name in PUBLIC_PACKAGES:
         pkg = importlib.import_module(pkg_name)
         for name in getattr(pkg, "__all__", []):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                obj = getattr(pkg, name)
-            if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)):
-                continue  # constants are documented by their module
-            doc = inspect.getdoc(obj) if not inspect.isclass(obj) else obj.__dict__.get("__doc__")
-            auto = inspect.isclass(obj) and (doc or "").startswith(f"{obj.__name__}(")
-            if not (doc or "").strip() or auto:
-                missing.append(f"{pkg_name}.{name}")
+                out.append((f"{pkg_name}.{name}", getattr(pkg, name)))
+    return out
+
+
+def missing_docstrings() -> list[str]:
+    """Public names (functions, classes) without a docstring of their own. What the
+    docstrings say is checked by ``docstring_content.docstring_offenders``."""
+    missing = []
+    for qualname, obj in public_objects():
+        if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)):
+            continue  # constants are documented by their module
+        doc = inspect.getdoc(obj) if not inspect.isclass(obj) else obj.__dict__.get("__doc__")
+        auto = inspect.isclass(obj) and (doc or "").startswith(f"{obj.__name__}(")
+        if not (doc or "").strip() or auto:
+            missing.append(qualname)
     return missing

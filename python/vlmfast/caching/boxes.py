@@ -17,7 +17,7 @@ from vlmfast.store.schema import BOXES_FRAME, BOXES_GEOMETRY, BOXES_KINDS
 
 
 def box_attrs(geometry: InputGeometry, kinds: Sequence[str]) -> dict[str, Any]:
-    """The root-attrs entry ``boxes``: the frame, the geometry that mapped the boxes into
+    """Returns the root-attrs entry ``boxes``: the frame, the geometry that mapped the boxes into
     it, and the concept kinds boxes carry (the columns patch scoring scores). The patch
     grid is the store's ``towers.image`` record."""
     return {

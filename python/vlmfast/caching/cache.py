@@ -53,6 +53,14 @@ def run_cache(cfg: CacheConfig, *, log: Callable[[str], None] = print) -> Activa
     Under ``torchrun`` (or in an initialised ``torch.distributed`` group) every rank
     calls this with the same config; the ranks split the batches and every rank
     returns the finished store.
+
+    Returns:
+        The finished store, open read-only.
+
+    Raises:
+        InputError: a bad config (flag named), or the source has no records to cache.
+        StoreError: ``cfg.out`` holds another cache or the parts of an unfinished
+            multi-rank one (pass ``overwrite``).
     """
     rank, world, joined = _distributed(cfg)
     if world <= 1:

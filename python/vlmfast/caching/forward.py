@@ -61,6 +61,10 @@ def preprocess_batch(
 
     Called ``prepare_inputs`` before 0.x; that name now means one thing only,
     :func:`vlmfast.causal.core.prepare_inputs` (clean / corrupted inputs as base and source).
+
+    Returns:
+        The batch's pixels (records with an image) and tokens (records with a caption),
+            as :class:`BatchInputs`; either is None when no hook of that tower is cached.
     """
     _, img_hooks, txt_hooks = tower_hooks(hooks)
     images = [r.image for r in batch if r.image is not None]
@@ -79,9 +83,13 @@ def forward_rows(
     store_dtype: torch.dtype,
     inputs: BatchInputs | None = None,
 ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """One forward of both towers; rows and index per store hook.
+    """Runs one forward of both towers.
 
     ``inputs``: the batch's ``preprocess_batch`` when it was prepared ahead.
+
+    Returns:
+        Per store hook, its rows ``[n, width]`` (in ``store_dtype``) and their index
+            columns (sample id, position, modality, ...).
     """
     with_img = [r for r in batch if r.image is not None]
     with_txt = [r for r in batch if r.caption is not None]
@@ -142,7 +150,7 @@ def iter_forward(
     select: Callable[[int], bool] | None = None,
     after: int | None = None,
 ) -> Iterator[tuple[int, list[Any], dict[str, Any] | None, int]]:
-    """``(batch number, records, rows per hook or None, records consumed after it)``.
+    """Yields ``(batch number, records, rows per hook or None, records consumed after it)``.
 
     Reads the source in its fixed order from record ``skip`` (a multiple of the
     batch size), cuts it into batches and runs the forward on the batches

@@ -31,7 +31,7 @@ class InputGeometry:
     def resized(
         self, w: npt.NDArray[np.float64], h: npt.NDArray[np.float64]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Sides of the resized image before the crop."""
+        """Returns the sides ``(width, height)`` of the resized image before the crop, in pixels."""
         if self.mode == "squash":
             return np.full_like(w, self.size), np.full_like(h, self.size)
         short, long = np.minimum(w, h), np.maximum(w, h)
@@ -45,7 +45,7 @@ class InputGeometry:
         return np.where(wide, new_long, self.resize), np.where(wide, self.resize, new_long)
 
     def crop_offset(self, rw: np.ndarray, rh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Left and top of the crop in the resized image."""
+        """Returns the left and top of the crop in the resized image, in pixels."""
         if self.mode == "squash":
             return np.zeros_like(rw), np.zeros_like(rh)
         if self.rounding == "torchvision":
@@ -53,8 +53,9 @@ class InputGeometry:
         return np.floor((rw - self.size) / 2), np.floor((rh - self.size) / 2)
 
     def map(self, boxes: np.ndarray, wh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes normalised to their images (``[n, 4]``; images ``wh`` ``[n, 2]`` pixels)
-        -> boxes normalised to the model input, clipped to it, and which keep an area."""
+        """Returns ``(boxes, keep)``: boxes normalised to their images (``[n, 4]``; images
+        ``wh`` ``[n, 2]`` pixels) mapped to boxes normalised to the model input ([0, 1]),
+        clipped to it, and the ``bool[n]`` mask of those that keep an area."""
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         w, h = (np.asarray(wh, dtype=np.float64).reshape(-1, 2)[:, i] for i in (0, 1))
         rw, rh = self.resized(w, h)
@@ -121,7 +122,7 @@ def _hf_geometry(proc: Any) -> InputGeometry | None:
 
 
 def input_geometry(pair: Any) -> InputGeometry | None:
-    """The geometry of ``pair``'s preprocessing, or None when it is not one vlmfast can
+    """Returns the geometry of ``pair``'s preprocessing, or None when it is not one vlmfast can
     map boxes through (then no boxes are stored)."""
     pre = getattr(pair, "_preprocess", None)
     if pre is None:

@@ -52,9 +52,14 @@ def hook_rows(
     text_lengths: torch.Tensor | None,
     has_cls: bool,
 ) -> TowerRows:
-    """The rows ``hook`` contributes for a batch (see the module docs).
+    """Returns the rows ``hook`` contributes for a batch (see the module docs), with their
+    sample ids and token positions (-1: a pooled or mean row), as :class:`TowerRows`.
 
     ``text_lengths``: per text sample, the number of real tokens (EOT index + 1).
+
+    Raises:
+        InputError: an unknown ``positions``, an attention-pattern hook, a text hook
+            without ``text_lengths``, or ``positions="cls"`` on a tower without a CLS token.
     """
     if positions not in POSITIONS:
         raise InputError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")

@@ -34,7 +34,7 @@ from vlmfast.store.schema import (
 
 
 def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer (names, shapes, dtypes and bytes)."""
+    """Returns the hex sha256 of every parameter and buffer (names, shapes, dtypes and bytes)."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
@@ -46,8 +46,9 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 def tower_geometry(pair: Any) -> dict[str, Any]:
-    """What the store records about the model's towers: the image tower's CLS token and
-    patch grid (which image token rows are patches, where each patch lies)."""
+    """Returns what the store records about the model's towers: the image tower's CLS
+    token and patch grid (image and patch size in pixels: which image token rows are
+    patches, where each patch lies)."""
     image = pair.config.image
     return {
         TOWER_IMAGE: {
@@ -110,7 +111,16 @@ class CacheSetup:
 
 
 def setup_cache(cfg: CacheConfig) -> CacheSetup:
-    """Loads the model and opens the source (every rank does this)."""
+    """Loads the model and opens the source (every rank does this).
+
+    Returns:
+        The model in eval mode, the resolved hooks, the source and the run's identity,
+            as a :class:`CacheSetup`.
+
+    Raises:
+        InputError: a bad config (the flag named), or ``--hooks`` names no hook.
+        ModelLoadError: the model cannot be loaded.
+    """
     import vlmfast as vf
     from vlmfast.data import open_source
 

@@ -25,7 +25,8 @@ def write_skip_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def read_skip_report(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The skip report a cache run left beside the store, or ``None`` when nothing was skipped."""
+    """Returns the skip report a cache run left beside the store, or ``None`` when nothing
+    was skipped."""
     path = Path(out) / SKIP_REPORT_FILE
     return json.loads(path.read_text()) if path.exists() else None
 

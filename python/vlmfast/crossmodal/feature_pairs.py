@@ -75,12 +75,12 @@ class ModalitySplit:
     alpha: float
 
     def counts(self) -> dict[str, int]:
-        """Number of features per class."""
+        """Returns the number of features per class."""
         names = ("image-only", "text-only", "bimodal", "undecided", "inactive")
         return {k: self.label.count(k) for k in names}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``) with the class counts."""
+        """Returns a JSON-ready dict (NaN becomes ``None``) with the class counts."""
         return {**{k: to_jsonable(v) for k, v in self.__dict__.items()}, "counts": self.counts()}
 
 
@@ -102,7 +102,7 @@ class BridgeScores:
     """``[F]`` p-value of ``matched`` under random re-pairing of captions."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``)."""
+        """Returns a JSON-ready dict (NaN becomes ``None``)."""
         return {k: to_jsonable(v) for k, v in self.__dict__.items()}
 
 
@@ -211,7 +211,8 @@ def modality_split(
     level: float = 0.95,
     seed: int = 0,
 ) -> ModalitySplit:
-    """Modality split of each feature (module docstring): share, interval, swap null, class.
+    """Returns the modality split of each feature (module docstring): image share of the
+    activation mass (a fraction in [0, 1]), its interval, swap null and class.
 
     ``image_acts`` / ``text_acts`` are nonnegative ``[n, F]`` arrays of matched pairs
     (validated by the caller, e.g. :func:`~vlmfast.crossmodal.analyze_shared_dictionary`).
@@ -251,7 +252,8 @@ def bridge_scores(
     level: float = 0.95,
     seed: int = 0,
 ) -> BridgeScores:
-    """Bridge Score of each feature (module docstring) with bootstrap interval and re-pairing null."""
+    """Returns the Bridge Score of each feature (module docstring; a cosine difference in
+    [-2, 2]) with bootstrap interval and re-pairing null."""
     rng = np.random.default_rng(seed)
     a, b = image_acts, text_acts
     n = a.shape[0]

@@ -74,6 +74,7 @@ class PairEffects:
     """Test captions naming it."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the pair and its ablation effects (logits) as a JSON-ready dict."""
         return {
             **self.pair.to_dict(),
             **{c: getattr(self, c).to_dict() for c in CONDITIONS},
@@ -102,6 +103,7 @@ class FusionResult:
     """Key of the paper's fusion claim for the report to show beside ours."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the result as a JSON-ready dict (effects in logits, shares in [0, 1])."""
         return {
             "pairs": [p.to_dict() for p in self.pairs],
             "skipped": dict(self.skipped),
@@ -269,9 +271,10 @@ def fusion_units(
     ``{hook: TopKSAE}`` whose features are candidate units of that hook.
 
     Returns:
-        :class:`FusionResult`: per pair the specificity of image / text / both ablations
-        (logit units) with intervals and random-unit nulls, the interaction, and the
-        retrieval drop (None when no pair was found or ``retrieval=False``).
+        The result (a :class:`FusionResult`): per pair the specificity of image / text /
+            both ablations (logit units) with intervals and random-unit nulls, the
+            interaction, and the retrieval drop (None when no pair was found or
+            ``retrieval=False``).
 
     Raises:
         InputError: the pair is in training mode, a concept is unknown, a hook matches

@@ -21,7 +21,13 @@ from vlmfast.errors import InputError, ShapeError
 
 @dataclass
 class FusionData:
-    """Matched pairs: pixels, captions, image labels and caption labels over one concept list."""
+    """Matched pairs: pixels, captions, image labels and caption labels over one concept list.
+
+    Raises:
+        ShapeError: (constructing) captions, labels or kinds do not match the images and
+            concepts.
+        InputError: (constructing) fewer than 4 pairs.
+    """
 
     images: torch.Tensor
     """``[N, 3, H, W]`` model-input pixels (``pair.preprocess``)."""
@@ -58,7 +64,7 @@ class FusionData:
         return int(self.images.shape[0])
 
     def subset(self, idx: Sequence[int] | npt.NDArray[np.int64]) -> FusionData:
-        """The pairs ``idx`` (same concepts)."""
+        """Returns the pairs ``idx`` (same concepts)."""
         ix = np.asarray(idx, dtype=np.int64)
         return FusionData(
             self.images[torch.as_tensor(ix)],
@@ -70,7 +76,7 @@ class FusionData:
         )
 
     def split(self, fraction: float, seed: int) -> tuple[FusionData, FusionData]:
-        """``(first, rest)``: a seeded random ``fraction`` of the pairs and the others.
+        """Returns ``(first, rest)``: a seeded random ``fraction`` of the pairs and the others.
 
         Raises:
             InputError: ``fraction`` outside (0, 1) or a part with fewer than 4 pairs.
@@ -87,7 +93,7 @@ class FusionData:
         return self.subset(np.sort(perm[:cut])), self.subset(np.sort(perm[cut:]))
 
     def eval_set(self) -> Any:
-        """The pairs as a :class:`vlmfast.causal.core.evalset.EvalSet` (image labels)."""
+        """Returns the pairs as a :class:`vlmfast.causal.core.evalset.EvalSet` (image labels)."""
         from vlmfast.causal.core.evalset import EvalSet
 
         return EvalSet(
@@ -96,7 +102,7 @@ class FusionData:
 
     @classmethod
     def from_source(cls, pair: Any, source: Any, n: int = 256) -> FusionData:
-        """The first ``n`` records of ``source`` (a spec such as ``synthetic:n=512,seed=3``
+        """Returns the first ``n`` records of ``source`` (a spec such as ``synthetic:n=512,seed=3``
         or an opened :class:`vlmfast.data.PairSource`), preprocessed for ``pair``.
 
         Raises:
@@ -123,7 +129,7 @@ class FusionData:
 
     @classmethod
     def from_eval_set(cls, ev: Any, caption_labels: Any = None) -> FusionData:
-        """An :class:`EvalSet`'s pairs; its image labels stand for the caption labels
+        """Returns an :class:`EvalSet`'s pairs; its image labels stand for the caption labels
         unless ``caption_labels`` ``[N, C]`` is given."""
         cap = ev.labels if caption_labels is None else caption_labels
         return cls(ev.images, list(ev.captions), ev.labels, cap, ev.concepts, ev.kinds)

@@ -29,7 +29,12 @@ Array = npt.NDArray[np.float64]
 
 @dataclass
 class FusionConfig:
-    """What :func:`fusion_units` selects and how it tests it."""
+    """What :func:`fusion_units` selects and how it tests it.
+
+    Raises:
+        InputError: (constructing) an unknown ``ablation`` or ``reduce``, a count out of
+            range, or ``level`` / ``min_auroc`` out of range.
+    """
 
     concepts: tuple[str, ...] | None = None
     """Concepts to pair (None: every concept of ``kinds`` with enough positives)."""
@@ -79,6 +84,7 @@ class FusionConfig:
             raise InputError("FusionConfig: need 0 < level < 1 and 0 <= min_auroc <= 1")
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a plain dict."""
         return asdict(self)
 
 
@@ -94,6 +100,7 @@ class FusionPair:
     """Text-tower units, best first, ``scores`` their caption AUROCs."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the pair as a plain dict (its unit sets as :meth:`UnitSet.to_dict`)."""
         return {
             "concept": self.concept,
             "kind": self.kind,
@@ -160,7 +167,8 @@ def select_fusion_pairs(
     saes: Mapping[str, Any] | None = None,
     test_data: FusionData | None = None,
 ) -> tuple[list[FusionPair], dict[str, str]]:
-    """Fusion pairs picked on ``data`` (module docstring): ``(pairs, skipped concept -> why)``.
+    """Returns the fusion pairs picked on ``data`` (module docstring): ``(pairs, skipped
+    concept -> why)``.
 
     ``saes``: ``{hook: TopKSAE}``; those hooks' units are SAE features. ``test_data``: the
     pairs the test will use (a concept needs enough positives there too).

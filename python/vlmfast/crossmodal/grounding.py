@@ -118,7 +118,7 @@ class GroundingScores:
         return self.cls.ranked
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``)."""
+        """Returns a JSON-ready dict (NaN becomes ``None``)."""
         out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
             out[k] = to_jsonable(_plain(v))
@@ -151,8 +151,9 @@ def grounding_scores(
     once (``batch_size · layers · heads · T²`` floats).
 
     Returns:
-        :class:`GroundingScores`: per query kind, the named-object mass, both nulls with
-        bootstrap intervals and permutation p-values, BH significance and the ranking.
+        The scores (a :class:`GroundingScores`): per query kind, the named-object mass (a
+            fraction of attention in [0, 1]), both nulls with bootstrap intervals and
+            permutation p-values, BH significance and the ranking.
 
     Raises:
         InputError: an image has no boxes, a box lies outside [0, 1] or is empty, a name
@@ -329,7 +330,8 @@ def _compare(
 
 
 def ranked_table(scores: GroundingScores, top: int = 10) -> list[Mapping[str, Any]]:
-    """The ``top`` heads by the CLS score as rows (layer, head, named mass, diff, interval, p)."""
+    """Returns the ``top`` heads by the CLS score as rows (layer, head, named mass, diff,
+    interval, p)."""
     q = scores.cls
     cmp = (
         q.other_objects if scores.rank_by == "other_objects" and q.other_objects else q.random_boxes

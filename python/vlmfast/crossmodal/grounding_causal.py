@@ -67,7 +67,7 @@ class GroundingPatching:
     """Bootstrap replicates left out because their denominator was below ``tol``."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``); ``null_mean`` added."""
+        """Returns a JSON-ready dict (NaN becomes ``None``); ``null_mean`` added."""
         out = {k: to_jsonable(v) for k, v in self.__dict__.items()}
         null = self.null_recovery[np.isfinite(self.null_recovery)]
         out["null_mean"] = float(null.mean()) if len(null) else None
@@ -75,7 +75,12 @@ class GroundingPatching:
 
 
 def top_heads(scores: GroundingScores, k: int, query: str = "cls") -> list[tuple[int, int]]:
-    """The ``k`` best-ranked heads of ``scores`` for ``query`` (``"cls"`` or ``"mean"``)."""
+    """Returns the ``k`` best-ranked heads ``(layer, head)`` of ``scores`` for ``query``
+    (``"cls"`` or ``"mean"``).
+
+    Raises:
+        InputError: an unknown ``query``, or ``k`` outside 1..(the image tower's heads).
+    """
     if query not in ("cls", "mean"):
         raise InputError(f"query must be 'cls' or 'mean', got {query!r}")
     ranked = scores.cls.ranked if query == "cls" else scores.mean.ranked
@@ -134,7 +139,7 @@ def grounding_patching(
     ``texts``: token ids ``[N, T]`` or strings (caption i matches clean image i).
 
     Returns:
-        :class:`GroundingPatching`, recovery in units of the clean-minus-corrupt gap.
+        The recovery (a :class:`GroundingPatching`), in units of the clean-minus-corrupt gap.
 
     Raises:
         InputError: the pair is in training mode, a head is outside the image tower, or

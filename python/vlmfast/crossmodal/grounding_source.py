@@ -30,7 +30,7 @@ class GroundingInputs:
 
 
 def grounding_inputs(pair: Any, source: Any, n: int = 64) -> GroundingInputs:
-    """The first ``n`` usable records of ``source`` as grounding inputs.
+    """Returns the first ``n`` usable records of ``source`` as grounding inputs.
 
     Each object is named by its box's concepts (e.g. ``"circle red small"``); the named
     object is the one whose concepts overlap the caption's labels most (a record where
@@ -101,7 +101,7 @@ def recolor_named(
     names: list[str],
     threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Corrupted copies of ``pixels`` ``[N, 3, S, S]`` (model inputs) where the named object
+    """Returns corrupted copies of ``pixels`` ``[N, 3, S, S]`` (model inputs) where the named object
     changes color: inside its box, the pixels farther than ``threshold`` (Euclidean, in
     input units) from the median of the box's border are the object's, and their channels
     are rolled (R, G, B -> G, B, R). The scene, the other objects and the caption stay.

@@ -63,7 +63,7 @@ class InvariantPoint:
     """Why ``fraction`` is undefined, else empty."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``)."""
+        """Returns a JSON-ready dict (NaN becomes ``None``)."""
         return {k: to_jsonable(v) for k, v in self.__dict__.items()}
 
 
@@ -79,7 +79,11 @@ class InvariantCurve:
     """Threshold -> ``(feature, concept)`` pairs selective on both sides."""
 
     def at(self, threshold: float) -> InvariantPoint:
-        """The point at ``threshold``. Raises ``InputError`` if it was not computed."""
+        """Returns the point at ``threshold``.
+
+        Raises:
+            InputError: ``threshold`` was not computed.
+        """
         for p in self.points:
             if abs(p.threshold - threshold) < 1e-9:
                 return p
@@ -88,7 +92,7 @@ class InvariantCurve:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; cell keys become strings."""
+        """Returns a JSON-ready dict; cell keys become strings."""
         return {
             "points": [p.to_dict() for p in self.points],
             "alpha": self.alpha,
@@ -152,7 +156,8 @@ def invariant_curve(
     level: float = 0.95,
     seed: int = 0,
 ) -> InvariantCurve:
-    """Invariant-feature fraction over AUROC ``thresholds`` (see the module docstring).
+    """Returns the invariant-feature fraction (in [0, 1], with its interval and null) over
+    AUROC ``thresholds`` (see the module docstring).
 
     All four tables are ``[F, C]`` (features x concepts, same concept columns);
     NaN AUROCs/p-values (a concept without positives on one side) are not tests.

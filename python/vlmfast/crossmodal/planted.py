@@ -92,7 +92,7 @@ class PlantedCrossModal:
         return n_sh / (n_sh + 2 * n_sp)
 
     def truth_features(self, rows: Any, threshold: float = 0.5) -> npt.NDArray[np.float64]:
-        """Ground-truth feature activations ``[rows, F]``: ``ReLU(rows · u_f − threshold·strength)``.
+        """Returns ground-truth feature activations ``[rows, F]``: ``ReLU(rows · u_f − threshold·strength)``.
 
         A stand-in for a trained SAE (nonnegative, sparse, one feature per planted
         direction); apply it to raw rows or to gap-removed rows.
@@ -134,7 +134,7 @@ def planted_pairs(
     caption_drop: float = 0.0,
     seed: int = 0,
 ) -> PlantedCrossModal:
-    """``n`` planted image/text pairs of width ``d`` (see the module docstring).
+    """Returns ``n`` planted image/text pairs of width ``d`` (see the module docstring).
 
     ``shared_fraction`` of the ``n_concepts`` concepts (rounded) share a direction;
     frequencies are spread evenly over ``frequency_range`` in a seeded order;

@@ -64,7 +64,7 @@ class ProbeDirection:
     """``[C]`` AUROC of the same probe on held-out pairs of ``train`` (reference)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``)."""
+        """Returns a JSON-ready dict (NaN becomes ``None``)."""
         return {k: to_jsonable(v) for k, v in self.__dict__.items()}
 
 
@@ -83,7 +83,7 @@ class ConceptTransfer:
     """Confidence level of the intervals."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of both directions and the settings."""
+        """Returns a JSON-ready dict of both directions and the settings."""
         out: dict[str, Any] = {
             k: to_jsonable(v) for k, v in self.__dict__.items() if not isinstance(v, ProbeDirection)
         }
@@ -95,7 +95,7 @@ class ConceptTransfer:
 def fit_ridge(
     x: npt.NDArray[np.float64], y: npt.NDArray[np.bool_], ridge: float
 ) -> npt.NDArray[np.float64]:
-    """Ridge weights ``[d, C]`` of ±1 targets on rows centred by their mean (scores = ``x @ W``)."""
+    """Returns ridge weights ``[d, C]`` of ±1 targets on rows centred by their mean (scores = ``x @ W``)."""
     xc = x - x.mean(0)
     gram = xc.T @ xc + ridge * np.eye(x.shape[1])
     target = np.where(y, 1.0, -1.0)
@@ -166,7 +166,8 @@ def concept_transfer(
     level: float = 0.95,
     seed: int = 0,
 ) -> ConceptTransfer:
-    """Cross-modal transfer AUROC of a linear probe per concept, both directions (see module).
+    """Returns the cross-modal transfer AUROC (in [0, 1]) of a linear probe per concept, both
+    directions (see module), with the label-shuffle null.
 
     ``image_rows[n, d]`` / ``text_rows[n, d]`` are matched pairs (row i of each is
     one pair) with ``image_labels[n, C]`` (what the image shows) and

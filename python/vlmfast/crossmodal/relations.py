@@ -118,7 +118,7 @@ class RelationProbeResult:
     config: RelationProbeConfig = field(default_factory=RelationProbeConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+        """Returns a JSON-ready dict."""
         return {"rows": self.rows, "config": asdict(self.config),
                 "probes": [asdict(p) for p in self.probes]}  # fmt: skip
 
@@ -195,7 +195,7 @@ def probe_relation(
     config: RelationProbeConfig | None = None,
     units: Any = None,
 ) -> RelationProbe:
-    """Probe and best unit for label ``y[n]`` on rows ``x[n, d]`` (the contrast rows); see
+    """Returns the probe and best unit for label ``y[n]`` on rows ``x[n, d]`` (the contrast rows); see
     the module docstring. ``units[n, F]`` (optional, same rows: e.g. SAE codes) gives
     ``best_feature`` on the same split. Undefined (``None`` numbers) with too few rows or a
     missing class."""
@@ -270,7 +270,7 @@ def relation_probes(
     config: RelationProbeConfig | None = None,
     units: Any = None,
 ) -> RelationProbeResult:
-    """Probes of every bound relation of ``labels`` (``ConceptLabels``: kind ``bound
+    """Returns the probes of every bound relation of ``labels`` (``ConceptLabels``: kind ``bound
     relation``) on ``x[n, d]`` (one row per labelled sample): the families of ``values``
     (e.g. ``{"color": COLORS, "shape": SHAPES}``) and, with ``config.pairs``, each pair.
     ``rows`` says which rows ``x`` holds (recorded); ``units[n, F]`` (optional, the same

@@ -32,7 +32,7 @@ PAPER_CLAIM = "ablate.retrieval"
 
 
 def top1_correct(logits: Any) -> npt.NDArray[np.bool_]:
-    """``[N]`` whether row ``i`` of the ``[N, N]`` image x caption logits ranks caption ``i``
+    """Returns ``[N]`` whether row ``i`` of the ``[N, N]`` image x caption logits ranks caption ``i``
     first (no caption scores strictly higher).
 
     Raises:
@@ -55,7 +55,7 @@ def retrieval_accuracy(
     text_interventions: Sequence[Any] = (),
     batch_size: int = 256,
 ) -> float:
-    """Image -> caption top-1 accuracy (a fraction in [0, 1]) among the given captions.
+    """Returns the image -> caption top-1 accuracy (a fraction in [0, 1]) among the given captions.
 
     ``captions``: strings or token ids, caption ``i`` belongs to image ``i``; the
     interventions (e.g. ``vf.Ablate``) apply to the image / text forward.
@@ -113,7 +113,7 @@ class RetrievalDrop:
     """Key of the paper's claim to show beside these figures (never used as a number)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN as None), with the null's mean."""
+        """Returns a JSON-ready dict (NaN as None), with the null's mean."""
         out = {k: to_jsonable(v) for k, v in self.__dict__.items() if k != "null_drop"}
         out["null_drop_mean"] = float(self.null_drop.mean()) if len(self.null_drop) else None
         out["n_null"] = len(self.null_drop)
@@ -130,7 +130,8 @@ def retrieval_drop(
     seed: int = 0,
     n_units: int = 0,
 ) -> RetrievalDrop:
-    """The drop from per-image correctness ``clean[N]`` to ``ablated[N]`` (module docstring);
+    """Returns the drop (a fraction of images) from per-image correctness ``clean[N]`` to
+    ``ablated[N]`` (module docstring), with its interval and null;
     ``null[V, N]``: correctness under ``V`` random unit sets.
 
     Raises:

@@ -64,7 +64,7 @@ class GapMeans:
         return float(np.linalg.norm(self.image_mean - self.text_mean))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of both means and the gap's length."""
+        """Returns a JSON-ready dict of both means and the gap's length."""
         return {
             "image_mean": to_jsonable(self.image_mean),
             "text_mean": to_jsonable(self.text_mean),
@@ -73,12 +73,13 @@ class GapMeans:
 
 
 def remove_modality_gap(image_rows: Any, text_rows: Any) -> tuple[Array, Array, GapMeans]:
-    """``(image_rows − image_mean, text_rows − text_mean, means)`` as float64.
+    """Returns ``(image_rows − image_mean, text_rows − text_mean, means)`` as float64.
 
     Row counts may differ here (the means are per modality); widths may not.
 
     Raises:
         ShapeError: the rows are not 2-D or their widths differ (both widths named).
+        InputError: a modality has no rows.
     """
     img, txt = check_matrix(image_rows, "image rows"), check_matrix(text_rows, "text rows")
     if img.shape[1] != txt.shape[1]:
@@ -117,7 +118,7 @@ class SharedDictionaryResult:
     """The means subtracted before encoding (``None`` when the gap was kept or unknown)."""
 
     def to_dict(self, tables: bool = True) -> dict[str, Any]:
-        """JSON-ready dict; ``tables=False`` leaves out the ``[F, C]`` AUROC tables."""
+        """Returns a JSON-ready dict; ``tables=False`` leaves out the ``[F, C]`` AUROC tables."""
         out: dict[str, Any] = {
             "concepts": self.concepts,
             "n_pairs": self.n_pairs,
@@ -197,7 +198,8 @@ def analyze_shared_dictionary(
     level: float = 0.95,
     seed: int = 0,
 ) -> SharedDictionaryResult:
-    """Per-feature modality split, Bridge Score, image/caption AUROCs and the invariant curve.
+    """Returns the per-feature modality split, Bridge Score, image/caption AUROCs and the
+    invariant curve, as a :class:`SharedDictionaryResult`.
 
     ``image_acts[n, F]`` / ``text_acts[n, F]``: nonnegative activations of the
     same ``F`` features on matched pairs; ``image_labels[n, C]`` (what the image
@@ -262,13 +264,16 @@ def shared_dictionary_from_rows(
     text_name: str = "text rows",
     **options: Any,
 ) -> SharedDictionaryResult:
-    """Encode matched rows with ``encode`` (optionally gap-removed first) and analyse the codes.
+    """Encodes matched rows with ``encode`` (optionally gap-removed first) and analyses the codes.
 
     ``encode(rows[n, d]) -> acts[n, F]`` is applied to each modality separately
     (e.g. a trained SAE's encoder returning dense nonnegative codes). With
     ``remove_gap=True`` each modality's mean row is subtracted first and recorded
     in ``result.gap_means``. ``image_name`` / ``text_name`` (hook names) appear in
     errors. ``options`` go to :func:`analyze_shared_dictionary`.
+
+    Returns:
+        The analysis of the codes, as :func:`analyze_shared_dictionary`.
 
     Raises:
         ShapeError: the rows' widths differ (both hooks and widths named) or their

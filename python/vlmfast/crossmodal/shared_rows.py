@@ -172,11 +172,12 @@ def store_pairs(
     """The matched rows of ``image_hook`` and ``text_hook`` in ``store`` (module docstring).
 
     Returns:
-        :class:`StorePairs` (rows in the store's units, as float64).
+        The matched rows (a :class:`StorePairs`; in the store's units, as float64).
 
     Raises:
         InputError: a hook is missing (cache both towers), the widths differ (both named),
             the store has no labels, or fewer than 2 samples have rows in both hooks.
+        ShapeError: the matched rows differ in width (a store ``check_hooks`` missed).
     """
     check_hooks(store, image_hook, text_hook)
     img, img_ids = pool_rows(*_hook_rows(store, image_hook), pool)

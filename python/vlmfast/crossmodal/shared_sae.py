@@ -42,7 +42,7 @@ class SharedSAE:
     pool: str = "mean"
 
     def encode(self, rows: Any, modality: str) -> Array:
-        """Dense nonnegative codes ``[n, n_latents]`` (float64) of ``rows`` of ``modality``
+        """Returns the dense nonnegative codes ``[n, n_latents]`` (float64) of ``rows`` of ``modality``
         (``"image"`` / ``"text"``), the recorded mean subtracted first when the gap was removed.
 
         Raises:
@@ -90,7 +90,7 @@ def save_shared_sae(shared: SharedSAE, path: str | Path) -> Path:
 
 
 def load_shared_sae(path: str | Path, *, device: str = "cpu") -> SharedSAE:
-    """A shared SAE saved by :func:`train_shared_sae`, with its hooks and recorded means.
+    """Returns the shared SAE saved by :func:`train_shared_sae`, with its hooks and recorded means.
 
     Raises:
         InputError: the folder holds no SAE, or an SAE without the ``crossmodal`` record

@@ -52,7 +52,12 @@ Array = npt.NDArray[np.float64]
 
 @dataclass
 class SharedSAEConfig:
-    """How :func:`train_shared_sae` trains and analyses one dictionary over both towers."""
+    """How :func:`train_shared_sae` trains and analyses one dictionary over both towers.
+
+    Raises:
+        InputError: (constructing) an unknown ``pool``, a count below 1, ``batch_size < 2``
+            or ``k > n_latents``.
+    """
 
     image_hook: str = "image.embed"
     """Image-side hook (its rows and ``text_hook``'s must have equal width)."""
@@ -103,6 +108,7 @@ class SharedSAEConfig:
             raise InputError(f"SharedSAEConfig.k={self.k} exceeds n_latents={self.n_latents}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a plain dict."""
         return asdict(self)
 
 
@@ -133,7 +139,7 @@ class SharedSAEResult:
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, tables: bool = False) -> dict[str, Any]:
-        """JSON-ready dict; ``tables=True`` keeps the ``[F, C]`` AUROC tables of the analyses."""
+        """Returns a JSON-ready dict; ``tables=True`` keeps the ``[F, C]`` AUROC tables of the analyses."""
         gm = self.shared.gap_means
         return {
             "path": self.path,
@@ -230,7 +236,7 @@ def _train(
 def analyze_shared_store(
     store: Any, shared: SharedSAE, config: SharedSAEConfig | None = None
 ) -> tuple[SharedDictionaryResult, SharedDictionaryResult | None, str | None]:
-    """``(all pairs, single-object pairs or None, why None)``: the shared-dictionary
+    """Returns ``(all pairs, single-object pairs or None, why None)``: the shared-dictionary
     analysis of the store's pairs of ``shared``'s hooks, encoded with :meth:`SharedSAE.encode`
     (the recorded means subtracted when the gap was removed in training).
 
@@ -279,8 +285,9 @@ def train_shared_sae(
     saved; None keeps it in memory only. ``log``: a line per tenth of the run.
 
     Returns:
-        :class:`SharedSAEResult`: the SAE, its fit (FVU per modality, L0, dead share) and
-        the analysis of :func:`analyze_shared_store` (all pairs, single-object pairs).
+        The result (a :class:`SharedSAEResult`): the SAE, its fit (FVU per modality, L0,
+            dead share) and the analysis of :func:`analyze_shared_store` (all pairs,
+            single-object pairs).
 
     Raises:
         InputError: a hook is missing (the message names it and says to cache both towers:

@@ -51,7 +51,7 @@ class BadRecordReport:
         return sum(self.counts.values())
 
     def summary(self) -> str:
-        """One paragraph for the end of a run: counts and examples per reason."""
+        """Returns one paragraph for the end of a run: counts and examples per reason."""
         if not self.n_bad:
             return f"{self.n_ok} records read, none skipped"
         lines = [f"{self.n_ok} records read, {self.n_bad} bad records skipped:"]
@@ -61,7 +61,7 @@ class BadRecordReport:
         return "\n".join(lines)
 
     def brief(self) -> str:
-        """One line: the skipped count per reason and the first example."""
+        """Returns one line: the skipped count per reason and the first example."""
         if not self.n_bad:
             return "none skipped"
         parts = []
@@ -71,6 +71,7 @@ class BadRecordReport:
         return f"{self.n_bad} bad records skipped: " + "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
+        """Returns the report as a JSON-ready dict (records read, skipped, per reason)."""
         return {
             "n_ok": self.n_ok,
             "n_bad": self.n_bad,

@@ -87,7 +87,7 @@ class HookedPair(nn.Module):
         dtype: torch.dtype | None = None,
         share_memory: bool = False,
     ) -> HookedPair:
-        """Builds a pair from a config and an internal-format state dict (see ``weights``).
+        """Returns a pair built from a config and an internal-format state dict (see ``weights``).
 
         ``share_memory=True`` reuses the state dict's tensors where possible instead of
         copying them (the caller must not modify them afterwards).
@@ -101,7 +101,7 @@ class HookedPair(nn.Module):
         return pair
 
     def internal_state_dict(self) -> dict[str, Tensor]:
-        """The weights in the internal format (what ``from_state_dict`` consumes)."""
+        """Returns the weights in the internal format (what ``from_state_dict`` consumes)."""
         return export_state_dict(self)
 
     # ---- properties --------------------------------------------------------------------
@@ -116,7 +116,11 @@ class HookedPair(nn.Module):
         return self.logit_scale.dtype
 
     def tower(self, name: str) -> Tower:
-        """The ``"image"`` or ``"text"`` tower."""
+        """Returns the ``"image"`` or ``"text"`` tower.
+
+        Raises:
+            InputError: ``name`` is neither.
+        """
         if name == "image":
             return self.image
         if name == "text":
@@ -124,15 +128,19 @@ class HookedPair(nn.Module):
         raise InputError(f"unknown tower {name!r}: expected 'image' or 'text'")
 
     def hook_points(self) -> list[str]:
-        """Every hook name of this model, image tower first, in forward order."""
+        """Returns every hook name of this model, image tower first, in forward order."""
         return list(self._hook_points)
 
     # ---- inputs ------------------------------------------------------------------------
     def preprocess(self, images: Image | Sequence[Image], pool: Executor | None = None) -> Tensor:
-        """PIL images -> pixel tensor [B, 3, H, W] on the model's device and dtype.
+        """Returns the pixel tensor [B, 3, H, W] of PIL images, on the model's device and dtype.
 
         ``pool``: transform the images on these threads (PIL and torch release the
         GIL while they resize and normalise); the tensor is the same either way.
+
+        Raises:
+            ModelLoadError: the model was built without image preprocessing.
+            InputError: ``images`` is empty.
         """
         if self._preprocess is None:
             raise ModelLoadError(
@@ -150,7 +158,12 @@ class HookedPair(nn.Module):
         return px.to(device=self.device, dtype=self.dtype)
 
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
-        """Strings -> token ids [B, T] (LongTensor) on the model's device."""
+        """Returns the token ids [B, T] (LongTensor) of strings, on the model's device.
+
+        Raises:
+            ModelLoadError: the model was built without a tokenizer.
+            InputError: ``texts`` is empty.
+        """
         if self._tokenizer is None:
             raise ModelLoadError(
                 f"model {self.spec or self.config.name!r} has no tokenizer: pass tokenizer= "
@@ -175,15 +188,15 @@ class HookedPair(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def encode_image(self, images: Tensor | Sequence[Image]) -> Tensor:
-        """Projected, unnormalised image embeddings [B, embed_dim]."""
+        """Returns the projected, unnormalised image embeddings [B, embed_dim]."""
         return self.image(self._as_pixels(images))[0]
 
     def encode_text(self, texts: Tensor | Sequence[str]) -> Tensor:
-        """Projected, unnormalised text embeddings [B, embed_dim]."""
+        """Returns the projected, unnormalised text embeddings [B, embed_dim]."""
         return self.text(self._as_tokens(texts))[0]
 
     def logits_from_embeds(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
-        """[n_img, n_txt] = exp(logit_scale) * cos(image, text) (+ logit_bias)."""
+        """Returns the logits [n_img, n_txt] = exp(logit_scale) * cos(image, text) (+ logit_bias)."""
         img = F.normalize(image_embeds, dim=-1)
         txt = F.normalize(text_embeds, dim=-1)
         logits = self.logit_scale.exp() * img @ txt.T
@@ -192,11 +205,12 @@ class HookedPair(nn.Module):
         return logits
 
     def logits(self, images: Tensor | Sequence[Image], texts: Tensor | Sequence[str]) -> Tensor:
-        """Image-text logits [n_img, n_txt] (SigLIP: ``scale*cos + bias``, before the sigmoid)."""
+        """Returns the image-text logits [n_img, n_txt] (SigLIP: ``scale*cos + bias``, before
+        the sigmoid)."""
         return self.logits_from_embeds(self.encode_image(images), self.encode_text(texts))
 
     def forward(self, images: Tensor, texts: Tensor) -> Tensor:
-        """Same as ``logits``."""
+        """Returns the same as ``logits``: image-text logits [n_img, n_txt]."""
         return self.logits(images, texts)
 
     def _context(
@@ -247,6 +261,15 @@ class HookedPair(nn.Module):
         Runs under the caller's grad mode: wrap in ``torch.no_grad()`` when you need no
         gradients. ``all_rows=True`` turns off the last block's pooled-row shortcut
         (``Tower.forward_from``): every row of every block runs, as a reference does.
+
+        Returns:
+            The logits (both towers run), embeddings and cached hook values, as a
+                :class:`RunOutput`.
+
+        Raises:
+            InputError: neither ``images`` nor ``texts``, an object that is not an
+                intervention, or a hook name of a tower that is not run.
+            HookNameError: a hook name or glob matches no hook of the model.
         """
         towers = [t for t, inp in (("image", images), ("text", texts)) if inp is not None]
         if not towers:
@@ -261,4 +284,5 @@ class HookedPair(nn.Module):
         return RunOutput(logits, img, txt, ctx.cache if ctx is not None else {})
 
     def extra_repr(self) -> str:
+        """Returns the ``spec`` and ``name`` that ``repr(pair)`` shows."""
         return f"spec={self.spec!r}, name={self.config.name!r}"

@@ -46,13 +46,17 @@ def load_pair(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> HookedPair:
-    """Loads a CLIP/SigLIP model as a ``HookedPair``.
+    """Returns a CLIP/SigLIP model loaded as a ``HookedPair``, in eval mode.
 
     ``spec``: ``open_clip:<arch>``, ``hf:<hub id or local dir>`` or ``synthetic:tiny``.
     ``pretrained`` (open_clip only): ``None`` for random weights, an open_clip tag such as
     ``"openai"`` (downloaded or read from the cache as open_clip does), or the path of a
     local checkpoint file. The pair is returned in eval mode (``pair.training`` False),
     which the causal tools require.
+
+    Raises:
+        ModelLoadError: a malformed or unknown ``spec``, a missing optional dependency,
+            weights that cannot be read, or an architecture vlmfast cannot represent.
     """
     return _load_pair(spec, pretrained, device, dtype).eval()
 
@@ -130,7 +134,7 @@ def _open_clip_arch_supported(cfg: dict[str, object]) -> bool:
 
 
 def supported_open_clip_archs() -> list[str]:
-    """open_clip architecture names whose config vlmfast's hooked towers can represent.
+    """Returns the open_clip architecture names whose config vlmfast's hooked towers can represent.
 
     Judged from the config (a ViT image tower, open_clip text transformer, no layer scale
     or custom attention); ``OPEN_CLIP_TESTED`` are the ones with parity tests.

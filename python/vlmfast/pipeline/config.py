@@ -71,15 +71,15 @@ class PipelineConfig:
     report: ReportSection = field(default_factory=ReportSection)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config (every default filled in), JSON-ready."""
+        """Returns the resolved config (every default filled in), JSON-ready."""
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """A hash of the resolved config (``run.json``'s ``config_hash``)."""
+        """Returns a hash of the resolved config (``run.json``'s ``config_hash``): 16 hex digits."""
         return stable_hash(self.to_dict())
 
     def get(self, path: str) -> Any:
-        """The value at ``section.field`` (or a whole ``section``)."""
+        """Returns the value at ``section.field`` (or a whole ``section``, as a dict)."""
         obj: Any = self
         for part in path.split("."):
             obj = getattr(obj, part)
@@ -252,7 +252,12 @@ def _check_model(spec: str, where: str) -> None:
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineConfig:
-    """A validated :class:`PipelineConfig` from a parsed TOML document."""
+    """Returns a validated :class:`PipelineConfig` from a parsed TOML document.
+
+    Raises:
+        InputError: an unknown section or key, a value of the wrong type or out of range
+            (the message names it and ``where``).
+    """
     sections = {f.name: f for f in dataclasses.fields(PipelineConfig)}
     hints = typing.get_type_hints(PipelineConfig)
     kwargs: dict[str, Any] = {}
@@ -269,7 +274,11 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> PipelineCon
 
 
 def load_config(path: str | Path) -> PipelineConfig:
-    """Reads and validates a ``vlmfast run`` TOML config."""
+    """Returns the validated :class:`PipelineConfig` of a ``vlmfast run`` TOML file.
+
+    Raises:
+        InputError: no such file, not valid TOML, or an invalid config.
+    """
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
@@ -281,7 +290,11 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 
 def parse_config(text: str, where: str = "config") -> PipelineConfig:
-    """A validated config from TOML text."""
+    """Returns a validated :class:`PipelineConfig` from TOML text.
+
+    Raises:
+        InputError: not valid TOML, or an invalid config.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -290,14 +303,14 @@ def parse_config(text: str, where: str = "config") -> PipelineConfig:
 
 
 def demo_config_text() -> str:
-    """The TOML text of the bundled demo config (``vlmfast/pipeline/demo.toml``)."""
+    """Returns the TOML text of the bundled demo config (``vlmfast/pipeline/demo.toml``)."""
     from importlib import resources
 
     return resources.files("vlmfast.pipeline").joinpath("demo.toml").read_text()
 
 
 def demo_config() -> PipelineConfig:
-    """The bundled demo config, parsed."""
+    """Returns the bundled demo config, parsed."""
     return parse_config(demo_config_text(), where="vlmfast/pipeline/demo.toml")
 
 

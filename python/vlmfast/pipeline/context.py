@@ -30,11 +30,12 @@ class StageContext:
     """Objects shared between stages of one process (the loaded model)."""
 
     def upstream(self, stage: str) -> Path:
-        """The folder of an upstream stage."""
+        """Returns the folder of an upstream stage (``RUN/<stage>``)."""
         return self.run_dir / stage
 
     def pair(self) -> Any:
-        """The config's model, loaded once per process and in eval mode."""
+        """Returns the config's model (a ``HookedPair``), loaded once per process and in
+        eval mode."""
         if "pair" not in self.cache:
             import vlmfast as vf
 

@@ -107,7 +107,13 @@ def decide(
     registry: Mapping[str, StageDef],
     force: Sequence[str] = (),
 ) -> list[Decision]:
-    """What each stage would do now: run or skip, and the reason."""
+    """Returns what each stage would do now: run or skip, and the reason (one
+    :class:`Decision` per stage of ``registry``, in order).
+
+    Raises:
+        InputError: ``force`` names an unknown stage or one not in ``run.stages``, or a
+            selected stage's upstream is neither selected nor done.
+    """
     bad = [f for f in force if f not in registry]
     if bad:
         raise InputError(f"--force {bad[0]!r} is not a stage; stages: {', '.join(registry)}")
@@ -240,6 +246,7 @@ class RunResult:
     decisions: list[Decision]
 
     def status(self, name: str) -> str:
+        """Returns the status of stage ``name`` in this run (as ``run.json`` records it)."""
         return next(s.status for s in self.stages if s.name == name)
 
 
@@ -254,7 +261,14 @@ def run_pipeline(
 ) -> RunResult:
     """Runs (or, with ``dry_run``, plans) every stage of ``config`` into ``run_dir``.
 
-    Writes ``RUN/run.json`` after every stage; returns the stages' records.
+    Writes ``RUN/run.json`` after every stage.
+
+    Returns:
+        The run's :class:`RunResult`: its folder, one record per stage that ran (status,
+            seconds) and every stage's decision.
+
+    Raises:
+        InputError: as :func:`decide` (a bad ``force`` or a missing upstream stage).
     """
     if registry is None:
         from vlmfast.pipeline.stages import STAGES

@@ -25,7 +25,7 @@ FvuFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def build_sae(cfg: SAEConfig) -> TopKSAE:
-    """The SAE module of ``cfg`` (any arch; threshold state included)."""
+    """Returns the SAE module of ``cfg`` (any arch; threshold state included)."""
     return TopKSAE.from_config(cfg)
 
 

@@ -38,22 +38,37 @@ __all__ = [
 
 
 def save_sae(sae: TopKSAE, path: str | Path, **extra_cfg: Any) -> Path:
-    """Write ``sae`` (input scale folded in) to directory ``path``; returns it."""
+    """Writes ``sae`` (input scale folded in) to directory ``path``.
+
+    Returns:
+        The folder written, ``path``.
+    """
     return sae.save(path, **extra_cfg)
 
 
 def load_sae(
     path: str | Path, *, device: str | torch.device = "cpu", allow_incomplete: bool = False
 ) -> TopKSAE:
-    """Load a SAELens/vlmfast (``sae_weights.safetensors``) or sparsify (``sae.safetensors``) SAE.
+    """Returns the SAELens/vlmfast (``sae_weights.safetensors``) or sparsify
+    (``sae.safetensors``) SAE saved at ``path``.
 
     The folder of a training run that did not finish is refused ("incomplete run").
+
+    Raises:
+        InputError: ``path`` holds no SAE (or a bad config), or an unfinished run
+            (without ``allow_incomplete``).
+        ShapeError: the weights disagree with each other or with the config.
     """
     return TopKSAE.load(path, device=device, allow_incomplete=allow_incomplete)
 
 
 def save_training_checkpoint(trainer: SAETrainer, path: str | Path, **extra_cfg: Any) -> Path:
-    """The SAE (folded) plus ``trainer_state.pt``; written so a crash mid-save keeps the old one."""
+    """Writes the SAE (folded) plus ``trainer_state.pt``; written so a crash mid-save keeps
+    the old one.
+
+    Returns:
+        The checkpoint folder, ``path``.
+    """
     out = save_sae(trainer.sae, path, **extra_cfg)
     tmp = out / (TRAINER_STATE_FILE + ".tmp")
     torch.save(trainer.state_dict(), tmp)
@@ -68,6 +83,13 @@ def resume_trainer(
 
     The checkpoint of a run that has not finished is what resuming is for, so its
     ``INCOMPLETE`` marker is no obstacle here.
+
+    Returns:
+        The trainer with the SAE, optimiser and schedule state of the checkpoint.
+
+    Raises:
+        InputError: ``path`` has no trainer state.
+        ShapeError: the SAE's ``d_in`` is not ``expect_d_in``.
     """
     root = Path(path)
     state_path = root / TRAINER_STATE_FILE

@@ -113,6 +113,8 @@ class DownstreamMetrics:
     n_boot: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the metrics as a plain dict (each estimate with its interval; losses
+        and KL in nats, accuracies as fractions in [0, 1])."""
         out = asdict(self)
         for key, value in vars(self).items():
             if isinstance(value, Estimate):
@@ -332,9 +334,16 @@ def downstream_metrics(
     """KL, zero-shot accuracy and loss recovered of ``sae`` spliced at ``hook`` of ``pair``.
 
     ``images`` / ``texts``: matched pairs (pixel / token tensors, PIL images / strings).
-    Returns :class:`DownstreamMetrics`. Raises ``InputError`` for unmatched or fewer
-    than 2 pairs, ``HookNameError`` for a hook the model lacks and ``ShapeError`` when
-    the hook's width is not the SAE's ``d_in``.
+
+    Returns:
+        The clean, spliced and mean-ablated losses and KL (nats), zero-shot accuracies
+            (fractions in [0, 1]) and the loss recovered (a fraction; None when
+            undefined), each with a bootstrap interval, as :class:`DownstreamMetrics`.
+
+    Raises:
+        InputError: a bad config, unmatched pairs or fewer than 2.
+        HookNameError: a hook the model lacks.
+        ShapeError: the hook's width is not the SAE's ``d_in``.
     """
     cfg = config or DownstreamConfig()
     if not 0 < cfg.level < 1 or cfg.n_boot < 1 or cfg.batch_size < 1:

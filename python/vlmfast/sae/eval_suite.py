@@ -73,7 +73,7 @@ class SuiteReport:
     """Downstream suite (None without a model)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable (NaN -> None)."""
+        """Returns the report as a JSON-serialisable dict (NaN -> None)."""
         out = {
             "schema": SCHEMA,
             "hook": self.hook,
@@ -87,7 +87,11 @@ class SuiteReport:
         return _finite(out)
 
     def save(self, path: str | Path) -> Path:
-        """Writes :meth:`to_dict` as JSON to ``path``; returns the path."""
+        """Writes :meth:`to_dict` as JSON to ``path``.
+
+        Returns:
+            The file written, ``path``.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
@@ -177,10 +181,14 @@ def evaluate_suite(
 ) -> SuiteReport:
     """Reconstruction on ``store`` (if given) and downstream on ``pair`` (if given).
 
-    Returns :class:`SuiteReport`. Raises ``InputError`` when neither a store nor a model
-    is given, when the SAE records no hook and none is passed, or when the model comes
-    without matched ``images`` / ``texts``; ``HookNameError`` for a hook the store or
-    model lacks; ``ShapeError`` for a hook whose width is not the SAE's ``d_in``.
+    Returns:
+        Both suites' results (either None when not run), as a :class:`SuiteReport`.
+
+    Raises:
+        InputError: neither a store nor a model, no hook recorded or passed, or a model
+            without matched ``images`` / ``texts``.
+        HookNameError: a hook the store or model lacks.
+        ShapeError: a hook whose width is not the SAE's ``d_in``.
     """
     cfg = config or SuiteConfig()
     if store is None and pair is None:

@@ -117,6 +117,7 @@ class ReconstructionMetrics:
     """FVU of the null (mean ablation: every row reconstructed as the mean)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the metrics as a plain dict."""
         return asdict(self)
 
 
@@ -130,6 +131,7 @@ class SAEEvaluation:
     """Metrics per label (each with its own mean for FVU); empty without labels."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the overall and per-type metrics as plain dicts."""
         return {
             "overall": self.overall.to_dict(),
             "by_type": {key: value.to_dict() for key, value in self.by_type.items()},
@@ -205,7 +207,8 @@ def evaluate_batches(
     bins: int = 20,
     level: float = 0.95,
 ) -> SAEEvaluation:
-    """The reconstruction suite over a stream of batches (constant memory in the row count).
+    """Returns the reconstruction suite over a stream of batches (constant memory in the row
+    count), as :class:`SAEEvaluation`.
 
     Each batch is a ``[B, d_in]`` tensor or a ``(rows, labels)`` pair whose ``labels`` give
     each row's token type (e.g. "cls", "patch", "token", "eot"); with labels, the result
@@ -247,7 +250,8 @@ def evaluate(
     bins: int = 20,
     level: float = 0.95,
 ) -> SAEEvaluation:
-    """The reconstruction suite of ``sae`` on ``rows [N, d_in]`` (held-out rows).
+    """Returns the reconstruction suite of ``sae`` on ``rows [N, d_in]`` (held-out rows):
+    FVU, L0 (latents per row), cosine, dead / dense / alive fractions, with intervals.
 
     ``rows`` may be a tensor or a (memory-mapped) numpy array; it is read ``batch_size``
     rows at a time, converted to float32 on the SAE's device. ``labels`` (N strings, or

@@ -13,7 +13,8 @@ def _total_variance(x: torch.Tensor) -> torch.Tensor:
 def fvu_loss(
     x: torch.Tensor, recon: torch.Tensor, total_variance: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Fraction of variance unexplained in the batch: ``sum ||x - recon||^2 / sum ||x - mean||^2``.
+    """Returns the fraction of variance unexplained in the batch (a 0-dim tensor, 0 for a
+    perfect reconstruction): ``sum ||x - recon||^2 / sum ||x - mean||^2``.
 
     Scale-free, so one learning rate works across hooks with very different norms.
     ``total_variance`` overrides the denominator (data-parallel runs pass the global one).
@@ -25,7 +26,8 @@ def fvu_loss(
 def auxk_loss(
     residual: torch.Tensor, aux_recon: torch.Tensor, total_variance: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """AuxK: how well dead latents reconstruct the main reconstruction's error.
+    """Returns the AuxK loss (a 0-dim tensor, in FVU units): how well dead latents
+    reconstruct the main reconstruction's error.
 
     ``residual`` is ``x - recon``; it is detached here, so the loss trains only the
     dead latents and never pulls the main reconstruction towards the residual.

@@ -59,7 +59,7 @@ def cosine_matrix(true_dictionary: torch.Tensor, learned: torch.Tensor) -> torch
 
 
 def mean_max_cosine(true_dictionary: torch.Tensor, learned: torch.Tensor) -> tuple[float, float]:
-    """``(true -> learned, learned -> true)`` mean max cosine, each in [-1, 1].
+    """Returns the ``(true -> learned, learned -> true)`` mean max cosine, each in [-1, 1].
 
     The first averages, over true atoms, the best cosine with any learned row; the second
     averages, over learned rows, the best cosine with any true atom.
@@ -69,7 +69,7 @@ def mean_max_cosine(true_dictionary: torch.Tensor, learned: torch.Tensor) -> tup
 
 
 def linear_assignment(cost: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Exact minimum-cost one-to-one assignment of a ``[n, m]`` cost matrix.
+    """Returns the exact minimum-cost one-to-one assignment of a ``[n, m]`` cost matrix.
 
     Returns ``(rows, cols)`` (int64, sorted by row) of ``min(n, m)`` pairs minimising the
     summed cost, like ``scipy.optimize.linear_sum_assignment``. O(min^2 * max) numpy steps.
@@ -165,7 +165,8 @@ class CorrelationAccumulator:
 
 
 def matched_correlation(corr: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """``(mcc, per_true [F], match [F])`` from a ``[F, M]`` correlation matrix.
+    """Returns ``(mcc, per_true [F], match [F])`` from a ``[F, M]`` correlation matrix
+    (correlations in [-1, 1]).
 
     The best one-to-one matching maximises the summed correlation (undefined entries count
     0); ``mcc`` averages the matched correlations over all F true features, an unmatched
@@ -226,6 +227,7 @@ class DictionaryScore:
     """Confidence level of the intervals."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the fields as a plain dict."""
         return dict(self.__dict__)
 
 
@@ -265,7 +267,8 @@ def score_dictionary(
     level: float = 0.95,
     seed: int = 0,
 ) -> DictionaryScore:
-    """Scores ``sae``'s dictionary against the planted truth.
+    """Returns the score (a :class:`DictionaryScore`) of ``sae``'s dictionary against the
+    planted truth.
 
     ``batches`` yields ``(rows [N, d], true_activations [N, F])`` pairs (e.g.
     ``[(batch.rows, batch.activations)]`` from :class:`~vlmfast.sae.planted.PlantedGenerator`);

@@ -8,7 +8,8 @@ import torch
 def geometric_median(
     points: torch.Tensor, *, max_iter: int = 100, tol: float = 1e-7
 ) -> torch.Tensor:
-    """The point minimising the sum of Euclidean distances to the rows of ``points [N, d]``.
+    """Returns the point ``[d]`` (float64) minimising the sum of Euclidean distances to the
+    rows of ``points [N, d]``.
 
     Float64 Weiszfeld iterations from the mean; distances are clamped away from zero
     so an iterate landing on a data point does not divide by zero.

@@ -75,40 +75,47 @@ class RunningMetrics:
         self.sum_l0 = float(scalars[2])
 
     def total_variance(self) -> float:
+        """Returns the summed variance of the inputs over all dimensions (NaN without rows)."""
         if self.n_rows == 0:
             return float("nan")
         mu = self.sum_x / self.n_rows
         return float((self.sum_x2 - self.n_rows * mu.pow(2)).sum())
 
     def fvu(self) -> float:
+        """Returns the fraction of variance unexplained (NaN when the inputs are constant)."""
         var = self.total_variance()
         return self.sum_err2 / var if var > 0 else float("nan")
 
     def mse(self) -> float:
+        """Returns the mean squared error per element."""
         return self.sum_err2 / max(1, self.n_rows * self.d_in)
 
     def l0(self) -> float:
+        """Returns the mean number of active latents per row."""
         return self.sum_l0 / max(1, self.n_rows)
 
     def firing_frequency(self) -> torch.Tensor:
+        """Returns each latent's firing frequency ``[n_latents]``: a fraction of rows in [0, 1]."""
         return self.fire_counts.double() / max(1, self.n_rows)
 
     def dead_fraction(self) -> float:
-        """Latents that never fired in the rows seen."""
+        """Returns the fraction of latents (in [0, 1]) that never fired in the rows seen."""
         return float((self.fire_counts == 0).double().mean())
 
     def dense_fraction(self, threshold: float = 0.1) -> float:
-        """Latents firing on more than ``threshold`` of rows."""
+        """Returns the fraction of latents (in [0, 1]) firing on more than ``threshold`` of rows."""
         return float((self.firing_frequency() > threshold).double().mean())
 
     def firing_histogram(self, bins: int = 20, low: float = -8.0) -> dict[str, list[float]]:
-        """Histogram of log10 firing frequency; never-firing latents go in the lowest bin."""
+        """Returns the histogram of log10 firing frequency (``log10_edges``, ``counts`` in
+        latents); never-firing latents go in the lowest bin."""
         freq = self.firing_frequency().clamp_min(10.0**low)
         counts = torch.histc(freq.log10(), bins=bins, min=low, max=0.0)
         edges = torch.linspace(low, 0.0, bins + 1)
         return {"log10_edges": edges.tolist(), "counts": counts.tolist()}
 
     def summary(self) -> dict[str, float]:
+        """Returns FVU, MSE, L0 (latents per row), dead and dense fractions and rows."""
         return {
             "fvu": self.fvu(),
             "mse": self.mse(),

@@ -25,7 +25,12 @@ from vlmfast.errors import InputError
 
 @dataclass
 class PlantedConfig:
-    """What the planted generator builds; every draw follows ``seed``."""
+    """What the planted generator builds; every draw follows ``seed``.
+
+    Raises:
+        InputError: (constructing) a size below 1, negative counts, roles that do not fit
+            in ``n_features``, a probability outside [0, 1] or a negative noise / offset.
+    """
 
     d: int = 32
     """Dimension of the rows (and of each atom)."""
@@ -101,6 +106,7 @@ class PlantedConfig:
             raise InputError("PlantedConfig: noise_std and offset_norm must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a plain dict."""
         return asdict(self)
 
 
@@ -143,7 +149,7 @@ class PlantedBatch:
     """``[N, F]`` float32 true activations (>= 0; zero where a feature is off)."""
 
     def sparse_activations(self) -> torch.Tensor:
-        """The activations as a sparse COO tensor ``[N, F]``."""
+        """Returns the activations as a sparse COO tensor ``[N, F]``."""
         return self.activations.to_sparse()
 
 
@@ -226,7 +232,11 @@ class PlantedGenerator:
         return self.cfg.n_features
 
     def sample_activations(self, n_rows: int) -> torch.Tensor:
-        """``[n_rows, F]`` float32 true activations (nonnegative magnitudes where on)."""
+        """Returns ``[n_rows, F]`` float32 true activations (nonnegative magnitudes where on).
+
+        Raises:
+            InputError: ``n_rows`` is negative.
+        """
         if n_rows < 0:
             raise InputError(f"PlantedGenerator.sample: n_rows must be >= 0, got {n_rows}")
         cfg, meta, gen = self.cfg, self.metadata, self._gen
@@ -249,7 +259,12 @@ class PlantedGenerator:
         return torch.where(fires, mags, torch.zeros(()))
 
     def sample(self, n_rows: int) -> PlantedBatch:
-        """Draws ``n_rows`` rows: :class:`PlantedBatch` (rows ``[N, d]``, activations ``[N, F]``)."""
+        """Returns ``n_rows`` fresh rows as a :class:`PlantedBatch` (rows ``[N, d]``,
+        activations ``[N, F]``).
+
+        Raises:
+            InputError: ``n_rows`` is negative.
+        """
         acts = self.sample_activations(n_rows)
         noise = torch.randn(n_rows, self.cfg.d, generator=self._gen) * self.cfg.noise_std
         rows = acts @ self.dictionary + self.offset + noise
@@ -259,6 +274,7 @@ class PlantedGenerator:
 def make_planted(
     cfg: PlantedConfig | None = None, n_rows: int = 4096
 ) -> tuple[PlantedBatch, torch.Tensor, PlantedMetadata]:
-    """One call: ``(batch, dictionary [F, d], metadata)`` for ``n_rows`` rows of ``cfg``."""
+    """Returns ``(batch, dictionary [F, d], metadata)`` for ``n_rows`` rows of ``cfg``, in
+    one call."""
     gen = PlantedGenerator(cfg)
     return gen.sample(n_rows), gen.dictionary, gen.metadata

@@ -199,6 +199,14 @@ def train_sae(
     (default ``out/<hook>`` with several hooks). Under data parallelism (``world_size > 1``,
     ``torch.distributed`` initialised) every rank calls it and rank 0 writes. Everything is
     checked (every pass planned, every resumed checkpoint read) before anything is written.
+
+    Returns:
+        One trained SAE per (hook, sweep point) with its folder and final metrics, as a
+            :class:`TrainSAEResult`.
+
+    Raises:
+        InputError: a config the store cannot serve (hook, rows, ``k > n_latents``, too
+            few rows) or a ``--resume`` checkpoint of another run.
     """
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)

@@ -13,7 +13,11 @@ from vlmfast.errors import InputError
 
 @dataclass(frozen=True)
 class ConceptSet:
-    """The concepts (columns of a label matrix) being scored."""
+    """The concepts (columns of a label matrix) being scored.
+
+    Raises:
+        InputError: ``kinds`` (or a non-empty ``groups``) does not have one entry per name.
+    """
 
     names: tuple[str, ...]
     """One name per concept column, e.g. ``"dog"``, ``"red"``, ``"left of"``."""
@@ -39,7 +43,7 @@ class ConceptSet:
         kinds: Sequence[str] | None = None,
         groups: Sequence[str] | None = None,
     ) -> ConceptSet:
-        """Builds a set; kinds default to ``"concept"``."""
+        """Returns a new set; kinds default to ``"concept"``."""
         names_t = tuple(str(n) for n in names)
         kinds_t = tuple(str(k) for k in kinds) if kinds is not None else ("concept",) * len(names_t)
         return cls(names_t, kinds_t, tuple(str(g) for g in groups) if groups is not None else ())
@@ -58,10 +62,11 @@ class ConceptSet:
         return list(dict.fromkeys(self.kinds))
 
     def kind_mask(self, kind: str) -> npt.NDArray[np.bool_]:
+        """Returns the ``[C]`` bool mask of the concepts of kind ``kind``."""
         return np.array([k == kind for k in self.kinds], dtype=bool)
 
     def unrelated(self) -> npt.NDArray[np.bool_]:
-        """``[C, C]`` bool: concepts of different kinds, or of different groups."""
+        """Returns a ``[C, C]`` bool matrix: concepts of different kinds, or of different groups."""
         kinds = np.array(self.kinds, dtype=object)
         groups = np.array(self.group_of, dtype=object)
         return (kinds[:, None] != kinds[None, :]) | (groups[:, None] != groups[None, :])

@@ -68,6 +68,14 @@ def score_store(
     are spilled to ``.npy`` files in ``spill_dir`` (a temporary folder by default)
     and scored in blocks of that many features, re-reading the files per block
     (:func:`vlmfast.stats.score_sparse_chunks`; same results).
+
+    Returns:
+        The scoring result (:class:`ScoringResult`) per modality: AUROC in [0, 1]
+            with intervals, selective units and the summary counts.
+
+    Raises:
+        InputError: ``batch_size`` is not positive (or ``tokens`` is unknown).
+        StoreError: no row of ``hook`` has concept labels.
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be > 0, got {batch_size}")

@@ -33,7 +33,8 @@ class BestConcepts:
     ci_high: npt.NDArray[np.float64]
 
     def label(self, unit: int, names: Sequence[str]) -> list[dict[str, Any]]:
-        """Readable label records of one unit."""
+        """Returns readable label records of one unit: ``{"concept", "auroc", "ci"}`` per
+        concept, best first (AUROC and interval in [0, 1])."""
         out = []
         for c, a, lo, hi in zip(
             self.concept[unit], self.auroc[unit], self.ci_low[unit], self.ci_high[unit]
@@ -44,7 +45,8 @@ class BestConcepts:
 
 
 def best_concepts(scores: UnitScores, top: int = 3, level: float = 0.95) -> BestConcepts:
-    """Each unit's ``top`` concepts by AUROC (NaN AUROCs rank last), with DeLong intervals."""
+    """Returns each unit's ``top`` concepts by AUROC (NaN AUROCs rank last), with DeLong
+    intervals (in [0, 1]), as :class:`BestConcepts`."""
     a = np.where(np.isnan(scores.auroc), -np.inf, scores.auroc)
     c = a.shape[1]
     top_eff = min(top, c)
@@ -67,7 +69,12 @@ def best_concepts(scores: UnitScores, top: int = 3, level: float = 0.95) -> Best
 def prompt_set(
     names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
 ) -> tuple[list[str], npt.NDArray[np.bool_]]:
-    """Prompts ``template.format(name)`` for every concept and template, with one-hot labels."""
+    """Returns the prompts ``template.format(name)`` for every concept and template, and
+    their one-hot labels ``bool[prompts, concepts]``.
+
+    Raises:
+        InputError: no template, or a template without ``{}``.
+    """
     if not templates or any("{}" not in t for t in templates):
         raise InputError("every prompt template must contain '{}'")
     texts: list[str] = []
@@ -93,6 +100,12 @@ def probe_texts(
     ``encode(texts)`` returns either ``(values[n, k], indices[n, k])`` top-k SAE
     codes (then ``n_features`` is required) or dense activations ``[n, units]``.
     Each prompt row is a positive for its own concept and a negative for the others.
+
+    Returns:
+        The units' scores on the prompts as :class:`UnitScores` (AUROC in [0, 1]).
+
+    Raises:
+        InputError: ``encode`` returns codes but ``n_features`` is not given.
     """
     texts, labels = prompt_set(names, templates)
     out = encode(texts)
@@ -112,8 +125,11 @@ def probe_imagenet(
 ) -> tuple[UnitScores, list[str]]:
     """Text-side probing of the 200 ImageNet-R concepts with CLIP's 80 ImageNet templates.
 
-    Uses the vocabulary and templates of ``vlmfast.data.concepts``; returns the
-    scores (one column per class) and the class names. See :func:`probe_texts`.
+    Uses the vocabulary and templates of ``vlmfast.data.concepts``. See :func:`probe_texts`.
+
+    Returns:
+        The scores (:class:`UnitScores`, one column per class, AUROC in [0, 1]) and
+            the class names.
     """
     from vlmfast.data.concepts import IMAGENET_TEMPLATES, Vocabulary
 

@@ -35,7 +35,12 @@ MODALITY_NAMES = {IMAGE: "image", TEXT: "text"}
 def invariant_features(
     selective_image: npt.NDArray[np.bool_], selective_text: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.bool_]:
-    """``[units, concepts]``: selective for the concept in both modalities."""
+    """Returns the ``bool[units, concepts]`` mask of units selective for the concept in
+    both modalities.
+
+    Raises:
+        InputError: the two masks differ in shape.
+    """
     if selective_image.shape != selective_text.shape:
         raise InputError(
             f"image selectivity {selective_image.shape} and text selectivity "
@@ -60,6 +65,7 @@ class CrossTowerPairs:
     """BH over concepts at ``alpha``."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the fields as JSON-ready lists."""
         return {k: v.tolist() for k, v in self.__dict__.items()}
 
 
@@ -83,6 +89,13 @@ def cross_tower_pairs(
 
     ``image_acts[N_i, U_i]`` with ``image_labels[N_i, C]``; ``text_acts[N_t, U_t]``
     with ``text_labels[N_t, C]`` (same concept columns). Seeded and reproducible.
+
+    Returns:
+        The best pair per concept with its AUROCs (in [0, 1]), permutation p-value and
+            BH decision, as :class:`CrossTowerPairs`.
+
+    Raises:
+        InputError: the label tables have different concept columns, or ``n_perm < 1``.
     """
     img_l = np.asarray(image_labels, dtype=bool)
     txt_l = np.asarray(text_labels, dtype=bool)

@@ -49,7 +49,11 @@ class ScoringConfig:
     def from_options(
         cls, *, threshold: float = 0.9, alpha: float = 0.05, level: float = 0.95, top_n: int = 16
     ) -> ScoringConfig:
-        """The config of ``vlmfast score``'s options and the pipeline's ``[score]`` keys."""
+        """Returns the config of ``vlmfast score``'s options and the pipeline's ``[score]`` keys.
+
+        Raises:
+            InputError: ``threshold`` is outside [0.5, 1] or ``alpha`` outside (0, 1).
+        """
         return cls(
             selectivity=SelectivityConfig(threshold=threshold, alpha=alpha, level=level),
             top_n=top_n,
@@ -81,7 +85,8 @@ class ScoringResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """Counts per concept kind (with intervals), polysemanticity, invariance."""
+        """Returns the JSON-ready summary: selective-unit counts and percentages per concept
+        kind (with Wilson intervals, percent in [0, 100]), polysemanticity, invariance."""
         lvl = self.config.selectivity.level
         out: dict[str, Any] = {
             "definitions": {
@@ -140,7 +145,11 @@ class ScoringResult:
         return out
 
     def save(self, out_dir: str | Path) -> Path:
-        """Writes ``scores.zarr`` (one group per modality) and ``summary.json``."""
+        """Writes ``scores.zarr`` (one group per modality) and ``summary.json``.
+
+        Returns:
+            The folder written, ``out_dir``.
+        """
         import zarr
 
         out = Path(out_dir)
@@ -215,9 +224,13 @@ def result_from_scores(
     config: ScoringConfig | None = None,
     meta: dict[str, Any] | None = None,
 ) -> ScoringResult:
-    """The analysis on top of already computed scores: ``{modality: (rows, UnitScores)}``.
+    """Returns the analysis (a :class:`ScoringResult`) on top of already computed scores:
+    ``{modality: (rows, UnitScores)}``.
 
     Use it with :func:`vlmfast.stats.score_sparse_chunks` for codes that do not fit in memory.
+
+    Raises:
+        ShapeError: a modality's scores have a different number of concepts than ``concepts``.
     """
     cfg = config or ScoringConfig()
     per = {
@@ -267,6 +280,14 @@ def score_codes(
     """Scores top-k SAE codes ``(indices[N,k], values[N,k])`` against ``labels[N, C]``.
 
     ``modality[N]`` (0 image, 1 text) splits the rows; each modality is scored on its own.
+
+    Returns:
+        The scores, selectivity and summary per modality, as a :class:`ScoringResult`
+            (AUROC in [0, 1]).
+
+    Raises:
+        InputError: bad codes or labels, or a ``modality`` value other than 0 or 1.
+        ShapeError: ``modality``, ``labels`` or ``concepts`` disagree with the rows.
     """
     cfg = config or ScoringConfig()
     idx, vals = as_numpy(indices, "indices"), as_numpy(values, "values")
@@ -289,7 +310,16 @@ def score_units(
     config: ScoringConfig | None = None,
     meta: dict[str, Any] | None = None,
 ) -> ScoringResult:
-    """Scores dense units ``activations[N, U]`` (neurons, head norms) against ``labels[N, C]``."""
+    """Scores dense units ``activations[N, U]`` (neurons, head norms) against ``labels[N, C]``.
+
+    Returns:
+        The scores, selectivity and summary per modality, as a :class:`ScoringResult`
+            (AUROC in [0, 1]), as :func:`score_codes`.
+
+    Raises:
+        InputError: bad activations or labels, or a ``modality`` value other than 0 or 1.
+        ShapeError: ``modality``, ``labels`` or ``concepts`` disagree with the rows.
+    """
     cfg = config or ScoringConfig()
     acts = as_numpy(activations, "activations")
     lab = check_labels(labels, acts.shape[0] if acts.ndim else None)
@@ -311,7 +341,7 @@ def _percent(entry: dict[str, Any]) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a plain-text table (counts per kind with intervals)."""
+    """Returns the summary as a plain-text table (counts per kind with intervals)."""
     lines = []
     for mod, m in summary["modalities"].items():
         lines.append(

@@ -31,7 +31,7 @@ def atomic_columns(concepts: ConceptSet) -> npt.NDArray[np.bool_]:
 def polysemantic_units(
     selective: npt.NDArray[np.bool_], concepts: ConceptSet
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """``(polysemantic, cross_kind)``: bool ``[units]`` masks (atomic concepts only)."""
+    """Returns ``(polysemantic, cross_kind)``: bool ``[units]`` masks (atomic concepts only)."""
     keep = atomic_columns(concepts)
     if not keep.all():
         groups = [g for g, k in zip(concepts.group_of, keep) if k]
@@ -55,7 +55,8 @@ def polysemantic_units(
 def polysemantic_summary(
     selective: npt.NDArray[np.bool_], concepts: ConceptSet, level: float = 0.95
 ) -> dict[str, Any]:
-    """Counts and percentages (with Wilson intervals) of polysemantic units."""
+    """Returns the counts and percentages (in [0, 100], with Wilson intervals) of
+    polysemantic units, JSON-ready."""
     poly, cross = polysemantic_units(selective, concepts)
     n_sel = int(np.asarray(selective)[:, atomic_columns(concepts)].any(1).sum())
     out: dict[str, Any] = {"selective_units": n_sel}

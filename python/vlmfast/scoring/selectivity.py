@@ -28,7 +28,11 @@ from vlmfast.stats.significance import z_for_level
 
 @dataclass(frozen=True)
 class SelectivityConfig:
-    """Definition of a selective unit."""
+    """Definition of a selective unit.
+
+    Raises:
+        InputError: ``threshold`` is outside [0.5, 1] or ``alpha`` outside (0, 1).
+    """
 
     threshold: float = 0.9
     """Minimum AUROC."""
@@ -63,7 +67,12 @@ class Selectivity:
 
 
 def select(scores: UnitScores, cfg: SelectivityConfig | None = None) -> Selectivity:
-    """Applies the definition above to one modality's scores."""
+    """Applies the definition above to one modality's scores.
+
+    Returns:
+        The selective, sure and possible ``bool[units, concepts]`` masks, the one-sided
+            p-values (in [0, 1]) and the BH rejections, as :class:`Selectivity`.
+    """
     cfg = cfg or SelectivityConfig()
     p = scores.pvalues("greater")
     tested = scores.n_pos >= cfg.min_positives
@@ -81,7 +90,8 @@ def select(scores: UnitScores, cfg: SelectivityConfig | None = None) -> Selectiv
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (NaNs when ``n == 0``)."""
+    """Returns the Wilson score interval ``(low, high)`` of a proportion ``k / n``, as
+    fractions in [0, 1] (NaNs when ``n == 0``)."""
     if n == 0:
         return (math.nan, math.nan)
     z = z_for_level(level)
@@ -93,7 +103,8 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def count_interval(sel: Selectivity, cols: npt.NDArray[np.bool_]) -> dict[str, int]:
-    """Units selective for at least one concept among ``cols``, with the interval."""
+    """Returns the number of units selective for at least one concept among ``cols``, with
+    its interval: ``{"count", "low", "high"}`` in units."""
     return {
         "count": int(sel.selective[:, cols].any(1).sum()),
         "low": int(sel.sure[:, cols].any(1).sum()),

@@ -65,6 +65,15 @@ def score_sparse(
 
     Only the nonzeros are sorted; the rows where a feature is zero form one tie
     group, so a feature that never fires scores exactly 0.5.
+
+    Returns:
+        The scores as :class:`UnitScores`: ``auroc[F, C]`` in [0, 1] (NaN where a concept
+            has no positive or no negative row), DeLong ``se``, firing counts (rows) and
+            the top-n exemplar rows.
+
+    Raises:
+        InputError: a bad ``n_features``/``top_n``, NaN values or out-of-range ids.
+        ShapeError: ``indices``, ``values`` and ``labels`` disagree in shape.
     """
     idx, vals = _check_codes(indices, values, n_features)
     lab = check_labels(labels, idx.shape[0])
@@ -88,6 +97,9 @@ def score_dense(
 
     One sort per unit; all concepts are aggregated in the same pass. Arguments
     as :func:`score_sparse`.
+
+    Returns:
+        The scores of the ``F`` units as :class:`UnitScores`, as :func:`score_sparse`.
     """
     sc = check_float(scores, "scores", 2)
     lab = check_labels(labels, sc.shape[0])
@@ -100,7 +112,8 @@ def score_dense(
 def auroc_sparse(
     indices: Any, values: Any, labels: Any, n_features: int
 ) -> npt.NDArray[np.float64]:
-    """Exact AUROC ``float64[F, C]`` of top-k codes ``(indices[N,k], values[N,k])``.
+    """Returns the exact AUROC ``float64[F, C]``, in [0, 1], of top-k codes
+    ``(indices[N,k], values[N,k])``.
 
     NaN where a concept has no positive or no negative row.
     """
@@ -110,7 +123,8 @@ def auroc_sparse(
 
 
 def auroc(scores: Any, labels: Any) -> npt.NDArray[np.float64]:
-    """Exact AUROC ``float64[F, C]`` of every column of ``scores[N, F]`` for ``labels[N, C]``.
+    """Returns the exact AUROC ``float64[F, C]``, in [0, 1], of every column of
+    ``scores[N, F]`` for ``labels[N, C]``.
 
     NaN where a concept has no positive or no negative row.
     """
@@ -140,6 +154,14 @@ def score_sparse_chunks(
     features' nonzeros, so peak memory is about 28 bytes per nonzero of one
     block plus the output tables. ``progress(rows)`` is called after each chunk.
     Results equal :func:`score_sparse` on the concatenated codes exactly.
+
+    Returns:
+        The scores of the ``n_features`` features as :class:`UnitScores`, exactly as
+            :func:`score_sparse` on the concatenated codes.
+
+    Raises:
+        InputError: ``feature_block`` is not positive (or a chunk is invalid).
+        ShapeError: the chunks do not hold one row per row of ``labels``.
     """
     n_features = check_n_features(n_features)
     lab = check_labels(labels)

@@ -71,7 +71,12 @@ class UnitScores:
         return (self.n_pos == 0) | (self.n_pos == self.n_rows)
 
     def ci(self, level: float = 0.95) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Wald interval ``auroc ± z·se`` from the DeLong SE, clipped to [0, 1]."""
+        """Returns the Wald interval ``(low, high)`` of ``auroc ± z·se`` from the DeLong SE,
+        each ``[units, concepts]``, clipped to [0, 1].
+
+        Raises:
+            InputError: the scores were made without standard errors (``with_se=False``).
+        """
         if self.se is None:
             from vlmfast.errors import InputError
 
@@ -82,12 +87,13 @@ class UnitScores:
         )
 
     def pvalues(self, alternative: str = "greater") -> npt.NDArray[np.float64]:
-        """Tie-corrected Mann–Whitney p-values ``[units, concepts]`` (see ``significance``)."""
+        """Returns the tie-corrected Mann–Whitney p-values ``[units, concepts]``, in [0, 1]
+        (see ``significance``)."""
         return mann_whitney_pvalues(self.auroc, self.n_pos, self.n_rows, self.ties, alternative)
 
     @classmethod
     def from_native(cls, d: dict[str, Any]) -> UnitScores:
-        """Wraps the dict returned by the native ``score_*`` functions."""
+        """Returns the dict returned by the native ``score_*`` functions as :class:`UnitScores`."""
         return cls(
             auroc=d["auroc"],
             n_pos=d["n_pos"].astype(np.int64),

@@ -32,10 +32,14 @@ def mann_whitney_pvalues(
     ties: npt.NDArray[np.float64],
     alternative: str = "greater",
 ) -> npt.NDArray[np.float64]:
-    """One- or two-sided p-values ``[F, C]`` of the tie-corrected Mann–Whitney test.
+    """Returns the one- or two-sided p-values ``float64[F, C]``, in [0, 1], of the
+    tie-corrected Mann–Whitney test.
 
     ``alternative``: ``"greater"`` (AUROC > 0.5), ``"less"`` or ``"two-sided"``.
     NaN where a class is empty; 1.0 where every value is tied (no information).
+
+    Raises:
+        InputError: ``alternative`` is none of the three.
     """
     from vlmfast.errors import InputError
 
@@ -63,7 +67,7 @@ def mann_whitney_pvalues(
 
 
 def benjamini_hochberg(pvalues: npt.ArrayLike, alpha: float = 0.05) -> npt.NDArray[np.bool_]:
-    """Rejections of the Benjamini–Hochberg step-up procedure at FDR ``alpha``.
+    """Returns the rejections of the Benjamini–Hochberg step-up procedure at FDR ``alpha``.
 
     Runs over all finite p-values of the array together (one family); NaN
     entries are not tests and are never rejected. Returns a bool array of
@@ -85,7 +89,8 @@ def benjamini_hochberg(pvalues: npt.ArrayLike, alpha: float = 0.05) -> npt.NDArr
 
 
 def bh_adjusted(pvalues: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Benjamini–Hochberg adjusted p-values (q-values); NaN stays NaN."""
+    """Returns the Benjamini–Hochberg adjusted p-values (q-values, in [0, 1]) of the
+    input's shape; NaN stays NaN."""
     p = np.asarray(pvalues, dtype=np.float64)
     flat = p.ravel()
     ok = np.flatnonzero(np.isfinite(flat))

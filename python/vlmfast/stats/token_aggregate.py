@@ -49,22 +49,25 @@ class SparseRows:
         return int(self.indices.shape[0])
 
     def rows(self) -> npt.NDArray[np.int64]:
-        """The sample (0..S-1) of every stored entry ``[nnz]``."""
+        """Returns the sample (0..S-1) of every stored entry, ``int64[nnz]``."""
         return np.repeat(np.arange(self.n_samples, dtype=np.int64), np.diff(self.indptr))
 
     def to_dense(self) -> npt.NDArray[np.float32]:
-        """``float32[S, n_features]`` (small inputs only)."""
+        """Returns the dense ``float32[S, n_features]`` matrix (small inputs only)."""
         out = np.zeros((self.n_samples, self.n_features), dtype=np.float32)
         out[self.rows(), self.indices] = self.values
         return out
 
 
 def token_samples(chunks: Callable[[], Iterable[Any]]) -> npt.NDArray[np.int64]:
-    """The distinct sample ids of a token stream in order of first appearance: the
+    """Returns the distinct sample ids of a token stream in order of first appearance: the
     order ``labels`` must follow for the ``score_*_token_chunks`` functions.
 
     Reads only each chunk's ``sample_ids`` (its first element) and checks that
     every sample's rows are contiguous, with the same error as the scorers.
+
+    Raises:
+        InputError: a sample's token rows are not contiguous (or ``sample_ids`` is bad).
     """
     out: list[npt.NDArray[np.int64]] = []
     seen: set[int] = set()
@@ -96,7 +99,7 @@ def token_samples(chunks: Callable[[], Iterable[Any]]) -> npt.NDArray[np.int64]:
 def aggregate_dense_tokens(
     sample_ids: Any, x: Any, mode: str = "max"
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Per-sample max / mean of dense token rows ``x[n, d]``.
+    """Returns the per-sample max / mean of dense token rows ``x[n, d]``.
 
     Returns ``(samples int64[S], float32[S, d])``, samples in order of first
     appearance (their rows must be contiguous). NaN in ``x`` is an error.
@@ -109,7 +112,8 @@ def aggregate_dense_tokens(
 def aggregate_sparse_tokens(
     sample_ids: Any, indices: Any, values: Any, n_features: int, mode: str = "max"
 ) -> SparseRows:
-    """Per-sample max / mean of top-k token codes ``(indices[n, k], values[n, k])``.
+    """Returns the per-sample max / mean of top-k token codes ``(indices[n, k], values[n, k])``,
+    as :class:`SparseRows`.
 
     The merge of the rows' sparse codes: a feature absent from a token row is 0
     there; a feature no row of a sample lists is 0 (not stored) for that sample.

@@ -96,6 +96,14 @@ def score_sparse_token_chunks(
 
     Results equal aggregating with :func:`aggregate_sparse_tokens` (or numpy)
     and calling :func:`~vlmfast.stats.score_sparse` on the samples.
+
+    Returns:
+        The per-sample scores of the ``n_features`` features as :class:`UnitScores`
+            (AUROC in [0, 1], firing counts in samples).
+
+    Raises:
+        InputError: a bad argument, or a chunk that is invalid (named by its index) or
+            differs between passes.
     """
     n_features = check_n_features(n_features)
     mode = check_mode(mode)
@@ -154,6 +162,13 @@ def score_dense_token_chunks(
     (4 B per sample and column, plus the sort scratch). Other arguments as
     :func:`score_sparse_token_chunks`; results equal numpy aggregation followed by
     :func:`~vlmfast.stats.score_dense`.
+
+    Returns:
+        The per-sample scores of the ``d`` columns as :class:`UnitScores` (AUROC in [0, 1]).
+
+    Raises:
+        InputError: a bad argument, or a chunk that is invalid (named by its index) or
+            differs between passes.
     """
     mode = check_mode(mode)
     block = check_block(feature_block)

@@ -93,6 +93,13 @@ class ActivationStore(StoreWriter, StoreReader):
         arrays (``labels/box_*``). ``chunk_rows`` rows form a chunk (a shard when
         ``shard_inner_rows`` is set). The store appears atomically: it is built
         in a sibling folder and renamed into place.
+
+        Returns:
+            The new store, open for appending (holding the writer lock).
+
+        Raises:
+            InputError: a bad hook name or width, dtype, ``chunk_rows`` or ``concepts``.
+            StoreError: ``path`` exists and ``overwrite`` is False (or is not a store).
         """
         target = Path(path)
         name = check_create_args(target, hooks, dtype, chunk_rows, concepts, overwrite)
@@ -116,7 +123,15 @@ class ActivationStore(StoreWriter, StoreReader):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mode: str = "r") -> ActivationStore:
-        """Opens a store: ``mode="r"`` to read, ``"a"`` to append (one writer at a time)."""
+        """Returns the store at ``path``, opened with ``mode="r"`` to read or ``"a"`` to
+        append (one writer at a time).
+
+        Raises:
+            InputError: ``mode`` is neither ``"r"`` nor ``"a"``.
+            StoreError: ``path`` does not exist, or (``"a"``) another process holds its
+                writer lock.
+            StoreFormatError: ``path`` is not a vlmfast store, or of an unsupported version.
+        """
         if mode not in ("r", "a"):
             raise InputError(f"mode must be 'r' or 'a', got {mode!r}")
         return cls(Path(path), read_attrs(path), writable=mode == "a")

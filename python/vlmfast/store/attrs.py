@@ -105,7 +105,12 @@ def write_attrs(root: str | os.PathLike[str], attrs: Mapping[str, Any]) -> None:
 
 
 def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The root attributes of the store at ``path``; a clear error when it is not one."""
+    """Returns the root attributes of the store at ``path``; a clear error when it is not one.
+
+    Raises:
+        StoreError: ``path`` does not exist.
+        StoreFormatError: ``path`` is not a vlmfast store, or its attributes are incomplete.
+    """
     p = Path(path)
     if not p.exists():
         raise StoreError(f"{p} does not exist")

@@ -43,7 +43,8 @@ class PatchGrid:
 
     @classmethod
     def from_tower(cls, image: Mapping[str, Any]) -> PatchGrid:
-        """From a store's ``towers.image`` record (``cls_token``, ``image_size``, ``patch_size``)."""
+        """Returns the grid of a store's ``towers.image`` record (``cls_token``,
+        ``image_size``, ``patch_size``)."""
         return cls(
             int(image[TOWER_IMAGE_SIZE]), int(image[TOWER_PATCH_SIZE]), bool(image[TOWER_CLS_TOKEN])
         )
@@ -92,7 +93,7 @@ def patch_labels(
     boxes: BoxRows,
     grid: PatchGrid,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of image token rows by the patch each shows: ``(labels, keep)``.
+    """Returns the labels of image token rows by the patch each shows: ``(labels, keep)``.
 
     ``sample`` / ``position``: the rows' sample ids and token positions. Token ``p``
     shows patch ``p - 1`` when the tower has a CLS token at 0 (CLS rows and pooled rows

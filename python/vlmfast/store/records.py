@@ -41,7 +41,7 @@ class Labels:
     """Where ``matrix`` comes from: ``scene`` (exact), ``instances+caption``, ``caption``."""
 
     def for_modality(self, modality: int) -> np.ndarray:
-        """The label matrix rows of ``modality`` are scored against: image rows (0) against
+        """Returns the label matrix rows of ``modality`` are scored against: image rows (0) against
         what the image shows, text rows (1) against what the caption says. A store
         without caption labels gives ``matrix`` for both (with a warning for text)."""
         if modality == 0 or self.caption is None:

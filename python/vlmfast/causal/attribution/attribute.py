@@ -104,9 +104,9 @@ def attribute(
             ``max_rows=``); they replace ``config``'s fields.
 
     Returns:
-        An :class:`AttributionResult`: per tower and kind, the estimated effect on the
-        metric of patching each component (metric units), its completeness gap, and the
-        null's false-negative estimate when ``null > 0``.
+        The attribution (an :class:`AttributionResult`): per tower and kind, the
+            estimated effect on the metric of patching each component (metric units), its
+            completeness gap, and the null's false-negative estimate when ``null > 0``.
 
     Raises:
         InputError: an option out of range, or inputs that do not pair up.

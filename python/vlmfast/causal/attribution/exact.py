@@ -85,10 +85,14 @@ def exact_effects(
     direction: str = "denoising",
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> dict[Key, Tensor]:
-    """Exact single-component patching effects in ``attribute``'s layout and sign.
+    """Returns the exact single-component patching effects in ``attribute``'s layout and sign.
 
     ``{(tower, kind): Tensor[layers, components]}`` = ``m(base with the component from
-    source) - m(base)`` (base = corrupt when denoising), from ``patch_sweep``.
+    source) - m(base)`` (base = corrupt when denoising; metric units, e.g. logits), from
+    ``patch_sweep``.
+
+    Raises:
+        InputError: inputs that do not pair up, or an unknown component, tower or direction.
     """
     inputs, changed, kinds, tower_list = attribution_inputs(
         pair, images, texts, corrupt_images, corrupt_texts, components, towers, direction
@@ -116,7 +120,7 @@ def null_estimate(
     max_rows: int,
     changed: dict[str, bool],
 ) -> dict[Key, NullEstimate]:
-    """The random-subset false-negative estimate of every changed (tower, kind)."""
+    """Returns the random-subset false-negative estimate of every changed (tower, kind)."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[Key, NullEstimate] = {}
     for key in sorted(result.scores):

@@ -59,7 +59,11 @@ class AttributionConfig:
 
     @classmethod
     def build(cls, config: AttributionConfig | None, options: dict[str, Any]) -> AttributionConfig:
-        """``config`` (default: the defaults) with ``options`` replacing its fields."""
+        """Returns ``config`` (default: the defaults) with ``options`` replacing its fields.
+
+        Raises:
+            TypeError: an option that is not a field.
+        """
         return with_options(cls, config, options, "attribute")
 
 

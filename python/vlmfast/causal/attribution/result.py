@@ -87,7 +87,8 @@ class AttributionResult:
         return self.metric_base if self.direction == "denoising" else self.metric_source
 
     def ranking(self, key: Key) -> Tensor:
-        """The magnitude components are ranked by: GradDrop for atp*, else ``|scores|``."""
+        """Returns the magnitude components are ranked by, ``[layers, components]``:
+        GradDrop for atp*, else ``|scores|`` (metric units)."""
         if self.graddrop is not None and key in self.graddrop:
             return self.graddrop[key]
         return self.scores[key].abs()
@@ -112,6 +113,16 @@ class AttributionResult:
         that shift and the last trace row is dropped). Per key: ``spearman`` (signed scores
         vs signed effects), ``spearman_abs`` (``ranking`` vs |effect|), ``topk_overlap``
         (share of the k largest |effects| among the k highest-ranked components).
+
+        Returns:
+            Per key, ``spearman`` and ``spearman_abs`` (in [-1, 1]; NaN if a side is
+                constant), ``topk_overlap`` (a fraction in [0, 1]), ``k`` and ``n``
+                (components).
+
+        Raises:
+            InputError: a key with no scores, one tensor without ``key``, or a trace not
+                over every layer (and position for ``resid``).
+            ShapeError: exact effects of another shape than the scores.
         """
         shift: dict[Key, int] = {}
         if hasattr(exact, "effect") and hasattr(exact, "tower"):
@@ -175,7 +186,7 @@ class AttributionResult:
 
     # ---- export --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (scores as nested lists, keyed ``"tower/kind"``)."""
+        """Returns a plain JSON-able dict (scores as nested lists, keyed ``"tower/kind"``)."""
         return {
             "method": self.method,
             "direction": self.direction,
@@ -203,11 +214,11 @@ class AttributionResult:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """``to_dict`` as a JSON string (NaN written as null)."""
+        """Returns ``to_dict`` as a JSON string (NaN written as null)."""
         return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per component: tower, kind, layer, index, score (and graddrop)."""
+        """Returns one row per component: tower, kind, layer, index, score (and graddrop)."""
         rows: list[dict[str, Any]] = []
         for (tower, kind), s in self.scores.items():
             gd = self.graddrop.get((tower, kind)) if self.graddrop is not None else None
@@ -226,8 +237,12 @@ class AttributionResult:
         return rows
 
     def plot(self, path: str | Path | None = None) -> Any:
-        """Heatmaps (layers x components) of every (tower, kind); saved as PNG + SVG at
-        ``path`` (suffix replaced) when given. Needs matplotlib; returns the figure."""
+        """Returns heatmaps (layers x components) of every (tower, kind) as a matplotlib
+        Figure; saved as PNG + SVG at ``path`` (suffix replaced) when given.
+
+        Raises:
+            InputError: matplotlib is not installed.
+        """
         try:
             # a bare Figure: no pyplot state, no backend switch (notebooks keep inline plots)
             from matplotlib.figure import Figure
@@ -278,7 +293,8 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN if either side is constant."""
+    """Returns the Spearman rank correlation in [-1, 1] (average ranks for ties); NaN if
+    either side is constant."""
     x = _ranks(a.detach().double().cpu().numpy())
     y = _ranks(b.detach().double().cpu().numpy())
     x -= x.mean()

@@ -95,7 +95,11 @@ class CircuitConfig:
 
     @classmethod
     def build(cls, config: CircuitConfig | None, options: dict[str, Any]) -> CircuitConfig:
-        """``config`` (default: the defaults) with ``options`` replacing its fields."""
+        """Returns ``config`` (default: the defaults) with ``options`` replacing its fields.
+
+        Raises:
+            TypeError: an option that is not a field.
+        """
         return with_options(cls, config, options, "find_circuit")
 
 

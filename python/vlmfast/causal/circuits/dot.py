@@ -52,7 +52,7 @@ def circuit_to_dot(
     *,
     min_effect: float = 0.0,
 ) -> str:
-    """DOT source of the circuit.
+    """Returns the Graphviz DOT source of the circuit.
 
     Args:
         nodes: the circuit's nodes (both towers).

@@ -112,6 +112,8 @@ class FeatureCircuit:
         return [n for n in self.circuit.nodes if n.kind == "errors"]
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the circuit's :meth:`Circuit.to_dict` plus the error-node diagnostics
+        (shares as fractions in [0, 1]) and the feature / error attributions (metric units)."""
         out = dict(self.circuit.to_dict())
         out.update(
             error_share=self.error_share,
@@ -125,7 +127,7 @@ class FeatureCircuit:
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
-        """``to_dict`` as JSON (NaN / inf written as null)."""
+        """Returns ``to_dict`` as JSON (NaN / inf written as null)."""
         return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
 
@@ -149,6 +151,14 @@ def find_feature_circuit(
     Runs ``vf.causal.find_circuit(..., components=(), families=feature_families(...))``
     (every other keyword goes to it: ``ranking``, ``null``, ``seed``, ``max_rows``...), then
     the error-node diagnostics (module doc). Needs corrupt inputs for the default ranking.
+
+    Returns:
+        The circuit and its error-node diagnostics (error shares and faithfulness as
+            fractions), as a :class:`FeatureCircuit`.
+
+    Raises:
+        InputError: ``components`` or ``families`` passed, bad ``saes``, or any error of
+            :func:`find_circuit`.
     """
     for bad in ("components", "families"):
         if bad in kwargs:

@@ -36,8 +36,13 @@ __all__ = [
 def check_saes(
     pair: Any, saes: Mapping[str, Any], towers: Sequence[str] = TOWERS
 ) -> dict[str, Any]:
-    """``saes`` restricted to ``towers``, checked: block hooks of ``pair``, matching widths,
-    at most one SAE per (tower, block). InputError naming the hook otherwise."""
+    """Returns ``saes`` restricted to ``towers``, checked: block hooks of ``pair``, matching
+    widths, at most one SAE per (tower, block).
+
+    Raises:
+        InputError: ``saes`` is empty, or a hook is not a block hook of ``pair``, holds
+            no TopKSAE, has the wrong width or shares its block; or no hook is in ``towers``.
+    """
     if not isinstance(saes, Mapping) or not saes:
         raise InputError("saes must be a non-empty {hook: TopKSAE} mapping")
     points = set(pair.hook_points())
@@ -81,13 +86,15 @@ class FeatureAttribution:
     metric_corrupt: float
 
     def error_share(self, hook: str) -> float:
-        """``sum |A_e| / (sum |A_f| + sum |A_e|)`` at ``hook`` (nan if everything is 0)."""
+        """Returns the fraction ``sum |A_e| / (sum |A_f| + sum |A_e|)`` in [0, 1] at ``hook``
+        (nan if everything is 0)."""
         f = float(self.features[hook].abs().sum())
         e = float(self.errors[hook].abs().sum())
         return e / (f + e) if f + e > 0 else float("nan")
 
     def completeness(self, hook: str) -> tuple[float, float]:
-        """``(sum of the hook's node scores, the hook's AtP)``: equal up to rounding."""
+        """Returns ``(sum of the hook's node scores, the hook's AtP)`` in metric units:
+        equal up to rounding."""
         total = float(self.features[hook].sum() + self.errors[hook].sum())
         return total, self.hook_total[hook]
 
@@ -102,7 +109,12 @@ def feature_attribution(
     saes: Mapping[str, Any],
     metric: str | Metric = "score",
 ) -> FeatureAttribution:
-    """AtP scores of the features and error nodes of every SAE in ``saes`` (module doc)."""
+    """Returns the AtP scores (metric units) of the features and error nodes of every SAE
+    in ``saes`` (module doc), as a :class:`FeatureAttribution`.
+
+    Raises:
+        InputError: bad ``saes`` or ``metric``, or inputs that do not pair up.
+    """
     saes = check_saes(pair, saes)
     metric_fn = resolve_metric(metric)
     space = metric_space(metric_fn)
@@ -169,7 +181,7 @@ def feature_families(
     attribution: FeatureAttribution | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
 ) -> list[SAEFamily]:
-    """One ``SAEFamily`` per SAE of ``towers`` with its AtP scores (for ``find_circuit``).
+    """Returns one ``SAEFamily`` per SAE of ``towers`` with its AtP scores (for ``find_circuit``).
 
     ``latents={hook: [...]}`` restricts a hook's feature nodes (default: every latent);
     error nodes are always every position. Without corrupt inputs the families carry no

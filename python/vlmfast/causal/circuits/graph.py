@@ -127,9 +127,12 @@ def circuit_edges(
 
     Returns:
         One ``CircuitEdge`` per pair ``u`` upstream of ``v`` in the same tower, then one
-        ``u -> "logit"`` per node; in node forward order (``src``, then ``dst``), logit
-        edges last for each source. The sum of a node's outgoing effects is its AtP
-        attribution (``method="atp"``).
+            ``u -> "logit"`` per node; in node forward order (``src``, then ``dst``), logit
+            edges last for each source. The sum of a node's outgoing effects is its AtP
+            attribution (``method="atp"``); effects are in metric units.
+
+    Raises:
+        InputError: an unknown ``method``, ``max_rows < 1``, or bad nodes or inputs.
     """
     check_choice(method, EDGE_METHODS, "method")
     if not isinstance(max_rows, int) or max_rows < 1:

@@ -131,8 +131,13 @@ class Circuit:
         corrupt_texts: Any = None,
         **kw: Any,
     ) -> list[CircuitEdge]:
-        """Edges between the circuit's nodes and into the logit (``circuit_edges``); kept
-        on the result so ``to_dot`` / ``to_svg`` draw them."""
+        """Returns the edges between the circuit's nodes and into the logit
+        (``circuit_edges``; effects in metric units); kept on the result so ``to_dot`` /
+        ``to_svg`` draw them.
+
+        Raises:
+            InputError: as :func:`circuit_edges`.
+        """
         self._edges = circuit_edges(
             pair, images, texts, corrupt_images, corrupt_texts, nodes=self.nodes, **kw
         )
@@ -147,19 +152,29 @@ class Circuit:
     def to_dot(
         self, edges: list[CircuitEdge] | None = None, labels: dict[str, str] | None = None
     ) -> str:
-        """Graphviz DOT of the circuit (``circuit_to_dot``)."""
+        """Returns the Graphviz DOT of the circuit (``circuit_to_dot``).
+
+        Raises:
+            InputError: no ``edges`` given and :meth:`edges` not called yet.
+        """
         out: str = circuit_to_dot(self.nodes, self._need_edges(edges), labels=labels)
         return out
 
     def to_svg(
         self, edges: list[CircuitEdge] | None = None, labels: dict[str, str] | None = None
     ) -> str:
-        """SVG drawing of the circuit (``circuit_to_svg``; needs no Graphviz)."""
+        """Returns the SVG drawing of the circuit (``circuit_to_svg``; needs no Graphviz).
+
+        Raises:
+            InputError: no ``edges`` given and :meth:`edges` not called yet.
+        """
         out: str = circuit_to_svg(self.nodes, self._need_edges(edges), labels=labels)
         return out
 
     # ---- export --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Returns the circuit as a plain dict: nodes, size, faithfulness (a fraction of
+        the model's metric), the curve, the null and the edges."""
         return {
             "components": [list(c) for c in self.components],
             "nodes": [n.to_dict() for n in self.nodes],
@@ -189,11 +204,11 @@ class Circuit:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """``to_dict`` as JSON (NaN / inf written as null)."""
+        """Returns ``to_dict`` as JSON (NaN / inf written as null)."""
         return json.dumps(json_safe(self.to_dict()), indent=indent, allow_nan=False)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One long table: ``table="curve"`` rows (one per evaluated k, with the null band
+        """Returns one long table: ``table="curve"`` rows (one per evaluated k, with the null band
         at grid sizes) and ``table="component"`` rows (one per ranked node)."""
         null_at: dict[int, tuple[float, float, float]] = {}
         if self.null is not None:
@@ -240,8 +255,13 @@ class Circuit:
         return out
 
     def plot(self, path: str | Path | None = None) -> Any:
-        """Faithfulness curve (f vs k/N, log x) with the null's mean and band, the target
-        and the chosen size; saved as PNG at ``path`` when given. Returns the figure."""
+        """Returns the faithfulness curve (f vs k/N, log x) as a matplotlib Figure, with the
+        null's mean and band, the target and the chosen size; saved as PNG at ``path``
+        when given.
+
+        Raises:
+            InputError: matplotlib is not installed.
+        """
         try:
             # a bare Figure: no pyplot state, no backend switch (notebooks keep inline plots)
             from matplotlib.figure import Figure

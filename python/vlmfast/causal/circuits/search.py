@@ -100,6 +100,15 @@ def find_circuit(
         **options: the same options as keywords (``components=``, ``ranking=``,
             ``ablation=``, ``target=``, ``null=``, ``seed=``, ...); they replace
             ``config``'s fields.
+
+    Returns:
+        The circuit: its nodes in ranking order, the faithfulness curve (f, a fraction
+            of the model's metric, against size in nodes) with its bootstrap interval and
+            the random-ordering null when ``null > 0``, as a :class:`Circuit`.
+
+    Raises:
+        InputError: a bad option, inputs that do not pair up, or no candidate components.
+        TypeError: an unknown option.
     """
     cfg = CircuitConfig.build(config, options)
     kinds, tower_list = check_config(pair, cfg)

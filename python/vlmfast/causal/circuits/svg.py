@@ -99,7 +99,7 @@ def circuit_to_svg(
     title: str | None = None,
     engine: str = "python",
 ) -> str:
-    """SVG text of the circuit (see the module doc for the layout).
+    """Returns the SVG text of the circuit (see the module doc for the layout).
 
     Args:
         nodes: the circuit's nodes (both towers).
@@ -110,6 +110,10 @@ def circuit_to_svg(
         min_effect: edges with ``|effect|`` below it are left out (and zero edges always).
         title: optional caption drawn at the top left.
         engine: ``"python"`` (this layout) or ``"dot"`` (Graphviz, if installed).
+
+    Raises:
+        InputError: an unknown ``engine``, bad nodes or edges, or Graphviz missing or
+            failing with ``engine="dot"``.
     """
     if engine not in ("python", "dot"):
         raise InputError(f"engine must be one of ['python', 'dot'], got {engine!r}")

@@ -36,10 +36,11 @@ class CircuitNode:
         return f"{self.tower}.L{self.layer}.{tag}{self.index}"
 
     def as_tuple(self) -> tuple[str, str, int, int]:
-        """``(tower, kind, layer, index)``: the contract's component tuple."""
+        """Returns ``(tower, kind, layer, index)``: the contract's component tuple."""
         return (self.tower, self.kind, self.layer, self.index)
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the node as a plain dict (with its ``key``)."""
         return {
             "tower": self.tower,
             "kind": self.kind,
@@ -70,4 +71,5 @@ class CircuitEdge:
     """Attribution of ``src`` to ``dst`` with the intermediate nodes frozen (signed)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the edge as a plain dict (``effect`` in metric units)."""
         return {"src": self.src, "dst": self.dst, "effect": self.effect}

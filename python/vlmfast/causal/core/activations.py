@@ -29,7 +29,7 @@ class UnitActivations:
     reduce: str = "max"
 
     def meta(self) -> dict[str, Any]:
-        """``{"units": layout, "reduce": ...}`` for ``score_units(..., meta=)``."""
+        """Returns ``{"units": layout, "reduce": ...}`` for ``score_units(..., meta=)``."""
         return {"units": self.layout.to_meta(), "reduce": self.reduce}
 
 
@@ -67,6 +67,15 @@ def unit_activations(
     reduced; with ``saes={hook: TopKSAE}`` the units of those hooks are the SAE's
     features (dense codes, then reduced). ``reduce``: ``max`` or ``mean`` over the image's
     patch tokens (CLS excluded) or the text's tokens up to EOT.
+
+    Returns:
+        The activations ``values[N, U]`` (float32, in the hooks' units) and the layout
+            of their columns, as :class:`UnitActivations`.
+
+    Raises:
+        InputError: an unknown ``reduce``, not exactly one of ``images`` / ``texts``, or
+            an SAE for a hook not among ``hooks``.
+        ShapeError: an SAE does not take its hook's width.
     """
     if reduce not in ("max", "mean"):
         raise InputError(f"reduce must be 'max' or 'mean', got {reduce!r}")

@@ -43,12 +43,17 @@ class ComponentSpec:
         return _INTERVENTION_KWARG[self.kind]
 
     def hook(self, layer: int) -> str:
-        """The full hook name at ``layer``."""
+        """Returns the full hook name at ``layer``."""
         return f"{self.tower}.blocks.{layer}.{self.point}"
 
 
 def component_spec(tower: str, kind: str, point: str | None = None) -> ComponentSpec:
-    """Validated ComponentSpec; InputError names the bad argument."""
+    """Returns the validated :class:`ComponentSpec`.
+
+    Raises:
+        InputError: an unknown ``tower`` or ``kind``, or a ``point`` that kind cannot patch
+            (the message names the bad argument).
+    """
     if tower not in ("image", "text"):
         raise InputError(f"tower must be 'image' or 'text', got {tower!r}")
     if kind not in _DEFAULT_POINT:

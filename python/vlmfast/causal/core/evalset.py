@@ -251,8 +251,9 @@ def duplicate_masks(ev: EvalSet, device: torch.device) -> tuple[torch.Tensor, to
 
     Returns:
         Two ``bool[N, N]`` masks. A retrieval rank skips candidates that duplicate the
-        matched one: identical captions embed identically up to the last bits, which
-        differ with batch layout and CPU kernels, so only an explicit mask makes them tie.
+            matched one: identical captions embed identically up to the last bits, which
+            differ with batch layout and CPU kernels, so only an explicit mask makes them
+            tie.
     """
     caps = np.asarray(ev.captions, dtype=object)
     same_cap = torch.as_tensor(caps[:, None] == caps[None, :], device=device)

@@ -82,8 +82,8 @@ class LogitDiff:
 
 
 def Alignment() -> MatchedScore:
-    """Mean matched cosine ``cos(image i, caption i)``; with ``normalize="delta"`` this is
-    the alignment delta of a patch."""
+    """Returns the metric "mean matched cosine ``cos(image i, caption i)``" (in [-1, 1]);
+    with ``normalize="delta"`` this is the alignment delta of a patch."""
     return MatchedScore(space="cosine")
 
 
@@ -97,7 +97,12 @@ _NAMED: dict[str, Callable[[], Metric]] = {
 
 
 def resolve_metric(metric: str | Metric) -> Metric:
-    """A metric object from a name (``score``, ``logit_diff``, ``alignment``) or a callable."""
+    """Returns a metric object from a name (``score``, ``logit_diff``, ``alignment``) or a
+    callable (returned as it is).
+
+    Raises:
+        InputError: an unknown name, or neither a name nor a callable.
+    """
     if isinstance(metric, str):
         try:
             return _NAMED[metric]()
@@ -125,7 +130,8 @@ def similarity(
     logit_bias: torch.Tensor | None,
     space: str,
 ) -> torch.Tensor:
-    """``[..., n_img, n_txt]`` cosine or ``scale*cos + bias`` (scale = exp(logit_scale)).
+    """Returns the similarity ``[..., n_img, n_txt]``: cosine (in [-1, 1]) or the logits
+    ``scale*cos + bias`` (scale = exp(logit_scale)).
 
     ``space="dot"``: ``scale * img . txt + bias`` on the unnormalised embeddings.
     """

@@ -26,7 +26,12 @@ class SavedScores:
 
 
 def load_scores(path: str | Path) -> SavedScores:
-    """Reads ``DIR/scores.zarr`` (what ``vlmfast score`` / ``ScoringResult.save`` writes)."""
+    """Returns the scores in ``DIR/scores.zarr`` (what ``vlmfast score`` /
+    ``ScoringResult.save`` writes): AUROC in [0, 1] and mean activations per modality.
+
+    Raises:
+        InputError: ``path`` holds no ``scores.zarr``.
+    """
     import zarr
 
     root_path = Path(path) / "scores.zarr"
@@ -94,6 +99,15 @@ def top_units(
     present) or ``text``. ``hooks`` (names or globs) and ``kinds`` restrict the candidates.
     Ties in AUROC are broken by the larger difference of means (positives minus negatives),
     then by column; units with no AUROC (a constant unit) are never picked.
+
+    Returns:
+        The units, best first, with their AUROCs (in [0, 1]) as ``scores``, as a
+            :class:`UnitSet`.
+
+    Raises:
+        InputError: an unknown concept, modality or kind, ``n < 1``, or no scored unit
+            matches ``hooks`` / ``kinds``.
+        ShapeError: ``layout`` does not have one unit per scored column.
     """
     mod, table, names, meta = _score_view(scores, modality)
     if concept not in names:

@@ -102,20 +102,21 @@ class UnitSet:
         return iter(self.units)
 
     def groups(self) -> dict[tuple[str, str, str | None], list[int]]:
-        """Indices per ``(hook, kind, sae)``, in first-seen order."""
+        """Returns the unit indices per ``(hook, kind, sae)``, in first-seen order."""
         out: dict[tuple[str, str, str | None], list[int]] = {}
         for u in self.units:
             out.setdefault(u.group, []).append(u.index)
         return out
 
     def mix(self) -> dict[str, int]:
-        """How many units per hook (the tower and layer mix a null must match)."""
+        """Returns how many units per hook (the tower and layer mix a null must match)."""
         out: dict[str, int] = {}
         for u in self.units:
             out[u.hook] = out.get(u.hook, 0) + 1
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the set as a JSON-ready dict (concept, modality, model, units, scores)."""
         return {
             "concept": self.concept,
             "modality": self.modality,
@@ -126,7 +127,7 @@ class UnitSet:
 
     @classmethod
     def of(cls, units: Sequence[Unit | tuple[str, int]], *, model: str | None = None) -> UnitSet:
-        """A set from ``Unit``s or ``(hook, index)`` pairs (kind from the hook name)."""
+        """Returns a set from ``Unit``s or ``(hook, index)`` pairs (kind from the hook name)."""
         out = []
         for u in units:
             if isinstance(u, Unit):
@@ -159,6 +160,11 @@ class UnitLayout:
         return sum(s.size for s in self.segments)
 
     def unit(self, column: int) -> Unit:
+        """Returns the unit of column ``column``.
+
+        Raises:
+            InputError: ``column`` is out of range.
+        """
         at = int(column)
         for s in self.segments:
             if at < s.size:
@@ -167,7 +173,8 @@ class UnitLayout:
         raise InputError(f"column {column} out of range for a layout of {self.n_units} units")
 
     def columns(self, hooks: str | Sequence[str] | None) -> npt.NDArray[np.bool_]:
-        """Bool mask of the columns whose hook matches ``hooks`` (names or globs)."""
+        """Returns the bool mask ``[n_units]`` of the columns whose hook matches ``hooks``
+        (names or globs; None: all)."""
         if hooks is None:
             return np.ones(self.n_units, dtype=bool)
         pats = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -178,11 +185,18 @@ class UnitLayout:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
     def to_meta(self) -> dict[str, Any]:
+        """Returns the layout as a JSON-ready dict (what :meth:`from_meta` reads)."""
         return {"model": self.model, "segments": [asdict(s) for s in self.segments]}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], n_units: int) -> UnitLayout:
-        """The layout in a scoring result's meta (``units``), else one segment from ``hook``."""
+        """Returns the layout in a scoring result's meta (``units``), else one segment from
+        ``hook``.
+
+        Raises:
+            InputError: the meta has neither ``units`` nor ``hook``.
+            ShapeError: the layout does not have ``n_units`` units.
+        """
         units = meta.get("units")
         if isinstance(units, str):
             units = json.loads(units)

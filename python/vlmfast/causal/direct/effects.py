@@ -73,6 +73,16 @@ def direct_effects(
         level: coverage of the null interval.
         batch_size: rows per forward (memory bound).
         dtype: dtype of the decomposition arithmetic (the model runs in its own dtype).
+
+    Returns:
+        Per head and MLP (and the other terms), its contribution to the matched logit
+            (logit units, summing to the logit up to ``check()``), with the null when
+            ``null > 0``; a ``DirectEffectsBoth`` for ``tower="both"``.
+
+    Raises:
+        InputError: a pair in training mode, an unknown tower, ``null < 0``, ``level``
+            outside (0, 1), ``batch_size < 1``, missing inputs or no examples.
+        ShapeError: images and captions do not pair up.
     """
     check_pair(pair)
     check_choice(tower, TOWER_CHOICES, "tower")
@@ -183,7 +193,11 @@ def _null(
 
 
 def save_json(result: DirectEffects | DirectEffectsBoth, path: str | Path) -> Path:
-    """Writes ``result.to_json()`` to ``path``."""
+    """Writes ``result.to_json()`` to ``path``.
+
+    Returns:
+        The file written, ``path``.
+    """
     out = Path(path)
     out.write_text(json.dumps(result.to_json(), indent=2))
     return out

@@ -134,6 +134,17 @@ def ablation_ladder(
         level: coverage of the Wilson intervals.
         cls: add TextSpan's CLS rung after the MLPs (the heads' reads from the CLS token,
             every layer); direct path, image towers with a class token only.
+
+    Returns:
+        Per rung, what is ablated, the zero-shot accuracy (a fraction in [0, 1], with a
+            Wilson interval) and the mean matched score (logits), as an
+            :class:`AblationLadder`.
+
+    Raises:
+        InputError: a pair in training mode, an unknown tower / mode / path, ``level``
+            outside (0, 1), ``texts`` with ``tower="text"``, ``cls`` where it does not
+            apply, or fewer than 2 classes.
+        ShapeError: labels or captions do not match the images.
     """
     _check_args(pair, tower, mode, path, level, texts, cls)
     px, cls_tok, lab, cap_tok, ref = _ladder_inputs(

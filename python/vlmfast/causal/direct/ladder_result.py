@@ -31,6 +31,7 @@ class LadderRung:
         return self.correct / self.n
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the rung as plain data (accuracy a fraction in [0, 1], score in logits)."""
         return {
             "name": self.name,
             "ablated": list(self.ablated),
@@ -69,6 +70,7 @@ class AblationLadder:
         return [r.accuracy for r in self.rungs]
 
     def to_json(self) -> dict[str, Any]:
+        """Returns the ladder as plain data: its settings and every rung's figures."""
         return {
             "tower": self.tower,
             "mode": self.mode,
@@ -82,7 +84,8 @@ class AblationLadder:
         }
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per rung (for CSV / parquet)."""
+        """Returns one row per rung (for CSV / parquet): accuracy as a fraction in [0, 1]
+        with its interval, the matched score in logits."""
         return [
             {
                 "rung": k,
@@ -98,4 +101,6 @@ class AblationLadder:
         ]
 
     def plot(self, path: str | Path | None = None) -> Any:
+        """Returns the ladder's accuracy per rung as a matplotlib Figure; saved if ``path``
+        is given."""
         return ladder_plot(self, path)

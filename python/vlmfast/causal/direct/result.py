@@ -79,11 +79,15 @@ class DirectEffects:
 
     # ---- contributions -----------------------------------------------------------------
     def contributions(self, other: Tensor | None = None) -> Tensor:
-        """Each part's contribution to ``logit(i, j)``: ``[P, B, N]`` against ``other`` [N, E].
+        """Returns each part's contribution to ``logit(i, j)`` (logit units): ``[P, B, N]``
+        against ``other`` [N, E].
 
         Norms are frozen at the clean run (``|embed_i|`` and ``|other_j|``), so the
         contributions plus the logit bias sum to the logit against any ``other``; default:
         this result's other-tower embeddings (all pairs).
+
+        Raises:
+            ShapeError: ``other`` is not ``[N, E]`` with this tower's embedding width.
         """
         o = (self.other if other is None else other).to(self.embed_parts)
         if o.dim() != 2 or o.shape[1] != self.embed.shape[1]:
@@ -136,17 +140,19 @@ class DirectEffects:
 
     # ---- checks ------------------------------------------------------------------------
     def check(self) -> float:
-        """``max_i |sum_k parts_logit[k, i] + logit_bias - logit[i]|`` (should be <= 1e-4)."""
+        """Returns ``max_i |sum_k parts_logit[k, i] + logit_bias - logit[i]|`` in logits
+        (should be <= 1e-4)."""
         total = self.parts_logit.sum(0) + (self.logit_bias or 0.0)
         return float((total - self.logit).abs().max())
 
     def check_embed(self) -> float:
-        """``max |sum of embed_parts - embed|`` (float rounding of the model's dtype)."""
+        """Returns ``max |sum of embed_parts - embed|`` (float rounding of the model's dtype)."""
         return float((self.embed_parts.sum(0) - self.embed).abs().max())
 
     # ---- output ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        """Summary as plain data: mean effects, other terms, the checks and the null."""
+        """Returns the summary as plain data: mean effects (logits), other terms, the checks
+        and the null."""
         return {
             "tower": self.tower,
             "n_examples": int(self.embed.shape[0]),
@@ -166,7 +172,8 @@ class DirectEffects:
         }
 
     def table(self) -> list[dict[str, Any]]:
-        """Long table: one row per (part, example) with its matched-logit contribution."""
+        """Returns the long table: one row per (part, example) with its matched-logit
+        contribution (logits)."""
         pl = self.parts_logit
         rows = []
         for k, name in enumerate(self.part_names):
@@ -186,8 +193,8 @@ class DirectEffects:
         return rows
 
     def plot(self, path: str | Path | None = None) -> Any:
-        """Heatmap of ``heads`` (layers x heads, plus the MLP column); saved if ``path``
-        is given (``.png``/``.svg``...). Returns the matplotlib Figure."""
+        """Returns the heatmap of ``heads`` (layers x heads, plus the MLP column) as a
+        matplotlib Figure; saved if ``path`` is given (``.png``/``.svg``...)."""
         return effects_heatmap(self, path)
 
 
@@ -199,15 +206,19 @@ class DirectEffectsBoth:
     text: DirectEffects
 
     def check(self) -> float:
+        """Returns the larger of the two towers' :meth:`DirectEffects.check` (logits)."""
         return max(self.image.check(), self.text.check())
 
     def to_json(self) -> dict[str, Any]:
+        """Returns both towers' summaries, ``{"image": ..., "text": ...}``."""
         return {"image": self.image.to_json(), "text": self.text.to_json()}
 
     def table(self) -> list[dict[str, Any]]:
+        """Returns both towers' long tables, image rows first."""
         return self.image.table() + self.text.table()
 
     def plot(self, path: str | Path | None = None) -> Any:
+        """Returns both towers' heatmaps as one matplotlib Figure; saved if ``path`` is given."""
         return effects_heatmap_both(self, path)
 
 

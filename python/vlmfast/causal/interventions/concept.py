@@ -64,6 +64,17 @@ def concept_intervention(
         config: an :class:`InterventionConfig` (every option, documented per field).
         **options: the same options as keywords (``mode=``, ``ablation=``, ``alpha=``,
             ``eval_data=``, ``null=``, ``seed=``, ...); they replace ``config``'s fields.
+
+    Returns:
+        The target's, the other concepts' and the overall figures (``METRICS``: margin
+            and score in logits, cosine, zero-shot and retrieval as fractions in [0, 1])
+            before and after, with the random-set null and verdict, as an
+            :class:`InterventionResult`.
+
+    Raises:
+        InputError: a pair in training mode, a bad option, a target concept that is
+            unknown, missing or shown by no image.
+        TypeError: an unknown option.
     """
     cfg = InterventionConfig.build(config, options)
     method = serial_name(cfg.method)

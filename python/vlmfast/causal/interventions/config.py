@@ -65,7 +65,11 @@ class InterventionConfig:
     def build(
         cls, config: InterventionConfig | None, options: Mapping[str, Any]
     ) -> InterventionConfig:
-        """``config`` (default: the defaults) with ``options`` replacing its fields."""
+        """Returns ``config`` (default: the defaults) with ``options`` replacing its fields.
+
+        Raises:
+            TypeError: an option that is not a field.
+        """
         return with_options(cls, config, options, "concept_intervention")
 
 

@@ -91,15 +91,17 @@ class InterventionResult:
         return None if v is None else bool(v)
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the result as a plain dict (units as :meth:`UnitSet.to_dict`)."""
         out = asdict(self)
         out["units"] = self.units.to_dict()
         return out
 
     def to_json(self, **kw: Any) -> str:
+        """Returns :meth:`to_dict` as a JSON string (``kw`` go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), default=float, **kw)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Long table: one row per (measured concept or overall, metric)."""
+        """Returns the long table: one row per (measured concept or overall, metric)."""
         out: list[dict[str, Any]] = []
         for m in METRICS:
             base = {"target": self.concept, "mode": self.mode, "metric": m}

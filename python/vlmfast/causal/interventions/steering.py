@@ -41,12 +41,14 @@ class SteeringSweep:
     def curve(
         self, target: str, metric: str = "margin", measured: str | None = None
     ) -> list[float]:
-        """Change of ``measured`` (default the target itself) along the alphas."""
+        """Returns the change of ``measured`` (default the target itself) along the alphas,
+        in ``metric``'s units (logits for ``margin``)."""
         t = self.targets.index(target)
         c = self.concepts.index(measured or target)
         return self.delta[t, :, c, METRICS.index(metric)].tolist()
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns the sweep as a plain dict of lists."""
         return {
             "targets": list(self.targets),
             "alphas": list(self.alphas),
@@ -58,6 +60,7 @@ class SteeringSweep:
         }
 
     def to_json(self, **kw: Any) -> str:
+        """Returns :meth:`to_dict` as a JSON string (``kw`` go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), **kw)
 
 
@@ -73,9 +76,17 @@ def steering_sweep(
     max_rows: int = INTERVENTION_MAX_ROWS,
     method: str = "batched",
 ) -> SteeringSweep:
-    """Steer every unit set at every alpha; all (set, alpha) variants share batched forwards.
+    """Steers every unit set at every alpha; all (set, alpha) variants share batched forwards.
 
     ``units``: ``{concept: UnitSet}`` or unit sets carrying their concept (``top_units``).
+
+    Returns:
+        The change of every concept's figures per (target, alpha), ``delta[target, alpha,
+            concept, metric]`` (``METRICS`` units), as a :class:`SteeringSweep`.
+
+    Raises:
+        InputError: a unit set without a concept, empty ``units`` or ``alphas``, or a bad
+            option or unit.
     """
     saes = dict(saes or {})
     method = serial_name(method)

@@ -40,7 +40,11 @@ class PatchConfig:
 
     @classmethod
     def build(cls, config: PatchConfig | None, options: dict[str, Any]) -> PatchConfig:
-        """``config`` (default: the defaults) with ``options`` replacing its fields."""
+        """Returns ``config`` (default: the defaults) with ``options`` replacing its fields.
+
+        Raises:
+            TypeError: an option that is not a field.
+        """
         return with_options(cls, config, options, "patch_sweep")
 
 

@@ -43,7 +43,15 @@ def patch_heads(
     max_rows: int = DEFAULT_MAX_ROWS,
     method: str = "batched",
 ) -> torch.Tensor:
-    """Patch each single attention head (``attn.z``) from ``source``: ``Tensor[layers, heads]``."""
+    """Patches each single attention head (``attn.z``) from ``source``, as :func:`patch_sweep`.
+
+    Returns:
+        The metric with each head patched, ``Tensor[layers, heads]`` (in the metric's
+            units: logits for ``"score"``; a fraction with ``normalize="recovery"``).
+
+    Raises:
+        InputError: as :func:`patch_sweep`.
+    """
     return patch_sweep(
         pair,
         images,
@@ -83,6 +91,11 @@ def patch_sweep(
             ``[..., n_img, n_txt]`` similarities (see ``vlmfast.causal.core.metrics``).
         config: a :class:`PatchConfig` (component, tower, point, layers, indices,
             normalize, max_rows, method); keyword ``options`` replace its fields.
+
+    Returns:
+        The metric with each component patched, ``Tensor[len(layers), len(indices)]``:
+            in the metric's units (logits for ``"score"``), minus the base metric with
+            ``normalize="delta"``, or the recovered fraction with ``"recovery"``.
 
     Raises:
         InputError: an unknown component, tower, normalize or method, an index out of

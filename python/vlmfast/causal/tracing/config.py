@@ -57,7 +57,11 @@ class TraceConfig:
 
     @classmethod
     def build(cls, config: TraceConfig | None, options: dict[str, Any]) -> TraceConfig:
-        """``config`` (default: the defaults) with ``options`` replacing its fields."""
+        """Returns ``config`` (default: the defaults) with ``options`` replacing its fields.
+
+        Raises:
+            TypeError: an option that is not a field.
+        """
         return with_options(cls, config, options, "trace")
 
 

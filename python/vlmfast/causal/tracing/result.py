@@ -89,7 +89,7 @@ class TraceResult:
         return list(self.effect)
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything as plain JSON types."""
+        """Returns everything as plain JSON types."""
         return {
             "tower": self.tower,
             "clean": self.clean,
@@ -113,11 +113,11 @@ class TraceResult:
         }
 
     def to_json(self, indent: int | None = None) -> str:
-        """``to_dict()`` as a JSON string."""
+        """Returns ``to_dict()`` as a JSON string."""
         return json.dumps(self.to_dict(), indent=indent)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One record per (kind, layer, unit): the long table the CLI writes."""
+        """Returns one record per (kind, layer, unit): the long table the CLI writes."""
         out: list[dict[str, Any]] = []
         for kind, eff in self.effect.items():
             rec = self.recovery[kind]
@@ -143,7 +143,7 @@ class TraceResult:
         return out
 
     def summary(self) -> str:
-        """A few lines: clean/corrupt, the best cell of each kind and its p-value."""
+        """Returns a few lines: clean/corrupt, the best cell of each kind and its p-value."""
         lines = [
             f"{self.tower} tower: clean {self.metric} {self.clean:.4f}, corrupt {self.corrupt:.4f} "
             f"(noise {self.noise}, sigma {self.sigma}, samples {self.samples})"
@@ -165,10 +165,11 @@ class TraceResult:
         return "\n".join(lines)
 
     def plot(self, kinds: list[str] | None = None, value: str = "recovery") -> Any:
-        """Heatmaps (one panel per kind): positions/heads x layers, symmetric colour limits.
+        """Returns heatmaps (one panel per kind) as a matplotlib Figure: positions/heads x
+        layers, symmetric colour limits.
 
         ``value``: ``"recovery"`` (default) or ``"effect"`` (the metric minus corrupt, so
-        that 0 is the corrupted run either way). Returns a matplotlib Figure.
+        that 0 is the corrupted run either way).
         """
         # a bare Figure: no pyplot state, no backend switch (a notebook keeps its inline plots)
         from matplotlib.figure import Figure
@@ -212,7 +213,7 @@ class TraceResult:
 def null_tables(
     samples: Tensor, effect: Tensor, clean: float, corrupt: float, count: int, level: float
 ) -> TraceNull:
-    """A TraceNull from the null's metrics ``[layers, K]`` and the cells ``[layers, units]``."""
+    """Returns a TraceNull from the null's metrics ``[layers, K]`` and the cells ``[layers, units]``."""
     rec_null = recovery(samples, clean, corrupt)
     rec_cells = recovery(effect, clean, corrupt)
     k = samples.shape[1]

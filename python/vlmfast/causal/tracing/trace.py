@@ -79,9 +79,10 @@ def trace(
             ``window=``, ``null=``, ``method=``, ...); they replace ``config``'s fields.
 
     Returns:
-        A :class:`TraceResult`: per kind, the metric after each restoration (``effect``)
-        and its recovery ``(m - m_corrupt) / (m_clean - m_corrupt)`` as
-        ``[layers, positions or heads]`` tensors, with the null when ``null > 0``.
+        The trace (a :class:`TraceResult`): per kind, the metric after each restoration
+            (``effect``, metric units) and its recovery ``(m - m_corrupt) / (m_clean -
+            m_corrupt)`` (a fraction of the clean-minus-corrupt gap) as ``[layers,
+            positions or heads]`` tensors, with the null when ``null > 0``.
 
     Raises:
         InputError: an option out of range or inputs that do not pair up.

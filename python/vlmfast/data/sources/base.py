@@ -88,7 +88,12 @@ def keep_sampled(seed: int, sample_id: int, fraction: float) -> bool:
 
 
 class PairSource:
-    """An iterable of ``PairRecord``; iterate as often as you like (same records)."""
+    """An iterable of ``PairRecord``; iterate as often as you like (same records).
+
+    Raises:
+        InputError: (constructing) ``limit``, ``sample``, ``decode_workers``, ``require``
+            or ``concepts`` is invalid.
+    """
 
     kind: str = "source"
 
@@ -151,7 +156,7 @@ class PairSource:
         return self.records_after(-1)
 
     def records_after(self, sample_id: int, counted: int = 0) -> Iterator[PairRecord]:
-        """The records whose ``sample_id`` is above ``sample_id``, where ``counted``
+        """Returns the records whose ``sample_id`` is above ``sample_id``, where ``counted``
         records before them count toward ``limit``: how a resumed job continues
         without decoding what it already has (ids increase along the source order;
         records before the point are read but never decoded). ``report`` then
@@ -164,9 +169,9 @@ class PairSource:
         records: Callable[[BadRecordReport], Iterator[PairRecord | PendingRecord]],
         counted: int = 0,
     ) -> Iterator[PairRecord]:
-        """``records(report)`` (e.g. ``candidates``) with pending images decoded on this
-        source's ``decode_workers``, into a fresh ``report``, up to ``limit`` (``counted``
-        records already handed out count toward it)."""
+        """Yields ``records(report)`` (e.g. ``candidates``) with pending images decoded on
+        this source's ``decode_workers``, into a fresh ``report``, up to ``limit``
+        (``counted`` records already handed out count toward it)."""
         report = BadRecordReport()
         self.report = report
         if self.limit is not None and counted >= self.limit:
@@ -181,7 +186,7 @@ class PairSource:
     def candidates(
         self, report: BadRecordReport, after: int = -1
     ) -> Iterator[PairRecord | PendingRecord]:
-        """The source's records past id ``after`` that ``sample`` and ``require`` keep,
+        """Yields the source's records past id ``after`` that ``sample`` and ``require`` keep,
         images not necessarily decoded (bad images not yet found)."""
         wanted: list[set[str]] = [set(REQUIRE_KINDS[r]) for r in self.require]
         for rec in self._records(report):
@@ -196,7 +201,8 @@ class PairSource:
             yield rec
 
     def fingerprint(self) -> str:
-        """Hex sha256 of the data's identity and the selection (sample, seed, limit, require)."""
+        """Returns the hex sha256 of the data's identity and the selection (sample, seed,
+        limit, require)."""
         key = {
             "kind": self.kind,
             "content": self._content_key(),
@@ -215,13 +221,13 @@ class PairSource:
     records carry object annotations (COCO); ``scene`` for the synthetic ground truth."""
 
     def labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
-        """What each image shows, as well as this source knows: bool [len(records), C] +
+        """Returns what each image shows, as well as this source knows: bool [len(records), C] +
         names + kinds. Here the caption's concepts plus object annotations where present in
         ``meta["objects"]`` (COCO instances); image rows are scored against these."""
         return self.labeler.label_records(records)
 
     def caption_labels(self, records: Sequence[PairRecord]) -> ConceptLabels:
-        """What each caption says (same columns as :meth:`labels`); text rows are scored
+        """Returns what each caption says (same columns as :meth:`labels`); text rows are scored
         against these."""
         return self.labeler.label_texts([r.caption for r in records])
 
@@ -231,7 +237,7 @@ class PairSource:
     """Concept kinds a box carries (the columns patch-level scoring scores)."""
 
     def boxes(self, records: Sequence[PairRecord]) -> ObjectBoxes | None:
-        """Where each record's objects are (boxes normalised to its image, with their
+        """Returns where each record's objects are (boxes normalised to its image, with their
         concepts over the columns of :meth:`labels`); None: this source does not know."""
         return None
 

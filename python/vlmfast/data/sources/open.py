@@ -54,7 +54,7 @@ def open_source(
     decode_workers: int | None = None,
     concepts: str | Sequence[str] | None = None,
 ) -> PairSource:
-    """A ``PairSource`` for ``spec`` (see the module doc for the forms).
+    """Returns a ``PairSource`` for ``spec`` (see the module doc for the forms).
 
     ``limit``: at most this many records; ``sample``: keep each record with this
     probability (deterministic per ``seed`` and sample id); ``require``: kinds
@@ -64,6 +64,10 @@ def open_source(
     ``concepts``: the labeler's vocabularies (``"coco"`` for COCO's 80 categories plus
     attributes and relations, bundled names or JSON paths; default: ImageNet-R 200 + attributes
     + relations).
+
+    Raises:
+        InputError: ``spec`` is not a string, path or iterable, names no readable source, or
+            has an unknown option; or another argument is invalid.
     """
     kw: dict[str, Any] = {
         "limit": limit,

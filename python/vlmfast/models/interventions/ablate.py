@@ -21,6 +21,9 @@ class Ablate(Intervention):
     dimension, or a dict by hook name); with neither, the mean of the current batch.
     ``resample``: each row takes the value of a random row of ``reference`` (default: the
     current batch), drawn with ``seed``.
+
+    Raises:
+        InputError: (constructing) an unknown ``mode`` or a hook that is not a string.
     """
 
     def __init__(
@@ -48,6 +51,11 @@ class Ablate(Intervention):
         return f"Ablate({self.hook!r}, mode={self.mode!r})"
 
     def apply(self, name: str, x: Tensor) -> Tensor:
+        """Returns hook ``name``'s value ``x`` with the selected elements ablated.
+
+        Raises:
+            ShapeError: ``means`` or ``reference`` does not fit the hook's shape.
+        """
         if self.mode == "zero":
             mask = self.select(name, x)
             return torch.zeros_like(x) if mask is None else x.masked_fill(mask, 0.0)

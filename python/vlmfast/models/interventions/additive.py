@@ -34,6 +34,12 @@ class Steer(Intervention):
         self.alpha = alpha
 
     def apply(self, name: str, x: Tensor) -> Tensor:
+        """Returns hook ``name``'s value ``x`` plus ``alpha * direction`` on the selected elements.
+
+        Raises:
+            ShapeError: ``direction`` does not broadcast to the hook, or a tensor
+                ``alpha`` is not ``[B]``.
+        """
         direction = self.direction.to(device=x.device, dtype=x.dtype)
         try:
             ok = torch.broadcast_shapes(direction.shape, x.shape) == x.shape
@@ -63,6 +69,9 @@ class Noise(Intervention):
     ``*.token_embed``). Noise comes from a ``torch.Generator`` seeded with ``seed`` (plus
     the hook's index when a glob matches several hooks), so runs are reproducible;
     ``same_noise_per_row=True`` draws one noise sample shared by all rows.
+
+    Raises:
+        InputError: (constructing) ``std`` is negative or an unknown string.
     """
 
     def __init__(
@@ -88,12 +97,14 @@ class Noise(Intervention):
         return f"Noise({self.hook!r}, std={self.std!r}, seed={self.seed})"
 
     def scale(self, x: Tensor) -> float:
-        """The noise standard deviation used for hook value ``x``."""
+        """Returns the noise standard deviation used for hook value ``x`` (in its units)."""
         if isinstance(self.std, str):
             return 3.0 * float(x.detach().float().std())
         return float(self.std)
 
     def apply(self, name: str, x: Tensor) -> Tensor:
+        """Returns hook ``name``'s value ``x`` with seeded Gaussian noise added to the
+        selected elements."""
         seed = self.seed + self._order.get(name, 0)
         gen = torch.Generator().manual_seed(seed)
         shape = (1, *x.shape[1:]) if self.same_noise_per_row else tuple(x.shape)

@@ -19,6 +19,9 @@ class Intervention:
 
     Subclasses implement ``apply(name, x) -> Tensor`` (same shape as ``x``); ``select``
     gives the bool mask of the selected elements (``None`` = everything).
+
+    Raises:
+        InputError: (constructing) ``hook`` is not a string.
     """
 
     def __init__(
@@ -40,20 +43,33 @@ class Intervention:
         self._order: dict[str, int] = {}
 
     def targets(self, hook_points: Sequence[str]) -> list[str]:
-        """Concrete hook names this intervention applies to."""
+        """Returns the concrete hook names this intervention applies to.
+
+        Raises:
+            HookNameError: ``hook`` matches no hook of ``hook_points``.
+        """
         names = resolve_hooks(self.hook, hook_points)
         self._order = {n: i for i, n in enumerate(names)}
         return names
 
     def apply(self, name: str, x: Tensor) -> Tensor:
-        """The new value of hook ``name`` given its current value ``x``."""
+        """Returns the new value of hook ``name`` given its current value ``x`` (same shape).
+
+        Raises:
+            NotImplementedError: here; every subclass implements it.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.hook!r})"
 
     def select(self, name: str, x: Tensor) -> Tensor | None:
-        """Bool mask broadcastable to ``x`` of the elements selected by rows/positions/heads/neurons."""
+        """Returns the bool mask broadcastable to ``x`` of the elements selected by
+        rows/positions/heads/neurons (``None``: everything).
+
+        Raises:
+            InputError: a selector does not apply to this hook's shape, or is out of range.
+        """
         layout: HookLayout = layout_for(name, x)
         bsz, ndim = x.shape[0], x.dim()
         mask: Tensor | None = None

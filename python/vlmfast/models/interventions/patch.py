@@ -40,6 +40,13 @@ class Patch(Intervention):
         self.source_rows = source_rows
 
     def apply(self, name: str, x: Tensor) -> Tensor:
+        """Returns hook ``name``'s value ``x`` with the selected elements taken from the
+        source run.
+
+        Raises:
+            InputError: the source lacks the hook, or ``source_rows`` is bad.
+            ShapeError: the source does not fit the hook.
+        """
         src = rows_of(lookup(self.source, name, "Patch source"), self.source_rows, name, "Patch")
         return self._blend(name, x, check_like(src, x, name, "Patch source"))
 
@@ -68,7 +75,7 @@ class FreezeLayerNorm(Patch):
 
     @staticmethod
     def cache_patterns(norms: str | Sequence[str] = "ln_final") -> list[str]:
-        """Globs of the ``.scale`` hooks a clean run must cache for these ``norms``."""
+        """Returns the globs of the ``.scale`` hooks a clean run must cache for these ``norms``."""
         items = [norms] if isinstance(norms, str) else list(norms)
         out: list[str] = []
         for item in items:
@@ -84,6 +91,11 @@ class FreezeLayerNorm(Patch):
         return f"FreezeLayerNorm({self.patterns!r})"
 
     def targets(self, hook_points: Sequence[str]) -> list[str]:
+        """Returns the LayerNorm ``.scale`` hooks among ``hook_points`` this freezes.
+
+        Raises:
+            HookNameError: a pattern matches no hook.
+        """
         names = resolve_hooks(self.patterns, hook_points)
         self._order = {n: i for i, n in enumerate(names)}
         return names
