@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vlmfast.sae import SAETrainer, TopKSAE, TrainConfig, train
+from vlmfast.sae import SAEConfig, SAETrainer, TrainConfig, build_sae, train
 
 D, F, K, B, STEPS = 8, 32, 3, 64, 6
 
@@ -17,15 +17,20 @@ def _global_batches():
     return [torch.randn(B, D, generator=g) + 0.5 for _ in range(STEPS)]
 
 
-def _make_trainer() -> SAETrainer:
+ARCHS = ("topk", "batchtopk", "matryoshka", "jumprelu")
+
+
+def _make_trainer(arch: str = "topk") -> SAETrainer:
     # dead_tokens small so AuxK (and its all-reduced dead mask) takes part
-    sae = TopKSAE(D, F, K, dead_tokens=2 * B, input_scaling=True)
+    groups = [8, 16, 8] if arch == "matryoshka" else None
+    cfg = SAEConfig(D, F, K, arch=arch, groups=groups, dead_tokens=2 * B, input_scaling=True)
+    sae = build_sae(cfg)
     with torch.no_grad():
         sae.b_enc[:8] = -1.5  # these latents lose the top-k, die, and feed AuxK
     return SAETrainer(sae, TrainConfig(lr=1e-2, warmup_steps=1), total_steps=STEPS)
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_file: str, arch: str) -> None:
     import os
 
     from vlmfast.process_group import _loopback_interface, leave_process_group
@@ -40,7 +45,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     ok = False
     try:
-        trainer = _make_trainer()
+        trainer = _make_trainer(arch)
         half = B // world
         local = [b[rank * half : (rank + 1) * half] for b in _global_batches()]
         train(local, [trainer])
@@ -58,13 +63,15 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_gloo_matches_single_process(tmp_path):
-    single = _make_trainer()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_two_process_gloo_matches_single_process(tmp_path, arch):
+    single = _make_trainer(arch)
     train(_global_batches(), [single])
-    assert bool(single.dead_mask().any())
+    if arch != "jumprelu":  # JumpReLU has no AuxK: its dead latents recover by thresholds
+        assert bool(single.dead_mask().any())
 
     out_file = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), out_file, arch), nprocs=2, join=True)
     got = torch.load(out_file)
     for name, param in single.sae.named_parameters():
         torch.testing.assert_close(got[name], param.detach(), rtol=1e-5, atol=1e-6, msg=name)

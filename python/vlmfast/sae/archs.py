@@ -10,6 +10,7 @@ codes, see :mod:`vlmfast.ops.threshold`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,18 +65,19 @@ def extra_loss(
 def after_step(sae: TopKSAE, out: ForwardOutput) -> None:
     """Post-optimiser updates: the BatchTopK threshold estimate, JumpReLU's L0 weight.
 
-    Data-parallel: both are driven by the mean over ranks (every rank keeps the same state).
+    Data-parallel: both see the global batch (its smallest selected activation, its mean
+    L0), so every rank keeps the state one process would.
     """
     if sae.cfg.arch in BATCH_ARCHS:
         local = out.min_selected
-        stats = torch.tensor([local or 0.0, 0.0 if local is None else 1.0], dtype=torch.float64)
-        ddp.all_reduce_sum_(stats)
-        mean = float(stats[0] / stats[1]) if float(stats[1]) > 0 else None
-        batchtopk.update_threshold(sae, mean)
+        smallest = torch.tensor([math.inf if local is None else local], dtype=torch.float64)
+        ddp.all_reduce_min_(smallest)
+        low = float(smallest[0])
+        batchtopk.update_threshold(sae, None if math.isinf(low) else low)
     elif sae.cfg.arch == "jumprelu" and out.l0_penalty is not None:
-        l0 = torch.tensor([float(out.l0_penalty.detach()), 1.0], dtype=torch.float64)
-        ddp.all_reduce_sum_(l0)
-        jumprelu.adapt_l0_weight(sae, float(l0[0] / l0[1]))
+        l0 = torch.tensor([float(out.l0_penalty.detach())], dtype=torch.float64)
+        ddp.all_reduce_sum_(l0)  # ranks' shares of the global mean
+        jumprelu.adapt_l0_weight(sae, float(l0[0]))
 
 
 def arch_state(sae: TopKSAE) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import torch
 
 from vlmfast.ops.flat_codes import FlatCodes, batch_topk_select, flat_decode_many, sparse_preacts
 from vlmfast.ops.reference import reused_preacts, topk_lowest_index
+from vlmfast.sae import distributed as ddp
+from vlmfast.sae.batch_select_ddp import global_batch_topk_select
 from vlmfast.sae.model import ForwardOutput, TopKSAE
 
 
@@ -56,7 +58,10 @@ def batch_codes(
     n = xs.shape[0]
     with torch.no_grad():
         pre = reused_preacts(xs.to(compute_dtype or xs.dtype), sae.W_enc, sae.b_enc, sae.b_dec)
-        sel = batch_topk_select(pre, sae.k)
+        if ddp.is_distributed():
+            sel = global_batch_topk_select(pre, sae.k)
+        else:
+            sel = batch_topk_select(pre, sae.k)
         aux = _aux_selection(pre, dead_mask, sae.cfg.aux_k) if sae.cfg.auxk_coef > 0 else None
         del pre
     parts = [(sel.values, sel.indices, sel.offsets)]

@@ -37,3 +37,20 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+def all_reduce_min_(tensor: torch.Tensor) -> torch.Tensor:
+    """Minimum of ``tensor`` over ranks, in place (returns it)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
+def rows_before_and_total(n_local: int) -> tuple[int, int]:
+    """``(rows on lower ranks, rows on all ranks)``: this rank's offset in the global batch."""
+    if not is_distributed():
+        return 0, n_local
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([n_local], dtype=torch.int64))
+    counts = [int(s) for s in sizes]
+    return sum(counts[: rank()]), sum(counts)

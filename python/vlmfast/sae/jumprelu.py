@@ -20,6 +20,7 @@ import torch
 
 from vlmfast.ops.flat_codes import flat_decode_many, mask_select, sparse_preacts
 from vlmfast.ops.reference import encoder_preacts, reused_preacts
+from vlmfast.sae import distributed as ddp
 from vlmfast.sae.model import ForwardOutput, TopKSAE
 
 BANDWIDTH_OF_THRESHOLD = 0.2
@@ -83,10 +84,12 @@ def forward_train(
     *,
     compute_dtype: torch.dtype | None = None,
 ) -> ForwardOutput:
-    """Training forward on scaled inputs; ``l0_penalty`` is the mean L0 with the STE
+    """Training forward on scaled inputs; ``l0_penalty`` is this rank's share of the global
+    batch's mean L0 (its sum over ranks is the mean) with the STE
     gradient. ``dead_mask`` is unused (no AuxK: dead latents recover through thresholds)."""
     if sae.threshold_updates == 0 or sae.cfg.bandwidth is None:
-        init_thresholds(sae, xs)
+        # from the global batch, so every rank (and one process) starts alike
+        init_thresholds(sae, ddp.all_gather_rows(xs) if sae.threshold_updates == 0 else xs)
     eps = float(sae.cfg.bandwidth or 0.0)
     theta = sae.log_threshold.exp()
     with torch.no_grad():
@@ -97,7 +100,8 @@ def forward_train(
     (pre_g,) = sparse_preacts(xs, sae.W_enc, sae.b_enc, sae.b_dec, [part])
     theta_sel = theta[sel.indices]
     values = _JumpReLU.apply(pre_g, theta_sel, eps)
-    l0 = _Step.apply(pre_g, theta_sel, eps).sum() / max(1, xs.shape[0])
+    _, n_total = ddp.rows_before_and_total(xs.shape[0])  # ranks' gradients are summed
+    l0 = _Step.apply(pre_g, theta_sel, eps).sum() / max(1, n_total)
     (decoded,) = flat_decode_many([(values, sel.indices, sel.offsets)], sae.W_dec)
     return ForwardOutput(decoded + sae.b_dec, values, sel.indices, rows=sel.rows, l0_penalty=l0)
 
