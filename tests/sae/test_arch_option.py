@@ -95,3 +95,16 @@ def test_resume_refuses_another_arch(store_path: Path, tmp_path: Path, capsys: A
 def test_library_rejects_an_unknown_arch() -> None:
     with pytest.raises(InputError, match="arch must be one of topk, batchtopk"):
         TrainSAEConfig(hook="image.embed", arch="gated")
+
+
+def test_encoder_init_norm_reaches_the_checkpoint(store_path: Path, tmp_path: Path) -> None:
+    assert _run(store_path, tmp_path / "tied", "--encoder-init-norm", "1.0") == 0
+    assert json.loads((tmp_path / "tied" / "cfg.json").read_text())["vlmfast"][
+        "encoder_init_norm"
+    ] == pytest.approx(1.0)
+    assert _run(store_path, tmp_path / "default") == 0
+    default = json.loads((tmp_path / "default" / "cfg.json").read_text())["vlmfast"]
+    assert default["encoder_init_norm"] == pytest.approx(3.0**-0.5)
+    made = sae_config(TrainSAEConfig(hook="image.a", encoder_init_norm=0.25), "image.a", 8, 2, 16)
+    assert made.encoder_init_norm == 0.25
+    assert _run(store_path, tmp_path / "bad", "--encoder-init-norm", "0") == 1  # one-line error

@@ -46,7 +46,7 @@ from vlmfast.cli.args import (
     positive_float,
     positive_int,
 )
-from vlmfast.sae.config import ARCHS
+from vlmfast.sae.config import ARCHS, ENCODER_INIT_NORM
 from vlmfast.sae.rows import DEFAULT_ROWS, ROWS, ROWS_HELP
 
 
@@ -138,6 +138,12 @@ def _add_arch_args(p: argparse.ArgumentParser) -> None:
         help="batchtopk/matryoshka: weight of a batch in the inference-threshold estimate",
     )
     p.add_argument(
+        "--encoder-init-norm",
+        type=positive_float,
+        default=ENCODER_INIT_NORM,
+        help="initial encoder row norm (default 1/sqrt(3); 1.0: tied to the decoder)",
+    )
+    p.add_argument(
         "--threshold-init",
         type=positive_float,
         default=None,
@@ -209,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         auxk_coef=args.auxk_coef,
         b_dec_init=args.b_dec_init,
         input_scaling=args.input_scaling,
+        encoder_init_norm=args.encoder_init_norm,
         autocast_bf16=args.bf16,
         grad_clip=args.grad_clip,
         nan_policy="skip" if args.skip_nonfinite else "error",

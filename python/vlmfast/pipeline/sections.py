@@ -140,6 +140,9 @@ class SAESection:
     ``vlmfast train-sae --arch``; recorded in each SAE's ``cfg.json``)."""
     groups: list[int] | None = None
     """Matryoshka: nested group sizes summing to ``n_latents`` (none: n/8, n/8, n/4, n/2)."""
+    encoder_init_norm: float | None = None
+    """Initial encoder row norm (none: the SAEConfig default, 1/sqrt(3); 1.0: the encoder
+    tied to the decoder, as before 2026-12-07)."""
     threshold_ema: float | None = None
     """BatchTopK / Matryoshka: weight of a batch in the inference-threshold estimate
     (none: the SAEConfig default)."""

@@ -251,6 +251,9 @@ class TrainSAEConfig:
     auxk_coef: float = 1.0 / 32.0
     b_dec_init: str = "geometric_median"
     input_scaling: bool = False
+    encoder_init_norm: float = ENCODER_INIT_NORM
+    """Initial row norm of the encoder (its rows: the unit decoder rows scaled by it);
+    1/sqrt(3) by default, 1.0 for the encoder tied to the decoder (before 2026-12-07)."""
     autocast_bf16: bool = False
     grad_clip: float | None = 1.0
     nan_policy: str = "error"

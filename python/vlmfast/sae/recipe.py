@@ -117,6 +117,7 @@ def sae_config(
         auxk_coef=cfg.auxk_coef,
         b_dec_init=cfg.b_dec_init,
         input_scaling=cfg.input_scaling,
+        encoder_init_norm=cfg.encoder_init_norm,
         hook=hook,
         seed=cfg.seed if cfg.init_seed is None else cfg.init_seed,
         rows=cfg.rows,

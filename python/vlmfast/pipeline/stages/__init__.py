@@ -55,6 +55,7 @@ STAGES: dict[str, StageDef] = {
             "sae.rows",
             "sae.arch",
             "sae.groups",
+            "sae.encoder_init_norm",
             "sae.threshold_ema",
             "sae.threshold_init",
             "sae.bandwidth",
@@ -63,7 +64,9 @@ STAGES: dict[str, StageDef] = {
             "sae.hooks",
             "run.seed",
         ),
-        2,  # 2: each SAE's evaluation suite (eval.json) beside its weights
+        # 2: each SAE's evaluation suite (eval.json) beside its weights; 3: the encoder's
+        # initial row norm became 1/sqrt(3) (an older run's SAEs retrain once)
+        3,
         train_sae.run,
     ),
     # score 2: the ground truth gains the bound relations' probes

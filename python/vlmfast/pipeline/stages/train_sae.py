@@ -36,6 +36,7 @@ def open_store(ctx: StageContext) -> Any:
 def sae_config(ctx: StageContext, hook: str | list[str]) -> Any:
     """The :class:`vlmfast.sae.TrainSAEConfig` of this run's SAE(s) on ``hook``."""
     from vlmfast.sae import TrainSAEConfig
+    from vlmfast.sae.config import ENCODER_INIT_NORM
 
     cfg = ctx.config
     s = cfg.sae
@@ -46,6 +47,9 @@ def sae_config(ctx: StageContext, hook: str | list[str]) -> Any:
         lr=[s.lr],
         arch=s.arch,
         groups=s.groups,
+        encoder_init_norm=(
+            ENCODER_INIT_NORM if s.encoder_init_norm is None else s.encoder_init_norm
+        ),
         threshold_ema=s.threshold_ema,
         threshold_init=s.threshold_init,
         bandwidth=s.bandwidth,
