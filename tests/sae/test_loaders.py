@@ -345,3 +345,10 @@ def test_bad_specs():
         load(FIXTURES / "missing_dir")
     assert parse_spec("sparsify:/a/run:layers.8") == ("sparsify", Path("/a/run"), "layers.8")
     assert parse_spec("out/sae") == ("vlmfast", Path("out/sae"), None)
+
+
+def test_the_plain_reader_refuses_saelens_files_it_would_misread() -> None:
+    root = Path(__file__).parent / "fixtures" / "saelens_batchtopk_training"
+    with pytest.raises(InputError, match="saelens:"):
+        TopKSAE.load(root)
+    assert load(f"saelens:{root}").cfg.arch == "batchtopk"

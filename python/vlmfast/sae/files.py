@@ -155,6 +155,16 @@ def _read_tensors(
         arch = cfg.get("architecture", "topk")
         if arch not in ("topk", "batchtopk", "jumprelu") and "vlmfast" not in cfg:
             raise InputError(f"{root}: architecture {arch!r} is not a top-k or jumprelu SAE")
+        if "vlmfast" not in cfg and (
+            arch == "batchtopk"
+            or (arch == "jumprelu" and not cfg.get("apply_b_dec_to_input", True))
+        ):
+            # SAELens' BatchTopK training save (unfolded decoder norms, a scalar threshold)
+            # and a JumpReLU that keeps b_dec off its input need the peer reader
+            raise InputError(
+                f"{root}: a SAELens {arch!r} checkpoint; load it with "
+                f"vlmfast.sae.load('saelens:{root}'), which encodes exactly as SAELens does"
+            )
         missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(tensors)
         if missing:
             raise InputError(f"{root}/{WEIGHTS_FILE}: missing tensors {sorted(missing)}")
