@@ -119,6 +119,8 @@ def _cli_sae(run_dir: Path, hook: str, out: Path, arch: str = "topk") -> dict[st
         "10000000",
         "--seed",
         "0",
+        "--encoder-init-norm",  # demo.toml's [sae] encoder_init_norm (the tied init)
+        "1.0",
         "--device",
         "cpu",
         "--no-progress",
@@ -223,7 +225,9 @@ def test_stage_trains_on_the_rows_and_batches_it_always_did(
                 yield rows[order[lo : lo + BATCH]]
 
     torch.manual_seed(0)
-    sae = TopKSAE(d_in=int(store.width(hook)), n_latents=N_LATENTS, k=K, hook=hook)
+    sae = TopKSAE(
+        d_in=int(store.width(hook)), n_latents=N_LATENTS, k=K, hook=hook, encoder_init_norm=1.0
+    )
     with _one_thread():
         train(old_batches(), [SAETrainer(sae, TrainConfig(seed=0), total_steps=STEPS)])
         new = _pipeline_saes(run_dir)["image"]
