@@ -25,7 +25,7 @@ def global_batch_topk_select(pre: torch.Tensor, k: int) -> FlatCodes:
         pre-activations), equal to the rows' part of a one-process selection.
     """
     n, m = pre.shape
-    _, n_total = ddp.rows_before_and_total(n)
+    n_total = ddp.total_rows(n)
     want = k * n_total
     flat = pre.flatten()
     local_top = flat.topk(min(want, flat.numel())).values

@@ -46,11 +46,8 @@ def all_reduce_min_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def rows_before_and_total(n_local: int) -> tuple[int, int]:
-    """``(rows on lower ranks, rows on all ranks)``: this rank's offset in the global batch."""
+def total_rows(n_local: int) -> int:
+    """Rows on all ranks together (``n_local`` in a single process)."""
     if not is_distributed():
-        return 0, n_local
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([n_local], dtype=torch.int64))
-    counts = [int(s) for s in sizes]
-    return sum(counts[: rank()]), sum(counts)
+        return n_local
+    return int(all_reduce_sum_(torch.tensor([n_local], dtype=torch.int64))[0])

@@ -100,7 +100,7 @@ def forward_train(
     (pre_g,) = sparse_preacts(xs, sae.W_enc, sae.b_enc, sae.b_dec, [part])
     theta_sel = theta[sel.indices]
     values = _JumpReLU.apply(pre_g, theta_sel, eps)
-    _, n_total = ddp.rows_before_and_total(xs.shape[0])  # ranks' gradients are summed
+    n_total = ddp.total_rows(xs.shape[0])  # ranks' gradients are summed
     l0 = _Step.apply(pre_g, theta_sel, eps).sum() / max(1, n_total)
     (decoded,) = flat_decode_many([(values, sel.indices, sel.offsets)], sae.W_dec)
     return ForwardOutput(decoded + sae.b_dec, values, sel.indices, rows=sel.rows, l0_penalty=l0)
