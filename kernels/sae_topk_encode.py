@@ -28,6 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .tile_preact import preact_tile
+
 # key of (-inf, column 2**31 - 1): below every real candidate
 INIT_KEY = -9187343243009966080
 
@@ -89,26 +91,22 @@ def topk_encode_kernel(
     for f0 in range(0, n_latents, BLOCK_N):
         cols = f0 + tl.arange(0, BLOCK_N)
         col_ok = cols < n_latents
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for d0 in range(0, d_in, BLOCK_K):
-            ks = d0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < d_in
-            xt = tl.load(
-                x_ptr + rows[:, None] * stride_x + ks[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            wt = tl.load(
-                w_ptr + cols[None, :] * stride_w + ks[:, None],
-                mask=col_ok[None, :] & k_ok[:, None],
-                other=0.0,
-            )
-            if SUM_DOT:
-                acc += tl.sum(xt[:, :, None] * wt[None, :, :], axis=1)
-            elif IEEE:
-                acc += tl.dot(xt, wt, input_precision="ieee")
-            else:
-                acc += tl.dot(xt, wt)
+        acc = preact_tile(
+            x_ptr,
+            w_ptr,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            d_in,
+            stride_x,
+            stride_w,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+            IEEE,
+            SUM_DOT,
+        )
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         pre = tl.where(col_ok[None, :], acc + bias[None, :], float("-inf"))
         keys = _pack(pre, cols)

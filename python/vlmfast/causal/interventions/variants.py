@@ -1,9 +1,10 @@
 """Running many intervention variants: prepared means, batched or serial forwards.
 
 Variant ``v`` (the clean run, the target set, each random set, each steering strength)
-is a block of batch rows of the same forwards, ``max_rows`` rows per forward
-(``batched``); ``serial`` runs one forward per variant with the plain interventions
-(the reference). A tower with no edited unit runs once.
+is a block of batch rows of the same forwards, ``max_rows`` rows per forward (at most
+``CPU_CHUNK_ROWS`` off a GPU), each chunk continued from the clean prefix below its first
+edited block (``prefix``): ``batched``. ``serial`` runs one forward per variant with the
+plain interventions (the reference). A tower with no edited unit runs once.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import numpy.typing as npt
 import torch
 
 from vlmfast.causal.core.evalset import EvalSet, MetricTable, concept_metrics
+from vlmfast.causal.core.limits import CPU_CHUNK_ROWS
 from vlmfast.causal.core.units import UnitSet
 from vlmfast.causal.interventions.edits import (
     batched_interventions,
     head_hook_of,
     single_variant_interventions,
 )
+from vlmfast.causal.interventions.prefix import clean_prefixes, run_chunk, start_layer
 from vlmfast.errors import InputError
 from vlmfast.models.interventions import Selector
 
@@ -167,19 +170,21 @@ def run_variants(
                     if progress is not None:
                         progress(1)
                 continue
-            per = max(1, max_rows // n_in)
+            rows = max_rows if pair.device.type == "cuda" else min(max_rows, CPU_CHUNK_ROWS)
+            per = max(1, rows // n_in)
+            chunks = []
             for start in range(0, n_var, per):
                 chunk = variants[start : start + per]
                 ivs = batched_interventions(pair, tower, chunk, n_in, **kw)  # type: ignore[arg-type]
-                if tower == "image":
-                    stacked = inputs.repeat(len(chunk), 1, 1, 1)
-                    emb = pair.run(images=stacked, interventions=ivs).image_embeds
-                else:
-                    stacked = inputs.repeat(len(chunk), 1)
-                    emb = pair.run(texts=stacked, interventions=ivs).text_embeds
-                target[start : start + len(chunk)] = emb.view(len(chunk), n_in, -1)
+                chunks.append((start, len(chunk), ivs, start_layer(pair, tower, ivs)))
+            layers = {layer for _, _, ivs, layer in chunks if ivs and layer is not None}
+            prefixes = clean_prefixes(pair, tower, inputs, layers)
+            for start, size, ivs, layer in chunks:
+                if ivs:  # a chunk of clean variants keeps the clean embeddings
+                    emb = run_chunk(pair, tower, inputs, size, ivs, layer, prefixes)
+                    target[start : start + size] = emb.view(size, n_in, -1)
                 if progress is not None:
-                    progress(len(chunk))
+                    progress(size)
     scale = pair.logit_scale.detach()
     bias = pair.logit_bias.detach() if pair.logit_bias is not None else None
     return concept_metrics(
