@@ -44,21 +44,9 @@ def threshold_encode_kernel(
     row_ok = rows < n_rows
     col_ok = cols < n_latents
     acc = preact_tile(
-        x_ptr,
-        w_ptr,
-        rows,
-        cols,
-        row_ok,
-        col_ok,
-        d_in,
-        stride_x,
-        stride_w,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_K,
-        IEEE,
-        SUM_DOT,
-    )
+        x_ptr, w_ptr, rows, cols, row_ok, col_ok, d_in, stride_x, stride_w,
+        BLOCK_M, BLOCK_N, BLOCK_K, IEEE, SUM_DOT,
+    )  # fmt: skip
     bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     thr = tl.load(thr_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     pre = acc + bias[None, :]

@@ -92,21 +92,9 @@ def topk_encode_kernel(
         cols = f0 + tl.arange(0, BLOCK_N)
         col_ok = cols < n_latents
         acc = preact_tile(
-            x_ptr,
-            w_ptr,
-            rows,
-            cols,
-            row_ok,
-            col_ok,
-            d_in,
-            stride_x,
-            stride_w,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-            IEEE,
-            SUM_DOT,
-        )
+            x_ptr, w_ptr, rows, cols, row_ok, col_ok, d_in, stride_x, stride_w,
+            BLOCK_M, BLOCK_N, BLOCK_K, IEEE, SUM_DOT,
+        )  # fmt: skip
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         pre = tl.where(col_ok[None, :], acc + bias[None, :], float("-inf"))
         keys = _pack(pre, cols)
