@@ -126,28 +126,18 @@ def _variant_embeds(
     cfg: FusionConfig,
     saes: Mapping[str, Any],
 ) -> torch.Tensor:
-    """``[V, N, D]`` embeddings of ``inputs`` with each unit set ablated (batched)."""
-    from vlmfast.causal.interventions.edits import batched_interventions
+    """``[V, N, D]`` embeddings of ``inputs`` with each unit set ablated (batched, each
+    chunk from its clean prefix: ``variant_embeds``)."""
+    from vlmfast.causal.interventions.prefix import variant_embeds
 
-    n_in = int(inputs.shape[0])
-    per = max(1, cfg.max_rows // n_in)
-    out = []
+    clean = prep.clean_img if tower == "image" else prep.clean_txt[: inputs.shape[0]]
     with torch.no_grad():
-        for start in range(0, len(variants), per):
-            chunk = [(u, 0.0) for u in variants[start : start + per]]
-            ivs = batched_interventions(
-                pair, tower, chunk, n_in, mode="ablate", ablation=cfg.ablation,
-                means=prep.means, feature_means=prep.feature_means, saes=saes,
-                head_means=prep.head_means, positions=None,
-            )  # fmt: skip
-            if tower == "image":
-                emb = pair.run(
-                    images=inputs.repeat(len(chunk), 1, 1, 1), interventions=ivs
-                ).image_embeds
-            else:
-                emb = pair.run(texts=inputs.repeat(len(chunk), 1), interventions=ivs).text_embeds
-            out.append(emb.view(len(chunk), n_in, -1))
-    return torch.cat(out)
+        return variant_embeds(
+            pair, tower, inputs, [(u, 0.0) for u in variants], clean, max_rows=cfg.max_rows,
+            mode="ablate", ablation=cfg.ablation, means=prep.means,
+            feature_means=prep.feature_means, saes=saes, head_means=prep.head_means,
+            positions=None,
+        )  # fmt: skip
 
 
 def _logits(pair: Any, img: torch.Tensor, txt: torch.Tensor) -> Array:

@@ -42,6 +42,12 @@ def model_id(pair: Any) -> str:
     return str(getattr(pair, "spec", "") or pair.config.name)
 
 
+def hook_layer(hook: str) -> int | None:
+    """The block index of a hook name (``image.blocks.2.mlp.post`` -> 2); None outside blocks."""
+    m = _LAYER_RE.search(hook + ".")
+    return int(m.group(1)) if m else None
+
+
 def kind_of(hook: str, sae: str | None = None) -> str:
     """``feature`` (with an SAE), ``head`` (per-head hooks), ``neuron`` (MLP) or ``dim``."""
     if sae is not None:
@@ -72,8 +78,7 @@ class Unit:
 
     @property
     def layer(self) -> int | None:
-        m = _LAYER_RE.search(self.hook + ".")
-        return int(m.group(1)) if m else None
+        return hook_layer(self.hook)
 
     @property
     def group(self) -> tuple[str, str, str | None]:

@@ -19,14 +19,9 @@ import numpy.typing as npt
 import torch
 
 from vlmfast.causal.core.evalset import EvalSet, MetricTable, concept_metrics
-from vlmfast.causal.core.limits import CPU_CHUNK_ROWS
 from vlmfast.causal.core.units import UnitSet
-from vlmfast.causal.interventions.edits import (
-    batched_interventions,
-    head_hook_of,
-    single_variant_interventions,
-)
-from vlmfast.causal.interventions.prefix import clean_prefixes, run_chunk, start_layer
+from vlmfast.causal.interventions.edits import head_hook_of, single_variant_interventions
+from vlmfast.causal.interventions.prefix import variant_embeds
 from vlmfast.errors import InputError
 from vlmfast.models.interventions import Selector
 
@@ -149,46 +144,39 @@ def run_variants(
         positions=positions,
     )
     n_var = len(variants)
-    img_out = prep.clean_img.unsqueeze(0).expand(n_var, -1, -1).clone()
-    txt_out = prep.clean_txt.unsqueeze(0).expand(n_var, -1, -1).clone()
+    clean = {"image": prep.clean_img, "text": prep.clean_txt}
+    out = {t: e.unsqueeze(0).expand(n_var, -1, -1).clone() for t, e in clean.items()}
     with torch.no_grad():
         for tower in ("image", "text"):
             if tower not in towers:
                 continue
             inputs = ev.images if tower == "image" else txt_in
-            n_in = int(inputs.shape[0])
-            target = img_out if tower == "image" else txt_out
             if method == "serial":
                 for v, (units, alpha) in enumerate(variants):
                     if units is None:
                         continue
                     ivs = single_variant_interventions(pair, tower, units, alpha, **kw)  # type: ignore[arg-type]
-                    out = pair.run(
+                    run = pair.run(
                         **{"images" if tower == "image" else "texts": inputs}, interventions=ivs
                     )
-                    target[v] = out.image_embeds if tower == "image" else out.text_embeds
+                    out[tower][v] = run.image_embeds if tower == "image" else run.text_embeds
                     if progress is not None:
                         progress(1)
                 continue
-            rows = max_rows if pair.device.type == "cuda" else min(max_rows, CPU_CHUNK_ROWS)
-            per = max(1, rows // n_in)
-            chunks = []
-            for start in range(0, n_var, per):
-                chunk = variants[start : start + per]
-                ivs = batched_interventions(pair, tower, chunk, n_in, **kw)  # type: ignore[arg-type]
-                chunks.append((start, len(chunk), ivs, start_layer(pair, tower, ivs)))
-            layers = {layer for _, _, ivs, layer in chunks if ivs and layer is not None}
-            prefixes = clean_prefixes(pair, tower, inputs, layers)
-            for start, size, ivs, layer in chunks:
-                if ivs:  # a chunk of clean variants keeps the clean embeddings
-                    emb = run_chunk(pair, tower, inputs, size, ivs, layer, prefixes)
-                    target[start : start + size] = emb.view(size, n_in, -1)
-                if progress is not None:
-                    progress(size)
+            out[tower] = variant_embeds(
+                pair,
+                tower,
+                inputs,
+                variants,
+                clean[tower],
+                max_rows=max_rows,
+                progress=progress,
+                **kw,
+            )
     scale = pair.logit_scale.detach()
     bias = pair.logit_bias.detach() if pair.logit_bias is not None else None
     return concept_metrics(
-        img_out, txt_out[:, :n_cap], txt_out[:, n_cap:], ev, prep.owner, scale, bias
+        out["image"], out["text"][:, :n_cap], out["text"][:, n_cap:], ev, prep.owner, scale, bias
     )
 
 
